@@ -1,0 +1,89 @@
+"""Render posed face models: PNCC image, foreground mask, depth, visible vertices (built on ``raster``).
+
+The PNCC image is the DAFI the HS-U-Net learns to predict (DESIGN.md): each face pixel holds the PNCC code of the
+model surface it shows, interpolated from the three corners of its triangle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cprfa._checks import check_shape
+from cprfa.model.face_model import FaceModel
+from cprfa.model.raster import Rasterization, _plane_coefficients, interpolate, rasterize
+
+VISIBILITY_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Render:
+    """What ``render_pncc`` returns for a batch of B meshes of N vertices into H × W images.
+
+    Attributes:
+        pncc: (B, H, W, 3) PNCC code per pixel in [0, 1]; 0 on the background.
+        mask: (B, H, W) bool foreground.
+        depth: (B, H, W) depth (larger = nearer); -inf on the background.
+        visible: (B, N) bool, vertices seen by the camera (see ``visible_vertices``).
+        raster: the underlying per-pixel triangle ids and barycentric weights.
+    """
+
+    pncc: torch.Tensor
+    mask: torch.Tensor
+    depth: torch.Tensor
+    visible: torch.Tensor
+    raster: Rasterization
+
+
+@torch.no_grad()
+def render_pncc(model: FaceModel, vertices: torch.Tensor, height: int, width: int) -> Render:
+    """Render the PNCC image, mask, depth and visible vertices of posed meshes of ``model``.
+
+    Shape: vertices (B, N, 3) image-space [u, v, depth] of all the model's vertices -> Render of (B, H, W)."""
+    check_shape("vertices", vertices, (None, model.n_vertices, 3))
+    tensors = model.torch_tensors(vertices.device)
+    raster = rasterize(vertices, tensors["triangles"], height, width)
+    pncc = interpolate(tensors["pncc"], tensors["triangles"], raster)
+    visible = visible_vertices(vertices, tensors["triangles"], raster)
+    return Render(pncc=pncc, mask=raster.mask, depth=raster.depth, visible=visible, raster=raster)
+
+
+def visible_vertices(
+    vertices: torch.Tensor, triangles: torch.Tensor, raster: Rasterization, tolerance: float = VISIBILITY_TOLERANCE
+) -> torch.Tensor:
+    """Which vertices the camera sees in a rasterized image.
+
+    A vertex is visible when it is a corner of a front-facing triangle, lies inside the image, and the surface
+    drawn at its pixel does not hide it: that pixel is background, or its triangle has the vertex as a corner,
+    or that triangle's plane, extended to the vertex's exact (u, v), is at most ``tolerance`` × the mesh's
+    width (in u) nearer than the vertex. Evaluating the winning plane at the vertex itself, not at the pixel
+    centre, keeps steep surfaces near the silhouette from hiding their own vertices.
+
+    Shape: vertices (B, N, 3), triangles (T, 3), raster of (B, H, W) -> (B, N) bool."""
+    batch, n_vertices, _ = vertices.shape
+    _, height, width = raster.triangle.shape
+    vertices = vertices.detach().float()
+    triangles = triangles.to(device=vertices.device, dtype=torch.long)
+
+    corners = vertices[:, triangles]  # (B, T, 3, 3)
+    _, area = _plane_coefficients(corners)
+    front = (area < 0).long()[..., None].expand(-1, -1, 3).reshape(batch, -1)
+    front_corner = torch.zeros(batch, n_vertices, dtype=torch.long, device=vertices.device)
+    front_corner.scatter_reduce_(1, triangles.reshape(1, -1).expand(batch, -1), front, reduce="amax")
+
+    u, v, depth = vertices.unbind(-1)
+    col, row = torch.floor(u).long(), torch.floor(v).long()
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    pixel_triangle = raster.triangle[
+        torch.arange(batch, device=vertices.device)[:, None], row.clamp(0, height - 1), col.clamp(0, width - 1)
+    ]  # (B, N)
+    background = pixel_triangle < 0
+    winner = pixel_triangle.clamp(min=0)
+    own = (triangles[winner] == torch.arange(n_vertices, device=vertices.device)[None, :, None]).any(dim=-1)
+    winner_corners = torch.gather(corners, 1, winner[..., None, None].expand(-1, -1, 3, 3))
+    planes, _ = _plane_coefficients(winner_corners)
+    surface_depth = planes[..., 2, 0] * u + planes[..., 2, 1] * v + planes[..., 2, 2]
+    extent = (u.amax(dim=1, keepdim=True) - u.amin(dim=1, keepdim=True)).clamp(min=1e-6)
+    unhidden = surface_depth <= depth + tolerance * extent
+    return (front_corner > 0) & inside & (background | own | unhidden)
