@@ -21,11 +21,10 @@ def check_shape(name: str, tensor: torch.Tensor, shape: tuple[int | str | None, 
     for axis, (want, got) in enumerate(zip(shape, tensor.shape)):
         if isinstance(want, int) and want != got:
             raise InvalidInputError(f"{name} must have shape {_fmt(shape)}, got {tuple(tensor.shape)}")
-        if isinstance(want, str):
-            if sizes.setdefault(want, got) != got:
-                raise InvalidInputError(
-                    f"{name} must have shape {_fmt(shape)} (axis {axis} is '{want}'), got {tuple(tensor.shape)}"
-                )
+        if isinstance(want, str) and sizes.setdefault(want, got) != got:
+            raise InvalidInputError(
+                f"{name} must have shape {_fmt(shape)} (axis {axis} is '{want}'), got {tuple(tensor.shape)}"
+            )
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:

@@ -8,9 +8,9 @@ counter-clockwise on screen and gives a negative signed area (u1 - u0)(v2 - v0) 
 coordinates (v down). A face seen from behind therefore renders empty, as the back of a face mask would be
 hidden inside the head. Depth grows towards the camera; the nearest triangle wins.
 
-How it stays fast without a compiled kernel: triangles are grouped by the size of their bounding box (in
-powers of two), every triangle of a group tests the k × k pixels of its box at once, and the winners are
-found by two scatter-reduce passes (nearest depth per pixel, then the largest triangle id at that depth).
+How it stays fast without a compiled kernel: triangles are grouped by the size of their bounding box (a few
+window sizes), every triangle of a group tests the k × k pixels from its box's corner at once, and the winners
+are found by two scatter-reduce passes (nearest depth per pixel, then the largest triangle id at that depth).
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import torch
 from cprfa._checks import check_finite, check_shape
 from cprfa.errors import InvalidInputError
 
+# Square window sides for groups of triangles: few sizes keep the Python loop short, close ones waste little.
+_WINDOWS = torch.tensor(sorted({1, 2, 3} | {2**k for k in range(2, 16)} | {3 * 2**k for k in range(1, 15)}))
+
 
 @dataclass(frozen=True)
 class Rasterization:
@@ -31,11 +34,13 @@ class Rasterization:
         triangle: (B, H, W) int64 id of the visible triangle, -1 on the background.
         barycentric: (B, H, W, 3) weights of the triangle's three corners at the pixel centre (0 on background).
         depth: (B, H, W) interpolated depth (larger = nearer), -inf on the background.
+        front_facing: (B, T) bool, triangles facing the camera (the only ones drawn).
     """
 
     triangle: torch.Tensor
     barycentric: torch.Tensor
     depth: torch.Tensor
+    front_facing: torch.Tensor
 
     @property
     def mask(self) -> torch.Tensor:
@@ -73,25 +78,29 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, height: int, widt
     span = (last - first + 1).clamp(min=0).long()  # (B, T, 2) box width and height in pixels
     keep = (area < -1e-12) & (span > 0).all(dim=-1)  # front-facing and on screen
 
-    kept = torch.nonzero(keep.reshape(-1)).squeeze(1)  # flat (batch, triangle) ids
+    # Group the kept triangles by window: the smallest listed square that holds the triangle's box.
     n_tri = triangles.shape[0]
-    counts = span.reshape(-1, 2).index_select(0, kept).prod(dim=1)
+    kept = torch.nonzero(keep.reshape(-1)).squeeze(1)  # flat (batch, triangle) ids
+    kept_span = span.reshape(-1, 2).index_select(0, kept)
+    window = _WINDOWS[torch.bucketize(kept_span.amax(dim=1), _WINDOWS)]
+    order = torch.argsort(window)
+    kept, kept_span = kept[order], kept_span[order]
+    windows, group_sizes = torch.unique_consecutive(window[order], return_counts=True)
+    flat_planes = planes.reshape(-1, 3, 3)
+    flat_first = first.reshape(-1, 2).long()
 
-    def per_candidate(per_triangle: torch.Tensor) -> torch.Tensor:
-        flat = per_triangle.reshape(batch * n_tri, *per_triangle.shape[2:])
-        return torch.repeat_interleave(flat.index_select(0, kept), counts, dim=0)
-
-    owner_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    local = torch.arange(len(owner_start), device=device) - owner_start
-    span_u = per_candidate(span[..., 0])
-    origin = per_candidate(first.long())
-    col = origin[:, 0] + local % span_u
-    row = origin[:, 1] + local // span_u
-    values = _evaluate(per_candidate(planes), col, row)  # (P, 3): w0, w1, depth
-    inside = (values[:, 0] >= 0) & (values[:, 1] >= 0) & (values[:, 0] + values[:, 1] <= 1)
-    flat_id = per_candidate(torch.arange(batch * n_tri, device=device).view(batch, n_tri))[inside]
-    pixel = ((flat_id // n_tri * height + row[inside]) * width + col[inside])
-    depth = values[inside, 2]
+    inside_ids = [torch.zeros(0, dtype=torch.long, device=device)]
+    inside_offsets = [torch.zeros(0, 2, dtype=torch.long, device=device)]
+    for ids, spans, k in zip(kept.split(group_sizes.tolist()), kept_span.split(group_sizes.tolist()),
+                             windows.tolist()):
+        owner, offset = _inside_window(flat_planes.index_select(0, ids), flat_first.index_select(0, ids), spans, k)
+        inside_ids.append(ids[owner])
+        inside_offsets.append(offset)
+    flat_id = torch.cat(inside_ids)
+    col, row = (flat_first.index_select(0, flat_id) + torch.cat(inside_offsets)).unbind(-1)
+    values = _evaluate(flat_planes.index_select(0, flat_id), col, row)  # (P, 3): w0, w1, depth
+    pixel = (flat_id // n_tri * height + row) * width + col
+    depth = values[:, 2]
     candidate_tri = flat_id % n_tri
 
     size = batch * height * width
@@ -101,17 +110,33 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, height: int, widt
     triangle_map = torch.full((size,), -1, dtype=torch.long, device=device)
     triangle_map.scatter_reduce_(0, pixel[nearest], candidate_tri[nearest], reduce="amax")
 
+    winner = nearest & (candidate_tri == triangle_map[pixel])  # exactly one candidate per foreground pixel
     barycentric = torch.zeros(size, 3, device=device)
-    foreground = torch.nonzero(triangle_map >= 0).squeeze(1)
-    fg_batch, fg_rest = foreground // (height * width), foreground % (height * width)
-    fg_planes = planes.reshape(batch * n_tri, 3, 3).index_select(0, fg_batch * n_tri + triangle_map[foreground])
-    weights = _evaluate(fg_planes, fg_rest % width, fg_rest // width)
-    barycentric[foreground] = torch.stack([weights[:, 0], weights[:, 1], 1 - weights[:, 0] - weights[:, 1]], 1)
+    w0, w1 = values[winner, 0], values[winner, 1]
+    barycentric[pixel[winner]] = torch.stack([w0, w1, 1 - w0 - w1], dim=-1)
     return Rasterization(
         triangle=triangle_map.view(batch, height, width),
         barycentric=barycentric.view(batch, height, width, 3),
         depth=zbuffer.view(batch, height, width),
+        front_facing=area < 0,
     )
+
+
+def _inside_window(planes, origin, spans, k: int):
+    """Which of the k × k pixels from each triangle's first box pixel have their centre inside it.
+
+    Shape: planes (M, 3, 3), origin (M, 2) first column and row, spans (M, 2) box width and height
+    -> owner (P,) index into M and offset (P, 2) column and row from the origin, for the inside pixels."""
+    steps = torch.arange(k, device=planes.device)
+    centre = origin.to(planes.dtype) + 0.5
+    base = planes[:, :2, 0] * centre[:, 0, None] + planes[:, :2, 1] * centre[:, 1, None] + planes[:, :2, 2]
+    du, dv = steps.to(planes.dtype), steps.to(planes.dtype)[:, None]
+    w0 = base[:, 0, None, None] + planes[:, 0, 0, None, None] * du + planes[:, 0, 1, None, None] * dv
+    w1 = base[:, 1, None, None] + planes[:, 1, 0, None, None] * du + planes[:, 1, 1, None, None] * dv
+    inside = (w0 >= 0) & (w1 >= 0) & (w0 + w1 <= 1)  # (M, k rows, k columns)
+    inside &= (steps < spans[:, 0, None, None]) & (steps[:, None] < spans[:, 1, None, None])
+    owner, dv_in, du_in = torch.nonzero(inside, as_tuple=True)
+    return owner, torch.stack([du_in, dv_in], dim=-1)
 
 
 def _plane_coefficients(corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,13 +172,12 @@ def interpolate(attributes: torch.Tensor, triangles: torch.Tensor, raster: Raste
     triangles = triangles.to(device=attributes.device, dtype=torch.long)
     flat_triangle = raster.triangle.reshape(-1)
     foreground = torch.nonzero(flat_triangle >= 0).squeeze(1)
-    corner_ids = triangles[flat_triangle[foreground]]  # (F, 3)
-    if shared:
-        corner_values = attributes[corner_ids]  # (F, 3, C)
-    else:
-        corner_values = attributes[(foreground // (height * width))[:, None], corner_ids]
-    weights = raster.barycentric.reshape(-1, 3)[foreground].to(attributes.dtype)
-    values = (corner_values * weights[..., None]).sum(dim=1)
+    corner_ids = triangles.index_select(0, flat_triangle[foreground])  # (F, 3)
+    if not shared:  # index the (B·N, C) table: vertex id + N · batch id
+        corner_ids = corner_ids + (foreground // (height * width))[:, None] * attributes.shape[1]
+    table = attributes.reshape(-1, attributes.shape[-1])
+    weights = raster.barycentric.reshape(-1, 3).index_select(0, foreground).to(attributes.dtype)
+    values = sum(table.index_select(0, corner_ids[:, k]) * weights[:, k, None] for k in range(3))
     out = attributes.new_zeros(batch * height * width, attributes.shape[-1])
     out = out.index_put((foreground,), values)
     return out.view(batch, height, width, -1)

@@ -66,9 +66,7 @@ def visible_vertices(
     vertices = vertices.detach().float()
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
 
-    corners = vertices[:, triangles]  # (B, T, 3, 3)
-    _, area = _plane_coefficients(corners)
-    front = (area < 0).long()[..., None].expand(-1, -1, 3).reshape(batch, -1)
+    front = raster.front_facing.long()[..., None].expand(-1, -1, 3).reshape(batch, -1)
     front_corner = torch.zeros(batch, n_vertices, dtype=torch.long, device=vertices.device)
     front_corner.scatter_reduce_(1, triangles.reshape(1, -1).expand(batch, -1), front, reduce="amax")
 
@@ -81,8 +79,8 @@ def visible_vertices(
     background = pixel_triangle < 0
     winner = pixel_triangle.clamp(min=0)
     own = (triangles[winner] == torch.arange(n_vertices, device=vertices.device)[None, :, None]).any(dim=-1)
-    winner_corners = torch.gather(corners, 1, winner[..., None, None].expand(-1, -1, 3, 3))
-    planes, _ = _plane_coefficients(winner_corners)
+    winner_corners = vertices[torch.arange(batch, device=vertices.device)[:, None, None], triangles[winner]]
+    planes, _ = _plane_coefficients(winner_corners)  # (B, N, 3, 3)
     surface_depth = planes[..., 2, 0] * u + planes[..., 2, 1] * v + planes[..., 2, 2]
     extent = (u.amax(dim=1, keepdim=True) - u.amin(dim=1, keepdim=True)).clamp(min=1e-6)
     unhidden = surface_depth <= depth + tolerance * extent

@@ -1,0 +1,158 @@
+"""The ``cprfa`` command: a thin layer over the Python API.
+
+Exit codes: 0 when every input succeeded, 1 when any input failed (each failure is reported and the batch goes
+on), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cprfa.errors import CprfaError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except CprfaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cprfa", description="Robust 3D face alignment (CPRFA).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    render = commands.add_parser(
+        "render",
+        help="draw the face model at a given pose into given face boxes (PNCC, depth, landmarks, mesh)",
+        description="Pose the mean face model at the given angles inside each face box and draw it over the "
+        "image: the PNCC (the DAFI the network predicts), depth, the 68 landmarks, the wireframe and the pose "
+        "axes. Writes <name>_overlay.png, and per face <name>_face<k>_pncc.png, _depth.png and the mesh.",
+    )
+    render.add_argument("inputs", nargs="+", type=Path, help="images or folders of images (searched recursively)")
+    where = render.add_mutually_exclusive_group(required=True)
+    where.add_argument("--boxes", type=Path, help="CSV (image,x0,y0,x1,y1) or JSON file of face boxes")
+    where.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="one box for all")
+    render.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out)")
+    render.add_argument("--pitch", type=float, default=0.0, help="degrees, positive = nose down")
+    render.add_argument("--yaw", type=float, default=0.0, help="degrees, positive = nose to the image's right")
+    render.add_argument("--roll", type=float, default=0.0, help="degrees, positive = counter-clockwise on screen")
+    render.add_argument("--expression", action="append", default=[], metavar="NAME=WEIGHT",
+                        help="blendshape weight, e.g. jawOpen=0.5 (repeatable)")
+    render.add_argument("--mesh", choices=("obj", "ply"), help="also write the posed mesh in image space")
+    render.set_defaults(run=run_render)
+
+    build = commands.add_parser(
+        "build-model",
+        help="derive the default face model from ICT-FaceKit's ict_face_model.npz",
+        description="Convert ICT-FaceKit Light into cprfa's face model (face area, triangulated, float16 bases).",
+    )
+    build.add_argument("--source", type=Path, required=True, help="path to ict_face_model.npz")
+    build.add_argument("--out", type=Path, help="output .npz (default: the bundled model's path)")
+    build.set_defaults(run=run_build_model)
+    return parser
+
+
+def find_images(inputs: list[Path]) -> list[Path]:
+    """Files as given, and image files found recursively inside folders, in sorted order."""
+    images: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                print(f"warning: no images in folder {path}", file=sys.stderr)
+            images.extend(found)
+        else:
+            images.append(path)  # a missing or non-image file is reported when it is read
+    return images
+
+
+def parse_expressions(items: list[str]) -> dict[str, float]:
+    expressions = {}
+    for item in items:
+        name, _, weight = item.partition("=")
+        try:
+            expressions[name] = float(weight)
+        except ValueError:
+            raise CprfaError(f"--expression takes NAME=WEIGHT, got '{item}'") from None
+    return expressions
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from cprfa.api import draw_posed_model, pose_model_in_box
+    from cprfa.data.boxes import boxes_for, check_box, read_boxes
+    from cprfa.data.images import load_image, save_image
+    from cprfa.model.face_model import default_face_model
+    from cprfa.model.mesh_io import write_obj, write_ply
+
+    model = default_face_model()
+    expressions = parse_expressions(args.expression)
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    if args.box:
+        check_box(args.box, "--box")
+    images = find_images(args.inputs)
+    failures = 0
+    for path in images:
+        try:
+            image_boxes = boxes_for(boxes, path) if boxes is not None else [tuple(args.box)]
+            if not image_boxes:
+                raise CprfaError(f"{path}: no face box for this image in {args.boxes}")
+            image = load_image(path)
+            overlay = image
+            for k, box in enumerate(image_boxes):
+                posed = pose_model_in_box(image.shape[:2], box, args.pitch, args.yaw, args.roll, expressions,
+                                          model=model)
+                overlay = draw_posed_model(overlay, posed, model)
+                stem = args.out / f"{path.stem}_face{k}"
+                save_image(f"{stem}_pncc.png", (posed.pncc * 255).round().astype(np.uint8))
+                save_image(f"{stem}_depth.png", depth_to_gray(posed.depth))
+                if args.mesh:
+                    writer = write_obj if args.mesh == "obj" else write_ply
+                    writer(f"{stem}.{args.mesh}", posed.vertices, model.triangles)
+            save_image(args.out / f"{path.stem}_overlay.png", overlay)
+            print(f"{path}: {len(image_boxes)} face(s) -> {args.out / (path.stem + '_overlay.png')}")
+        except CprfaError as error:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr)
+    if not images:
+        print("error: no images to process", file=sys.stderr)
+        return 1
+    return 1 if failures else 0
+
+
+def depth_to_gray(depth: np.ndarray) -> np.ndarray:
+    """Depth to an 8-bit image: nearest face pixel white, farthest dark grey, background black."""
+    face = np.isfinite(depth)
+    gray = np.zeros(depth.shape, np.uint8)
+    if face.any():
+        low, high = depth[face].min(), depth[face].max()
+        gray[face] = (40 + 215 * (depth[face] - low) / max(high - low, 1e-6)).astype(np.uint8)
+    return gray
+
+
+def run_build_model(args: argparse.Namespace) -> int:
+    from cprfa.model.face_model import DEFAULT_MODEL_PATH
+    from cprfa.model.ict import build_ict_face_model
+
+    out = args.out or DEFAULT_MODEL_PATH
+    model = build_ict_face_model(args.source)
+    digest = model.save(out, compact=True)
+    print(f"wrote {out}: {model.n_vertices} vertices, {len(model.triangles)} triangles, "
+          f"{model.n_identity} identity and {model.n_expression} expression modes, sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Face boxes given by the user: a CSV (``image,x0,y0,x1,y1`` with a header) or a JSON file.
+
+JSON may be ``{"image.jpg": [[x0, y0, x1, y1], ...], ...}`` or a list of ``{"image": ..., "box": [...]}``.
+Images are matched by file name (``photo.jpg``) or by the path as given; a name may have several boxes.
+Boxes are in pixels, (x0, y0) the top-left and (x1, y1) the bottom-right corner.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from cprfa.errors import InvalidInputError
+
+Box = tuple[float, float, float, float]
+
+
+def read_boxes(path: str | Path) -> dict[str, list[Box]]:
+    """Read a boxes file into ``{image name: [box, ...]}``; a malformed file raises InvalidInputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"boxes file not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"cannot read boxes file {path}: {error}") from None
+    entries = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_csv(path, text)
+    boxes: dict[str, list[Box]] = {}
+    for number, (image, values) in enumerate(entries, start=1):
+        boxes.setdefault(str(image), []).append(check_box(values, f"{path}, entry {number}"))
+    if not boxes:
+        raise InvalidInputError(f"boxes file {path} holds no boxes")
+    return boxes
+
+
+def boxes_for(boxes: dict[str, list[Box]], image_path: str | Path) -> list[Box]:
+    """The boxes of one image, looked up by its path as given, then by its file name."""
+    return boxes.get(str(image_path), boxes.get(Path(image_path).name, []))
+
+
+def check_box(values, where: str) -> Box:
+    """Four finite numbers with x1 > x0 and y1 > y0, else InvalidInputError naming ``where``."""
+    try:
+        box = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{where}: a box must be four numbers x0, y0, x1, y1, got {values!r}") from None
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise InvalidInputError(f"{where}: a box must be four finite numbers x0, y0, x1, y1, got {values!r}")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise InvalidInputError(f"{where}: a box needs x1 > x0 and y1 > y0, got {box}")
+    return box
+
+
+def _parse_csv(path: Path, text: str):
+    rows = list(csv.DictReader(text.splitlines()))
+    columns = ("image", "x0", "y0", "x1", "y1")
+    if not rows or any(c not in rows[0] for c in columns):
+        raise InvalidInputError(f"boxes file {path} must be a CSV with the header {','.join(columns)}")
+    return [(row["image"], [row[c] for c in columns[1:]]) for row in rows]
+
+
+def _parse_json(path: Path, text: str):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"boxes file {path} is not valid JSON: {error}") from None
+    if isinstance(data, dict):
+        if not all(isinstance(v, list) for v in data.values()):
+            raise InvalidInputError(f"boxes file {path}: each image must map to a list of boxes")
+        return [(image, box) for image, image_boxes in data.items() for box in image_boxes]
+    if isinstance(data, list) and all(isinstance(e, dict) and {"image", "box"} <= e.keys() for e in data):
+        return [(e["image"], e["box"]) for e in data]
+    raise InvalidInputError(f"boxes file {path}: expected {{image: [[x0, y0, x1, y1], ...]}} or "
+                            "[{\"image\": ..., \"box\": [...]}, ...]")
