@@ -47,8 +47,8 @@ def draw_landmarks(
 
 
 def front_facing(vertices, triangles) -> np.ndarray:
-    """Which triangles face the camera: counter-clockwise in the model's (x, y-up) frame, so clockwise in
-    image pixels (v down), i.e. ``(u1 - u0)(v2 - v0) - (v1 - v0)(u2 - u0) < 0``. Degenerate ones are not.
+    """Which triangles face the camera: counter-clockwise in the model's (x, y-up) frame, which stays
+    counter-clockwise on screen, i.e. ``(u1 - u0)(v2 - v0) - (v1 - v0)(u2 - u0) < 0``. Degenerate ones are not.
 
     Shape: vertices (N, 2 or 3) image-space [u, v, (depth)], triangles (T, 3) -> (T,) bool."""
     vertices = _array("vertices", vertices, np.float64)

@@ -22,6 +22,8 @@ import torch
 from cprfa._checks import check_finite, check_shape
 from cprfa.errors import InvalidInputError
 
+# Barycentric slack so that a pixel centre on an edge shared by two triangles is not lost to rounding.
+_EDGE = 1e-5
 # Square window sides for groups of triangles: few sizes keep the Python loop short, close ones waste little.
 _WINDOWS = torch.tensor(sorted({1, 2, 3} | {2**k for k in range(2, 16)} | {3 * 2**k for k in range(1, 15)}))
 
@@ -70,9 +72,9 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, height: int, widt
     vertices = vertices.detach().float()
     batch = vertices.shape[0]
     corners = vertices[:, triangles]  # (B, T, 3 corners, 3 coords)
-    planes, area = _plane_coefficients(corners)  # (B, T, 3, 3): rows w0, w1, depth over [u, v, 1]
     # Pixel columns j whose centre j + 0.5 lies in [u_min, u_max], clipped to the image; rows likewise.
     first = torch.ceil(corners[..., :2].amin(dim=2) - 0.5).clamp(min=0)
+    planes, area = _plane_coefficients(corners, first + 0.5)  # w0, w1, depth around the first pixel centre
     last = torch.floor(corners[..., :2].amax(dim=2) - 0.5)
     last = torch.minimum(last, torch.tensor([width - 1.0, height - 1.0], device=device))
     span = (last - first + 1).clamp(min=0).long()  # (B, T, 2) box width and height in pixels
@@ -93,12 +95,13 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, height: int, widt
     inside_offsets = [torch.zeros(0, 2, dtype=torch.long, device=device)]
     for ids, spans, k in zip(kept.split(group_sizes.tolist()), kept_span.split(group_sizes.tolist()),
                              windows.tolist()):
-        owner, offset = _inside_window(flat_planes.index_select(0, ids), flat_first.index_select(0, ids), spans, k)
+        owner, offset = _inside_window(flat_planes.index_select(0, ids), spans, k)
         inside_ids.append(ids[owner])
         inside_offsets.append(offset)
     flat_id = torch.cat(inside_ids)
-    col, row = (flat_first.index_select(0, flat_id) + torch.cat(inside_offsets)).unbind(-1)
-    values = _evaluate(flat_planes.index_select(0, flat_id), col, row)  # (P, 3): w0, w1, depth
+    offsets = torch.cat(inside_offsets)
+    col, row = (flat_first.index_select(0, flat_id) + offsets).unbind(-1)
+    values = _evaluate(flat_planes.index_select(0, flat_id), offsets)  # (P, 3): w0, w1, depth
     pixel = (flat_id // n_tri * height + row) * width + col
     depth = values[:, 2]
     candidate_tri = flat_id % n_tri
@@ -122,44 +125,49 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, height: int, widt
     )
 
 
-def _inside_window(planes, origin, spans, k: int):
+def _inside_window(planes, spans, k: int):
     """Which of the k × k pixels from each triangle's first box pixel have their centre inside it.
 
-    Shape: planes (M, 3, 3), origin (M, 2) first column and row, spans (M, 2) box width and height
-    -> owner (P,) index into M and offset (P, 2) column and row from the origin, for the inside pixels."""
+    Shape: planes (M, 3, 3) anchored at the first pixel centre, spans (M, 2) box width and height
+    -> owner (P,) index into M and offset (P, 2) column and row from the first pixel, for the inside pixels."""
     steps = torch.arange(k, device=planes.device)
-    centre = origin.to(planes.dtype) + 0.5
-    base = planes[:, :2, 0] * centre[:, 0, None] + planes[:, :2, 1] * centre[:, 1, None] + planes[:, :2, 2]
+    base = planes[:, :2, 2]
     du, dv = steps.to(planes.dtype), steps.to(planes.dtype)[:, None]
     w0 = base[:, 0, None, None] + planes[:, 0, 0, None, None] * du + planes[:, 0, 1, None, None] * dv
     w1 = base[:, 1, None, None] + planes[:, 1, 0, None, None] * du + planes[:, 1, 1, None, None] * dv
-    inside = (w0 >= 0) & (w1 >= 0) & (w0 + w1 <= 1)  # (M, k rows, k columns)
+    inside = (w0 >= -_EDGE) & (w1 >= -_EDGE) & (w0 + w1 <= 1 + _EDGE)  # (M, k rows, k columns)
     inside &= (steps < spans[:, 0, None, None]) & (steps[:, None] < spans[:, 1, None, None])
     owner, dv_in, du_in = torch.nonzero(inside, as_tuple=True)
     return owner, torch.stack([du_in, dv_in], dim=-1)
 
 
-def _plane_coefficients(corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _plane_coefficients(corners: torch.Tensor, anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine functions of (u, v) giving the barycentric weights w0, w1 and the depth over each triangle.
 
-    Shape: corners (B, T, 3, 3) -> coefficients (B, T, 3, 3) with rows [w0, w1, depth] and columns
-    [u, v, 1], and the signed pixel area (B, T) (negative for front-facing triangles)."""
-    (u0, v0, z0), (u1, v1, z1), (u2, v2, z2) = (corners[:, :, k].unbind(-1) for k in range(3))
+    Each function is written around an anchor point: ``f(u, v) = a·(u - anchor_u) + b·(v - anchor_v) + c``, with
+    c computed from differences to the triangle's first corner. Image coordinates in the hundreds would
+    otherwise cancel in float32 and lose pixels on thin triangles.
+    Shape: corners (..., 3, 3), anchor (..., 2) -> coefficients (..., 3, 3) with rows [w0, w1, depth] and
+    columns [a, b, c], and the signed pixel area (...) (negative for front-facing triangles)."""
+    (u0, v0, z0), (u1, v1, z1), (u2, v2, z2) = (corners[..., k, :].unbind(-1) for k in range(3))
     area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
     safe = torch.where(area.abs() < 1e-12, torch.full_like(area, -1e-12), area)
-    w0 = torch.stack([v1 - v2, u2 - u1, u1 * v2 - u2 * v1], -1) / safe[..., None]
-    w1 = torch.stack([v2 - v0, u0 - u2, u2 * v0 - u0 * v2], -1) / safe[..., None]
-    constant = torch.zeros_like(w0)
-    constant[..., 2] = 1.0
-    depth = w0 * (z0 - z2)[..., None] + w1 * (z1 - z2)[..., None] + constant * z2[..., None]
-    return torch.stack([w0, w1, depth], dim=-2), area
+    grad_w0 = torch.stack([v1 - v2, u2 - u1], -1) / safe[..., None]
+    grad_w1 = torch.stack([v2 - v0, u0 - u2], -1) / safe[..., None]
+    grad_depth = grad_w0 * (z0 - z2)[..., None] + grad_w1 * (z1 - z2)[..., None]
+    gradients = torch.stack([grad_w0, grad_w1, grad_depth], dim=-2)  # (..., 3, 2)
+    offset = (anchor - corners[..., 0, :2])[..., None, :]  # from the first corner, where w0 = 1, w1 = 0
+    at_first_corner = torch.stack([torch.ones_like(z0), torch.zeros_like(z0), z0], dim=-1)
+    constant = at_first_corner + (gradients * offset).sum(dim=-1)
+    return torch.cat([gradients, constant[..., None]], dim=-1), area
 
 
-def _evaluate(planes: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    """Evaluate affine functions at pixel centres. Shape: planes (P, 3, 3), col and row (P,) -> (P, 3)."""
-    u = (col.to(planes.dtype) + 0.5)[:, None]
-    v = (row.to(planes.dtype) + 0.5)[:, None]
-    return planes[..., 0] * u + planes[..., 1] * v + planes[..., 2]
+def _evaluate(planes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Evaluate anchored affine functions at integer offsets from the anchor.
+
+    Shape: planes (P, 3, 3), offsets (P, 2) -> (P, 3)."""
+    offsets = offsets.to(planes.dtype)
+    return planes[..., 0] * offsets[:, None, 0] + planes[..., 1] * offsets[:, None, 1] + planes[..., 2]
 
 
 def interpolate(attributes: torch.Tensor, triangles: torch.Tensor, raster: Rasterization) -> torch.Tensor:

@@ -80,8 +80,8 @@ def visible_vertices(
     winner = pixel_triangle.clamp(min=0)
     own = (triangles[winner] == torch.arange(n_vertices, device=vertices.device)[None, :, None]).any(dim=-1)
     winner_corners = vertices[torch.arange(batch, device=vertices.device)[:, None, None], triangles[winner]]
-    planes, _ = _plane_coefficients(winner_corners)  # (B, N, 3, 3)
-    surface_depth = planes[..., 2, 0] * u + planes[..., 2, 1] * v + planes[..., 2, 2]
+    planes, _ = _plane_coefficients(winner_corners, vertices[..., :2])  # (B, N, 3, 3) around each vertex
+    surface_depth = planes[..., 2, 2]
     extent = (u.amax(dim=1, keepdim=True) - u.amin(dim=1, keepdim=True)).clamp(min=1e-6)
     unhidden = surface_depth <= depth + tolerance * extent
     return (front_corner > 0) & inside & (background | own | unhidden)

@@ -109,3 +109,11 @@ def test_bad_meshes():
         rasterize(torch.full((1, 3, 3), float("nan")), TRIANGLE, 8, 8)
     with pytest.raises(InvalidInputError, match="size"):
         rasterize(FRONT, TRIANGLE, 0, 8)
+
+
+def test_thin_triangle_far_from_the_origin_keeps_its_pixel():
+    # the centre (410.5, 424.5) lies inside by a barycentric margin of 0.01; float32 cancellation in products
+    # of ~400 px coordinates once lost such pixels, leaving single-pixel holes in rendered faces
+    vertices = torch.tensor([[[410.11, 425.22, 1.0], [410.65, 424.78, 1.0], [410.35, 424.19, 1.0]]])
+    raster = rasterize(vertices, TRIANGLE, 512, 512)
+    assert raster.triangle[0, 424, 410] == 0 and raster.mask.sum() == 1
