@@ -159,23 +159,27 @@ class ParamLayout:
 
 
 def model_shape(model: FaceModel, params: torch.Tensor, vertex_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Model-space vertices for the α part of ``params``, optionally only ``vertex_ids``.
+    """Model-space vertices for the α part of ``params``: all, ``vertex_ids`` (n,) shared by the batch, or
+    ``vertex_ids`` (B, n) chosen per face.
 
-    Shape: params (B, P) -> (B, N, 3), or (B, len(vertex_ids), 3)."""
+    Shape: params (B, P) -> (B, N, 3), or (B, n, 3)."""
     layout = ParamLayout.of(model)
     layout.check(params)
     tensors = model.torch_tensors(params.device, params.dtype)
-    mean, basis = tensors["mean"], tensors["basis"]
-    if vertex_ids is not None:
-        ids = torch.as_tensor(vertex_ids, device=params.device, dtype=torch.long)
-        mean, basis = mean[ids], basis[ids]
-    return linear_shape(mean, basis, params[:, layout.alpha])
+    mean, basis, alpha = tensors["mean"], tensors["basis"], params[:, layout.alpha]
+    if vertex_ids is None:
+        return linear_shape(mean, basis, alpha)
+    ids = torch.as_tensor(vertex_ids, device=params.device, dtype=torch.long)
+    if ids.dim() == 1:
+        return linear_shape(mean[ids], basis[ids], alpha)
+    check_shape("vertex_ids", ids, (params.shape[0], None))
+    return mean[ids] + (basis[ids] @ alpha[:, None, :, None])[..., 0]
 
 
 def image_vertices(model: FaceModel, params: torch.Tensor, vertex_ids=None) -> torch.Tensor:
-    """The model posed by ``params`` in image pixels with depth; all vertices or only ``vertex_ids``.
+    """The model posed by ``params`` in image pixels with depth; all vertices or ``vertex_ids`` (n,) or (B, n).
 
-    Accepts numpy params (returns numpy). Shape: params (B, P) -> (B, N, 3) as [u, v, depth]."""
+    Accepts numpy params (returns numpy). Shape: params (B, P) -> (B, N or n, 3) as [u, v, depth]."""
     if isinstance(params, np.ndarray):
         return image_vertices(model, torch.from_numpy(params), vertex_ids).numpy()
     return project(model_shape(model, params, vertex_ids), params[:, :N_POSE])

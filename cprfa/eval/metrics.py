@@ -1,0 +1,30 @@
+"""Evaluation metrics (DESIGN.md conventions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FAILURE_NME = 10.0
+
+
+def nme(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Normalized mean error in %: mean point distance over sqrt(w·h) of the target points' tight box.
+
+    Shape: predicted and target (B, N, 2) -> (B,)."""
+    predicted, target = np.asarray(predicted, np.float64), np.asarray(target, np.float64)
+    if predicted.shape != target.shape or predicted.ndim != 3 or predicted.shape[-1] != 2:
+        raise ValueError(f"predicted and target must both be (B, N, 2), got {predicted.shape}, {target.shape}")
+    size = np.sqrt(np.prod(target.max(axis=1) - target.min(axis=1), axis=1))
+    return 100.0 * np.linalg.norm(predicted - target, axis=-1).mean(axis=1) / size
+
+
+def summarize(errors: np.ndarray) -> dict[str, float]:
+    """Mean, median, 90th percentile and failure rate (NME > 10 %) of per-image NMEs in %."""
+    errors = np.asarray(errors, np.float64)
+    return {
+        "images": int(len(errors)),
+        "mean": float(errors.mean()),
+        "median": float(np.median(errors)),
+        "p90": float(np.percentile(errors, 90)),
+        "failure_rate": float(100.0 * (errors > FAILURE_NME).mean()),
+    }

@@ -1,0 +1,204 @@
+"""On-line fitting of the face model to 2D point correspondences (paper Fig. 1a), batched.
+
+Projected Levenberg–Marquardt on the whole parameter vector ``[pose, α_id, α_exp]`` minimizing
+
+    Σ_i w_i ρ(‖proj(X_{v_i}) − y_i‖ / d) + λ_id ‖α_id‖² + λ_exp ‖α_exp‖²
+
+where ``d = sqrt(w·h)`` of the target points' box makes the data term independent of image size, ρ is the
+squared distance or a robust loss (Huber, Geman–McClure; applied by iteratively reweighting), and blendshape
+expressions are kept in [0, 1] by projecting every step. ``vertex_for`` chooses the model vertex of each
+target point at every iteration, which is how the silhouette jaw landmarks follow the pose; a fixed
+correspondence (e.g. dense DAFI vertices) simply returns the same ids. The Jacobian is analytic
+(``projection_jacobian``), so a batch of faces costs a few batched matrix products per iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from cprfa._checks import check_finite, check_shape
+from cprfa.errors import InvalidInputError
+from cprfa.model.face_model import FaceModel
+from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, image_vertices, pose_from_box
+
+ROBUST_LOSSES = ("none", "huber", "geman-mcclure")
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Settings of the on-line fit.
+
+    identity_weight, expression_weight: λ of the Gaussian priors (the data term is in units of the box size).
+    iterations: LM iterations with the shape free; pose_iterations: LM iterations on the pose alone before.
+    robust: "none", "huber" or "geman-mcclure"; robust_scale: its scale as a fraction of the box size.
+    fit_identity, fit_expression: which coefficient groups are free (the others stay at their start value).
+    """
+
+    identity_weight: float = 2e-4
+    expression_weight: float = 2e-4
+    iterations: int = 25
+    pose_iterations: int = 8
+    robust: str = "none"
+    robust_scale: float = 0.02
+    fit_identity: bool = True
+    fit_expression: bool = True
+
+    def __post_init__(self) -> None:
+        if self.robust not in ROBUST_LOSSES:
+            raise InvalidInputError(f"robust must be one of {ROBUST_LOSSES}, got '{self.robust}'")
+        if self.identity_weight < 0 or self.expression_weight < 0 or self.robust_scale <= 0:
+            raise InvalidInputError("prior weights must be >= 0 and robust_scale > 0")
+        if self.iterations < 0 or self.pose_iterations < 0:
+            raise InvalidInputError("iteration counts must be >= 0")
+
+
+def box_size(points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sqrt(w·h) of the box of the points with positive weight. Shape: (B, M, 2), (B, M) -> (B,)."""
+    big = torch.finfo(points.dtype).max
+    valid = (weights > 0)[..., None]
+    low = torch.where(valid, points, big).amin(dim=1)
+    high = torch.where(valid, points, -big).amax(dim=1)
+    return torch.sqrt(((high - low).clamp(min=1e-6)).prod(dim=1))
+
+
+def fit_points(
+    model: FaceModel,
+    points: torch.Tensor,
+    vertex_for: Callable[[torch.Tensor], torch.Tensor],
+    weights: torch.Tensor | None = None,
+    options: FitOptions = FitOptions(),
+    initial: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fit pose and coefficients so that the chosen vertices project onto ``points``.
+
+    ``vertex_for(params)`` returns the vertex id of each target point, (B, M) int64. ``weights`` (B, M) ≥ 0
+    (0 = missing point). ``initial`` parameters default to the mean face placed on the points' box.
+    Shape: points (B, M, 2) pixels -> params (B, P)."""
+    check_shape("points", points, (None, None, 2))
+    batch, n_points, _ = points.shape
+    points = points.to(torch.float64)
+    weights = torch.ones(batch, n_points, dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    check_shape("weights", weights, (batch, n_points))
+    valid = weights > 0
+    check_finite("points", torch.where(valid[..., None], points, 0.0))
+    if bool((valid.sum(dim=1) < 3).any()):
+        raise InvalidInputError("every face needs at least 3 target points with positive weight")
+    points = torch.where(valid[..., None], points, 0.0)
+    layout = ParamLayout.of(model)
+    size = box_size(points, weights)
+    if initial is None:
+        initial = initial_params(model, points, weights)
+    params = initial.to(torch.float64).clone()
+    free = torch.zeros(layout.size, dtype=torch.bool)
+    free[layout.pose] = True
+    params = _levenberg_marquardt(model, params, points, weights, size, vertex_for, free, options,
+                                  options.pose_iterations)
+    free[layout.identity] = options.fit_identity
+    free[layout.expression] = options.fit_expression
+    return _levenberg_marquardt(model, params, points, weights, size, vertex_for, free, options, options.iterations)
+
+
+def initial_params(model: FaceModel, points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The mean face, frontal, filling the box of the target points. Shape: (B, M, 2), (B, M) -> (B, P)."""
+    big = torch.finfo(points.dtype).max
+    valid = (weights > 0)[..., None]
+    box = torch.cat([torch.where(valid, points, big).amin(dim=1), torch.where(valid, points, -big).amax(dim=1)], 1)
+    params = ParamLayout.of(model).initial(len(points), dtype=points.dtype)
+    params[:, :N_POSE] = pose_from_box(model, box)
+    return params
+
+
+def projection_jacobian(model: FaceModel, params: torch.Tensor, vertex_ids: torch.Tensor):
+    """Projected points and their derivatives with respect to every parameter.
+
+    With x = mean + basis·α, u = s·(R x)_x + tx and v = −s·(R x)_y + ty, R = Rz Ry Rx:
+    d/dα = s·[R_x; −R_y]·basis, d/ds = [(R x)_x, −(R x)_y], d/dt = identity, and d/dθ uses
+    dR/dpitch = Rz Ry Rx K_x, dR/dyaw = Rz Ry K_y Rx, dR/droll = Rz K_z Ry Rx (K: cross-product matrices).
+    Shape: params (B, P), vertex_ids (B, M) -> points (B, M, 2), jacobian (B, M, 2, P)."""
+    layout = ParamLayout.of(model)
+    tensors = model.torch_tensors(params.device, params.dtype)
+    basis = tensors["basis"][vertex_ids]  # (B, M, 3, K)
+    shape = tensors["mean"][vertex_ids] + (basis @ params[:, None, layout.alpha, None])[..., 0]  # (B, M, 3)
+    pitch, yaw, roll = params[:, :3].unbind(-1)
+    zero = torch.zeros_like(pitch)
+    rx = euler_to_rotation(torch.stack([pitch, zero, zero], -1))
+    ry = euler_to_rotation(torch.stack([zero, yaw, zero], -1))
+    rz = euler_to_rotation(torch.stack([zero, zero, roll], -1))
+    skew = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]], [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+                         [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=params.dtype, device=params.device)
+    rotation = rz @ ry @ rx
+    d_rotation = torch.stack([rotation @ skew[0], rz @ ry @ skew[1] @ rx, rz @ skew[2] @ ry @ rx], dim=1)
+    scale = params[:, 3, None, None]
+    flip = torch.tensor([1.0, -1.0], dtype=params.dtype, device=params.device)  # v = −s·(R x)_y
+    rotated = shape @ rotation.transpose(1, 2)  # (B, M, 3)
+    points = scale * rotated[..., :2] * flip + params[:, None, 4:6]
+    jacobian = params.new_zeros(*vertex_ids.shape, 2, layout.size)
+    d_angles = torch.einsum("bkij,bmj->bmik", d_rotation[:, :, :2], shape)  # (B, M, 2, 3)
+    jacobian[..., :3] = scale[..., None] * d_angles * flip[:, None]
+    jacobian[..., 3] = rotated[..., :2] * flip
+    jacobian[..., 0, 4] = 1.0
+    jacobian[..., 1, 5] = 1.0
+    jacobian[..., layout.alpha] = scale[..., None] * flip[:, None] * (rotation[:, None, :2] @ basis)
+    return points, jacobian
+
+
+def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free, options, iterations):
+    layout = ParamLayout.of(model)
+    blendshape = model.expression_prior == "blendshape"
+    prior = torch.zeros(layout.size, dtype=params.dtype)
+    prior[layout.identity] = options.identity_weight ** 0.5
+    prior[layout.expression] = options.expression_weight ** 0.5
+    free_ids = torch.nonzero(free).squeeze(1)
+    eye = torch.eye(len(free_ids), dtype=params.dtype)
+    damping = torch.full((len(params),), 1e-3, dtype=params.dtype)
+
+    def residuals(x, ids, sqrt_w, with_jacobian=False):  # (B, 2M + P) and optionally (B, 2M + P, P)
+        projected, d_projected = projection_jacobian(model, x, ids)
+        factor = (sqrt_w / size[:, None])[..., None]
+        data = ((projected - points) * factor).flatten(1)
+        r = torch.cat([data, prior * x], dim=1)
+        if not with_jacobian:
+            return r
+        j_data = (d_projected * factor[..., None]).flatten(1, 2)
+        return r, torch.cat([j_data, torch.diag(prior).expand(len(x), -1, -1)], dim=1)
+
+    for _ in range(iterations):
+        ids = vertex_for(params)
+        sqrt_w = _robust_sqrt_weights(model, params, ids, points, weights, size, options)
+        r, j = residuals(params, ids, sqrt_w, with_jacobian=True)
+        j = j[..., free_ids]
+        jtj = j.transpose(1, 2) @ j
+        jtr = j.transpose(1, 2) @ r[..., None]
+        cost = (r ** 2).sum(dim=1)
+        for _attempt in range(4):  # raise the damping of faces whose step did not lower the cost
+            diagonal = torch.diagonal(jtj, dim1=1, dim2=2)[..., None] * eye + 1e-9 * eye
+            factor, _ = torch.linalg.cholesky_ex(jtj + damping[:, None, None] * diagonal)
+            step = torch.cholesky_solve(-jtr, factor)[..., 0]
+            trial = params.clone()
+            trial[:, free_ids] += step
+            if blendshape:
+                trial[:, layout.expression] = trial[:, layout.expression].clamp(0.0, 1.0)
+            trial[:, 3] = trial[:, 3].clamp(min=1e-6)
+            better = (residuals(trial, ids, sqrt_w) ** 2).sum(dim=1) < cost
+            params = torch.where(better[:, None], trial, params)
+            damping = torch.where(better, damping / 3, damping * 4).clamp(1e-7, 1e7)
+            if bool(better.all()):
+                break
+    return params
+
+
+def _robust_sqrt_weights(model, params, ids, points, weights, size, options):
+    """sqrt of the per-point weights: the given weights times the IRLS weights of the robust loss."""
+    if options.robust == "none":
+        return weights.sqrt()
+    with torch.no_grad():
+        projected = image_vertices(model, params, ids)[..., :2]
+        error = (projected - points).norm(dim=-1) / (size[:, None] * options.robust_scale)
+    if options.robust == "huber":
+        irls = torch.where(error <= 1, torch.ones_like(error), 1 / error.clamp(min=1e-12))
+    else:  # Geman–McClure
+        irls = 1 / (1 + error ** 2) ** 2
+    return (weights * irls).sqrt()

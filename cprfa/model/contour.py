@@ -1,0 +1,87 @@
+"""Silhouette jaw landmarks: the "2D" 68-point convention of 300-W (DESIGN.md).
+
+In 300-W the jaw points 0–7 and 9–16 lie on the visible outline of the face, not on fixed vertices: when the
+head turns, the far side's outline moves onto the cheek. For each of those 16 landmarks the model gets a
+*contour line*: the face vertices on the same side of the face, within ``band`` cm of the landmark vertex's
+height, no further from the midline than it and not behind it (so neither ears nor the sides of the head count). The landmark's silhouette vertex is
+the line's most outward vertex after pitch and yaw (before roll, which only turns the image plane): the
+smallest rotated x on the subject's right, the largest on the left. In a frontal view that is the landmark
+vertex itself; the other 52 landmarks stay on their fixed vertices.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cprfa.model.face_model import FaceModel
+from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices, model_shape
+
+JAW_LANDMARKS = np.array([*range(0, 8), *range(9, 17)])
+CONTOUR_BAND_CM = 0.35
+
+
+@dataclass(frozen=True, eq=False)
+class ContourLines:
+    """Candidate vertices of the 16 silhouette jaw landmarks.
+
+    Attributes:
+        landmarks: (16,) which of the 68 landmarks each line serves (0–7, 9–16).
+        vertex_ids: (16, L) candidate vertex ids, padded by repeating the landmark vertex.
+        outward: (16,) -1 on the subject's right (silhouette = smallest rotated x), +1 on the left.
+    """
+
+    landmarks: np.ndarray
+    vertex_ids: np.ndarray
+    outward: np.ndarray
+
+
+@functools.lru_cache(maxsize=8)
+def contour_lines(model: FaceModel, band: float = CONTOUR_BAND_CM) -> ContourLines:
+    """The contour line of each jaw landmark (see the module docstring), computed on the mean shape."""
+    face = model.face_area
+    lines = []
+    for landmark in JAW_LANDMARKS:
+        anchor = model.landmarks68[landmark]
+        x, y, z = model.mean[anchor]
+        candidates = face[
+            (np.abs(model.mean[face, 1] - y) <= band)
+            & (np.sign(model.mean[face, 0]) == np.sign(x))
+            & (np.abs(model.mean[face, 0]) <= abs(x))
+            & (model.mean[face, 2] >= z)
+        ]
+        lines.append(np.unique(np.append(candidates, anchor)))
+    length = max(len(line) for line in lines)
+    padded = np.stack([np.pad(line, (0, length - len(line)), constant_values=model.landmarks68[k])
+                       for line, k in zip(lines, JAW_LANDMARKS, strict=True)])
+    outward = np.sign(model.mean[model.landmarks68[JAW_LANDMARKS], 0]).astype(np.int64)
+    return ContourLines(landmarks=JAW_LANDMARKS, vertex_ids=padded, outward=outward)
+
+
+def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor) -> torch.Tensor:
+    """Vertex ids of the 68 landmarks in the 2D convention for each face: jaw points on the silhouette.
+
+    Not differentiable (a discrete choice); fitting re-chooses them at every iteration.
+    Shape: params (B, P) -> (B, 68) int64."""
+    lines = contour_lines(model)
+    ids = torch.as_tensor(lines.vertex_ids, device=params.device)
+    shape = model_shape(model, params, ids.reshape(-1)).reshape(len(params), *ids.shape, 3)  # (B, 16, L, 3)
+    pitch_yaw = torch.cat([params[:, :2], torch.zeros_like(params[:, :1])], dim=1)
+    rotated_x = (shape @ euler_to_rotation(pitch_yaw).transpose(1, 2)[:, None])[..., 0]  # (B, 16, L)
+    outward = torch.as_tensor(lines.outward, device=params.device, dtype=params.dtype)
+    best = (rotated_x * outward[None, :, None]).argmax(dim=-1)  # (B, 16)
+    chosen = torch.gather(ids.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
+    result = torch.as_tensor(model.landmarks68, device=params.device).repeat(len(params), 1)
+    result[:, torch.as_tensor(lines.landmarks, device=params.device)] = chosen
+    return result
+
+
+def landmarks_2d(model: FaceModel, params: torch.Tensor) -> torch.Tensor:
+    """The 68 landmarks in the 2D (300-W) convention in image space with depth.
+
+    Shape: params (B, P) -> (B, 68, 3)."""
+    ParamLayout.of(model).check(params)
+    return image_vertices(model, params, silhouette_landmark_ids(model, params))
