@@ -22,7 +22,7 @@ def summarize(errors: np.ndarray) -> dict[str, float]:
     """Mean, median, 90th percentile and failure rate (NME > 10 %) of per-image NMEs in %."""
     errors = np.asarray(errors, np.float64)
     return {
-        "images": int(len(errors)),
+        "images": len(errors),
         "mean": float(errors.mean()),
         "median": float(np.median(errors)),
         "p90": float(np.percentile(errors, 90)),

@@ -36,7 +36,7 @@ def fit_landmarks(
     model: FaceModel,
     points: torch.Tensor,
     weights: torch.Tensor | None = None,
-    options: FitOptions = FitOptions(),
+    options: FitOptions | None = None,
     contour: bool = True,
 ) -> LandmarkFit:
     """Fit pose, identity and expression to 68 landmarks per face.

@@ -20,7 +20,7 @@ import torch
 from cprfa.model.face_model import FaceModel
 from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices, model_shape
 
-JAW_LANDMARKS = np.array([*range(0, 8), *range(9, 17)])
+JAW_LANDMARKS = np.array([*range(8), *range(9, 17)])
 CONTOUR_BAND_CM = 0.35
 
 

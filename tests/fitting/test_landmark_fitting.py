@@ -77,7 +77,7 @@ def test_contour_updating_improves_the_jaw_of_a_rotated_face(face_model):
     jaw = [*range(8), *range(9, 17)]
     with_contour = fit_landmarks(face_model, target, contour=True)
     fixed = fit_landmarks(face_model, target, contour=False)
-    jaw_error = lambda fit: (fit.landmarks - target)[:, jaw].norm(dim=-1).mean()  # noqa: E731
+    jaw_error = lambda fit: (fit.landmarks - target)[:, jaw].norm(dim=-1).mean()
     assert jaw_error(with_contour) < 0.5 * jaw_error(fixed)
 
 
@@ -89,7 +89,7 @@ def test_robust_loss_resists_outliers(face_model):
     inliers = [i for i in range(68) if not 36 <= i < 42]
     plain = fit_landmarks(face_model, corrupted)
     robust = fit_landmarks(face_model, corrupted, options=FitOptions(robust="geman-mcclure"))
-    error = lambda fit: (fit.landmarks - target)[0, inliers].norm(dim=-1).mean()  # noqa: E731
+    error = lambda fit: (fit.landmarks - target)[0, inliers].norm(dim=-1).mean()
     assert error(robust) < 0.5 * error(plain)
 
 
