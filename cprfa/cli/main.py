@@ -62,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--source", type=Path, required=True, help="path to ict_face_model.npz")
     build.add_argument("--out", type=Path, help="output .npz (default: the bundled model's path)")
     build.set_defaults(run=run_build_model)
+
+    data = commands.add_parser("data", help="build training and evaluation data").add_subparsers(
+        dest="data_command", metavar="DATA_COMMAND", required=True)
+    pseudo = data.add_parser(
+        "build",
+        help="pseudo-dense ground truth from 300-W: fit the model to the landmarks, crop, render PNCC + mask",
+        description="Fit the face model to each face's 68 landmarks, crop the face and render the fitted "
+        "model's PNCC and mask: the HS-U-Net's training data. Deterministic and resumable (finished shards "
+        "are kept); writes OUT/<split>/shard_*.npz and OUT/manifest.json. helen_test is for evaluation only.",
+    )
+    pseudo.add_argument("--data", type=Path, required=True, help="the 300-W folder (with afw/, helen_train/, ...)")
+    pseudo.add_argument("--out", type=Path, required=True, help="output folder (keep it out of git)")
+    pseudo.add_argument("--splits", nargs="+", default=["afw", "helen_train"])
+    pseudo.add_argument("--size", type=int, default=256, help="crop size in pixels (default 256)")
+    pseudo.set_defaults(run=run_data_build)
     return parser
 
 
@@ -151,6 +166,20 @@ def run_build_model(args: argparse.Namespace) -> int:
     digest = model.save(out, compact=True)
     print(f"wrote {out}: {model.n_vertices} vertices, {len(model.triangles)} triangles, "
           f"{model.n_identity} identity and {model.n_expression} expression modes, sha256 {digest}")
+    return 0
+
+
+def run_data_build(args: argparse.Namespace) -> int:
+    from cprfa.data.build import BuildSettings, build_pseudo_gt
+
+    if not 32 <= args.size <= 1024:
+        raise CprfaError(f"--size must lie in [32, 1024], got {args.size}")
+    manifest = build_pseudo_gt(BuildSettings(str(args.data), str(args.out), tuple(args.splits), args.size))
+    for split, entry in manifest["splits"].items():
+        print(f"{split}: {entry['kept']} faces kept, {len(entry['skipped'])} skipped")
+        for item in entry["skipped"]:
+            print(f"  skipped {item['image']}: {item['reason']}")
+    print(f"wrote {args.out / 'manifest.json'} ({manifest['seconds']} s)")
     return 0
 
 

@@ -1,0 +1,58 @@
+"""The network's input crop, and moving images, points and parameters into it.
+
+Crop policy (used for training data and, later, at inference from a face box): a square of side
+``1.5 × max(w, h)`` of the 68-landmark box, centred on the box centre moved up by 10 % of its height (the face
+model reaches over the forehead), resized to ``size × size``. Pixels outside the photo are black.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from cprfa.model.projection import N_POSE
+
+CROP_ENLARGE = 1.5
+CROP_SHIFT_UP = 0.1
+
+
+def crop_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The square crop (x0, y0, x1, y1) for a tight 68-landmark box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    side = CROP_ENLARGE * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - CROP_SHIFT_UP * (y1 - y0)
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+
+
+def crop_image(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """Resample the square ``box`` of an RGB image to (size, size, 3), black outside the image.
+
+    Pixel-corner convention on both sides: image point (x0, y0) maps to crop point (0, 0)."""
+    x0, y0, x1, _ = box
+    k = size / (x1 - x0)
+    # OpenCV maps pixel centres: centre (j + 0.5) in the crop comes from x0 + (j + 0.5) / k in the image,
+    # whose OpenCV (centre-at-integer) coordinate is that minus 0.5.
+    matrix = np.array([[k, 0, (0.5 - x0) * k - 0.5], [0, k, (0.5 - y0) * k - 0.5]])
+    interpolation = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, matrix, (size, size), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
+
+
+def points_to_crop(points, box: tuple[float, float, float, float], size: int):
+    """Image points into crop pixels. Shape: (..., 2) -> (..., 2)."""
+    x0, y0, x1, _ = box
+    k = size / (x1 - x0)
+    offset = points.new_tensor([x0, y0]) if isinstance(points, torch.Tensor) else np.array([x0, y0])
+    return (points - offset) * k
+
+
+def params_to_crop(params: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """Parameters that project into the crop what ``params`` projects into the image: scale and translation
+    follow the crop (s' = k·s, t' = k·(t − box corner)); angles and coefficients are unchanged.
+    Shape: (P,) or (B, P) -> same."""
+    x0, y0, x1, _ = box
+    k = size / (x1 - x0)
+    out = params.clone()
+    out[..., 3] = params[..., 3] * k
+    out[..., 4:N_POSE] = points_to_crop(params[..., 4:N_POSE], box, size)
+    return out

@@ -1,0 +1,53 @@
+import shutil
+
+import numpy as np
+import torch
+
+from cprfa.cli.main import main
+from cprfa.data.build import PNCC_SCALE
+from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop
+from cprfa.model.projection import ParamLayout, landmarks_3d
+
+
+def test_crop_moves_image_points_and_params_consistently(face_model):
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[40, 60] = 255  # pixel centre (60.5, 40.5)
+    box = crop_box((40.0, 30.0, 80.0, 70.0))
+    assert np.isclose(box[2] - box[0], 60) and np.isclose(box[3] - box[1], 60)
+    crop = crop_image(image, box, 120)  # k = 2
+    centre = points_to_crop(np.array([60.5, 40.5]), box, 120)
+    assert crop[int(centre[1]), int(centre[0])].max() > 100
+    layout = ParamLayout.of(face_model)
+    params = layout.initial(1, dtype=torch.float64)
+    params[0, :6] = torch.tensor([0.1, 0.3, 0.0, 2.0, 60.0, 50.0])
+    moved = landmarks_3d(face_model, params_to_crop(params, box, 120))[..., :2]
+    expected = points_to_crop(landmarks_3d(face_model, params)[..., :2], box, 120)
+    assert torch.allclose(moved, expected)
+
+
+def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
+    source = tmp_path / "300w" / "helen_test"
+    source.mkdir(parents=True)
+    for name in sorted(p.stem for p in (shared_data / "300w" / "helen_test").glob("*.pts"))[:3]:
+        for suffix in (".jpg", ".pts"):
+            shutil.copy(shared_data / "300w" / "helen_test" / (name + suffix), source)
+    (source / "broken.jpg").write_text("not an image")
+    (source / "broken.pts").write_text((source / f"{name}.pts").read_text())
+    args = ["data", "build", "--data", str(tmp_path / "300w"), "--out", str(tmp_path / "out"),
+            "--splits", "helen_test", "--size", "128"]
+    assert main(args) == 0
+    assert "3 faces kept, 1 skipped" in capsys.readouterr().out
+    shard = tmp_path / "out" / "helen_test" / "shard_0000.npz"
+    with np.load(shard) as data:
+        assert data["images"].shape == (3, 128, 128, 3) and data["pncc"].dtype == np.uint16
+        assert (data["fit_nme"] < 3).all() and 0.2 < data["mask"].mean() < 0.8
+        pncc = data["pncc"][data["mask"]] / PNCC_SCALE
+        assert pncc.min() >= 0 and pncc.max() <= 1
+        # brows, nose and outer lips lie on the rendered face (jaw points on its outline; the eyes and the inner
+        # lips fall in the model's eye and mouth openings)
+        points = data["landmarks"][:, [*range(17, 36), *range(48, 60)]].astype(int).clip(0, 127)
+        on_face = [data["mask"][i][points[i, :, 1], points[i, :, 0]].mean() for i in range(3)]
+        assert min(on_face) > 0.95
+    stamp = shard.stat().st_mtime_ns
+    assert main(args) == 0 and shard.stat().st_mtime_ns == stamp  # resumed: the finished shard is kept
+    assert "1 skipped" in capsys.readouterr().out
