@@ -13,7 +13,7 @@ def test_default_model_contents(face_model):
     assert (m.n_vertices, m.n_identity, m.n_expression) == (9409, 100, 53)
     assert m.expression_names[0] == "browDown_L" and "jawOpen" in m.expression_names
     assert m.expression_prior == "blendshape"
-    assert m.triangles.shape == (18460, 3) and m.triangles.max() < m.n_vertices
+    assert m.triangles.shape == (18540, 3) and m.triangles.max() < m.n_vertices
     assert len(np.unique(m.triangles)) == m.n_vertices  # no unreferenced vertex
     assert m.landmarks68.shape == (68,)
     assert len(m.contour_right) == len(m.contour_left) == 17
@@ -95,3 +95,13 @@ def test_inconsistent_model_is_refused(face_model):
         FaceModel(**{**fields, "expression_names": ("a", "b")})
     with pytest.raises(ModelFileError, match="landmarks68"):
         FaceModel(**{**fields, "landmarks68": face_model.landmarks68[:5]})
+
+
+def test_eyes_are_closed_and_the_mouth_open(face_model):
+    from cprfa.model.ict import boundary_loops
+
+    loops = boundary_loops(face_model.triangles)
+    centres = [face_model.mean[loop].mean(axis=0) for loop in loops]
+    mouth = face_model.mean[face_model.landmarks68[60:68]].mean(axis=0)
+    assert len(loops) == 2  # the outer rim and the mouth
+    assert min(np.linalg.norm(c - mouth) for c in centres) < 1.0

@@ -67,13 +67,14 @@ def test_rendered_pncc_maps_back_to_the_right_vertices(face_model):
     assert render.pncc.min() >= 0 and render.pncc.max() <= 1
     rows, cols = torch.nonzero(render.mask[0], as_tuple=True)
     codes = render.pncc[0, rows, cols].numpy()
-    _, nearest = cKDTree(face_model.pncc).query(codes)
+    code_distance, nearest = cKDTree(face_model.pncc).query(codes)
+    accepted = code_distance < 0.01  # the DAFI retrieval rule (paper §3.3)
+    assert accepted.mean() > 0.7  # the rest lie between vertices, e.g. over the closed eyes
     corners = face_model.triangles[render.raster.triangle[0, rows, cols].numpy()]
-    in_triangle = (corners == nearest[:, None]).any(axis=1)
-    assert in_triangle.mean() > 0.9
+    assert (corners == nearest[:, None]).any(axis=1)[accepted].mean() > 0.95
     pixel_centres = np.stack([cols.numpy() + 0.5, rows.numpy() + 0.5], -1)
-    distance = np.linalg.norm(vertices[0, nearest, :2].numpy() - pixel_centres, axis=1)
-    assert np.median(distance) < 1.0 and np.percentile(distance, 99) < 3.0
+    distance = np.linalg.norm(vertices[0, nearest, :2].numpy() - pixel_centres, axis=1)[accepted]
+    assert np.median(distance) < 1.0 and distance.max() < 3.0
 
 
 def test_visibility_flips_when_yaw_passes_90_degrees(face_model):
