@@ -50,7 +50,7 @@ def params_to_crop(params: torch.Tensor, box: tuple[float, float, float, float],
     """Parameters that project into the crop what ``params`` projects into the image: scale and translation
     follow the crop (s' = k·s, t' = k·(t − box corner)); angles and coefficients are unchanged.
     Shape: (P,) or (B, P) -> same."""
-    x0, y0, x1, _ = box
+    x0, _, x1, _ = box
     k = size / (x1 - x0)
     out = params.clone()
     out[..., 3] = params[..., 3] * k
