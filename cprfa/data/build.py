@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cprfa.data.augment import PNCC_SCALE
 from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop
 from cprfa.data.images import load_image
 from cprfa.data.readers import Face300W, iter_300w, landmark_box
@@ -43,7 +44,6 @@ from cprfa.model.projection import image_vertices
 from cprfa.model.render import render_pncc
 
 SHARD_SIZE = 64
-PNCC_SCALE = 65535
 MAX_FIT_NME = 5.0  # a fit worse than this (% NME) is skipped as unreliable ground truth
 
 
