@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--out", type=Path, required=True, help="output folder (keep it out of git)")
     pseudo.add_argument("--splits", nargs="+", default=["afw", "helen_train"])
     pseudo.add_argument("--size", type=int, default=256, help="crop size in pixels (default 256)")
+    pseudo.add_argument("--occlude", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="occluded evaluation set: synthetic occluders cover this fraction range of each face "
+                        "(e.g. 0.2 0.4); the ground truth is unchanged")
+    pseudo.add_argument("--seed", type=int, default=0, help="seed of the occluders (default 0)")
     pseudo.set_defaults(run=run_data_build)
     return parser
 
@@ -174,7 +178,11 @@ def run_data_build(args: argparse.Namespace) -> int:
 
     if not 32 <= args.size <= 1024:
         raise CprfaError(f"--size must lie in [32, 1024], got {args.size}")
-    manifest = build_pseudo_gt(BuildSettings(str(args.data), str(args.out), tuple(args.splits), args.size))
+    if args.occlude and not 0 < args.occlude[0] <= args.occlude[1] < 1:
+        raise CprfaError(f"--occlude needs 0 < LOW <= HIGH < 1, got {args.occlude}")
+    settings = BuildSettings(str(args.data), str(args.out), tuple(args.splits), args.size,
+                             tuple(args.occlude) if args.occlude else None, args.seed)
+    manifest = build_pseudo_gt(settings)
     for split, entry in manifest["splits"].items():
         print(f"{split}: {entry['kept']} faces kept, {len(entry['skipped'])} skipped")
         for item in entry["skipped"]:

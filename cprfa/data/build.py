@@ -16,6 +16,12 @@ counts, skipped faces with reasons, time). Each shard holds:
 | names | (n,) str | face names |
 | boxes | (n, 4) float32 | the crop box in the original image |
 | skipped_images, skipped_reasons | (m,) str | faces of this shard left out, and why |
+| occluded, occlusion | (n, S, S) bool, (n,) float32 | only with ``occlusion``: occluded pixels, face fraction |
+
+With ``occlusion = (low, high)`` the build makes an occluded evaluation set (COFW-like): synthetic occluders
+(cprfa.data.augment.occlude: shapes, noise textures and patches of another face of the shard) cover a
+fraction in [low, high] of each face's rendered area, drawn from a generator seeded by ``seed`` and the face
+name. The ground truth is left unchanged: the landmarks, PNCC and mask describe the whole face.
 
 The build is deterministic, and resumable: an existing shard is kept, so a stopped build picks up where it
 was. Nothing of it goes into git.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cprfa.data.augment import PNCC_SCALE
+from cprfa.data.augment import PNCC_SCALE, occlude
 from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop
 from cprfa.data.images import load_image
 from cprfa.data.readers import Face300W, iter_300w, landmark_box
@@ -53,6 +60,8 @@ class BuildSettings:
     out: str
     splits: tuple[str, ...]
     size: int = 256
+    occlusion: tuple[float, float] | None = None
+    seed: int = 0
 
 
 def build_pseudo_gt(settings: BuildSettings, model: FaceModel | None = None, progress: bool = True) -> dict:
@@ -72,7 +81,7 @@ def build_pseudo_gt(settings: BuildSettings, model: FaceModel | None = None, pro
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 temporary = path.with_name(path.stem + ".tmp.npz")
-                np.savez_compressed(temporary, **_build_shard(model, shard, settings.size))
+                np.savez_compressed(temporary, **_build_shard(model, shard, settings))
                 temporary.replace(path)  # a shard appears whole or not at all
             with np.load(path) as done:
                 kept += len(done["names"])
@@ -90,7 +99,8 @@ def build_pseudo_gt(settings: BuildSettings, model: FaceModel | None = None, pro
     return manifest
 
 
-def _build_shard(model: FaceModel, faces: list[Face300W], size: int) -> dict:
+def _build_shard(model: FaceModel, faces: list[Face300W], settings: BuildSettings) -> dict:
+    size = settings.size
     images, readable, skipped = [], [], []
     for face in faces:
         try:
@@ -113,8 +123,19 @@ def _build_shard(model: FaceModel, faces: list[Face300W], size: int) -> dict:
             else:
                 skipped.append((readable[i].image, f"landmark fit NME {error:.1f} % > {MAX_FIT_NME} %"))
     n_params = 6 + model.n_identity + model.n_expression
+    crops = np.array([crop_image(images[i], boxes[i], size) for i in keep], np.uint8).reshape(-1, size, size, 3)
+    occlusion = {}
+    if settings.occlusion is not None:
+        occluded = np.zeros(crops.shape[:3], bool)
+        coverage = np.zeros(len(keep), np.float32)
+        for j, i in enumerate(keep):
+            rng = np.random.default_rng([settings.seed, zlib.crc32(readable[i].name.encode())])
+            source = crops[j - 1] if len(keep) > 1 else None  # patches cut from another face of the shard
+            result = occlude(crops[j], render.mask[i].numpy(), rng, settings.occlusion, source=source)
+            crops[j], occluded[j], coverage[j] = result.image, result.occluded, result.coverage
+        occlusion = {"occluded": occluded, "occlusion": coverage}
     return {
-        "images": np.array([crop_image(images[i], boxes[i], size) for i in keep], np.uint8).reshape(-1, size, size, 3),
+        "images": crops,
         "pncc": (render.pncc[keep].numpy() * PNCC_SCALE).round().astype(np.uint16).reshape(-1, size, size, 3)
         if keep else np.zeros((0, size, size, 3), np.uint16),
         "mask": render.mask[keep].numpy() if keep else np.zeros((0, size, size), bool),
@@ -126,4 +147,5 @@ def _build_shard(model: FaceModel, faces: list[Face300W], size: int) -> dict:
         "boxes": np.array([boxes[i] for i in keep], np.float32).reshape(-1, 4),
         "skipped_images": np.array([str(image) for image, _ in skipped], dtype=str),
         "skipped_reasons": np.array([reason for _, reason in skipped], dtype=str),
+        **occlusion,
     }

@@ -51,3 +51,22 @@ def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
     stamp = shard.stat().st_mtime_ns
     assert main(args) == 0 and shard.stat().st_mtime_ns == stamp  # resumed: the finished shard is kept
     assert "1 skipped" in capsys.readouterr().out
+
+
+def test_occluded_evaluation_set(shared_data, tmp_path, capsys):
+    source = tmp_path / "300w" / "helen_test"
+    source.mkdir(parents=True)
+    for name in sorted(p.stem for p in (shared_data / "300w" / "helen_test").glob("*.pts"))[:2]:
+        for suffix in (".jpg", ".pts"):
+            shutil.copy(shared_data / "300w" / "helen_test" / (name + suffix), source)
+    plain, occluded = tmp_path / "plain", tmp_path / "occluded"
+    common = ["data", "build", "--data", str(tmp_path / "300w"), "--splits", "helen_test", "--size", "96"]
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--out", str(occluded), "--occlude", "0.2", "0.4"]) == 0
+    with np.load(plain / "helen_test" / "shard_0000.npz") as a, np.load(occluded / "helen_test" / "shard_0000.npz") as b:
+        assert np.array_equal(a["landmarks"], b["landmarks"]) and np.array_equal(a["mask"], b["mask"])
+        assert ((b["occlusion"] >= 0.2) & (b["occlusion"] <= 0.401)).all()
+        changed = (a["images"] != b["images"]).any(-1)
+        assert not changed[~b["occluded"]].any() and changed[b["occluded"]].mean() > 0.5
+    assert main([*common, "--out", str(tmp_path / "bad"), "--occlude", "0.5", "0.2"]) == 1
+    assert "--occlude" in capsys.readouterr().err
