@@ -25,12 +25,20 @@ def test_crop_moves_image_points_and_params_consistently(face_model):
     assert torch.allclose(moved, expected)
 
 
-def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
+def copy_faces(shared_data, tmp_path, count):
+    """A small 300-W folder with the first ``count`` helen_test faces; returns its split folder."""
     source = tmp_path / "300w" / "helen_test"
     source.mkdir(parents=True)
-    for name in sorted(p.stem for p in (shared_data / "300w" / "helen_test").glob("*.pts"))[:3]:
+    names = sorted(p.stem for p in (shared_data / "300w" / "helen_test").glob("*.pts"))[:count]
+    for name in names:
         for suffix in (".jpg", ".pts"):
             shutil.copy(shared_data / "300w" / "helen_test" / (name + suffix), source)
+    return source, names
+
+
+def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
+    source, names = copy_faces(shared_data, tmp_path, 3)
+    name = names[-1]
     (source / "broken.jpg").write_text("not an image")
     (source / "broken.pts").write_text((source / f"{name}.pts").read_text())
     args = ["data", "build", "--data", str(tmp_path / "300w"), "--out", str(tmp_path / "out"),
@@ -54,11 +62,7 @@ def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
 
 
 def test_occluded_evaluation_set(shared_data, tmp_path, capsys):
-    source = tmp_path / "300w" / "helen_test"
-    source.mkdir(parents=True)
-    for name in sorted(p.stem for p in (shared_data / "300w" / "helen_test").glob("*.pts"))[:2]:
-        for suffix in (".jpg", ".pts"):
-            shutil.copy(shared_data / "300w" / "helen_test" / (name + suffix), source)
+    copy_faces(shared_data, tmp_path, 2)
     plain, occluded = tmp_path / "plain", tmp_path / "occluded"
     common = ["data", "build", "--data", str(tmp_path / "300w"), "--splits", "helen_test", "--size", "96"]
     assert main([*common, "--out", str(plain)]) == 0
