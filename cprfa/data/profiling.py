@@ -28,7 +28,7 @@ from cprfa.model.projection import euler_to_rotation, image_vertices, rotation_t
 from cprfa.model.raster import interpolate, rasterize
 
 ANCHOR_GRID = 12  # anchors per side of the background lattice
-FALLOFF = 0.6  # background motion fades over this fraction of the crop side beyond the face
+FALLOFF = 0.25  # background motion fades over this fraction of the crop side beyond the face
 
 
 def turn_params(params: torch.Tensor, yaw: float, pitch: float = 0.0) -> torch.Tensor:
