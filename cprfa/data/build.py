@@ -122,8 +122,21 @@ def _build_shard(model: FaceModel, faces: list[Face300W], settings: BuildSetting
                 keep.append(i)
             else:
                 skipped.append((readable[i].image, f"landmark fit NME {error:.1f} % > {MAX_FIT_NME} %"))
-    n_params = 6 + model.n_identity + model.n_expression
-    crops = np.array([crop_image(images[i], boxes[i], size) for i in keep], np.uint8).reshape(-1, size, size, 3)
+    skipped_arrays = {
+        "skipped_images": np.array([str(image) for image, _ in skipped], dtype=str),
+        "skipped_reasons": np.array([reason for _, reason in skipped], dtype=str),
+    }
+    if not keep:
+        n_params = 6 + model.n_identity + model.n_expression
+        return {
+            "images": np.zeros((0, size, size, 3), np.uint8), "pncc": np.zeros((0, size, size, 3), np.uint16),
+            "mask": np.zeros((0, size, size), bool), "params": np.zeros((0, n_params), np.float32),
+            "landmarks": np.zeros((0, 68, 2), np.float32), "fit_nme": np.zeros(0, np.float32),
+            "names": np.array([], dtype=str), "boxes": np.zeros((0, 4), np.float32), **skipped_arrays,
+            **({"occluded": np.zeros((0, size, size), bool), "occlusion": np.zeros(0, np.float32)}
+               if settings.occlusion is not None else {}),
+        }
+    crops = np.stack([crop_image(images[i], boxes[i], size) for i in keep])
     occlusion = {}
     if settings.occlusion is not None:
         occluded = np.zeros(crops.shape[:3], bool)
@@ -136,16 +149,13 @@ def _build_shard(model: FaceModel, faces: list[Face300W], settings: BuildSetting
         occlusion = {"occluded": occluded, "occlusion": coverage}
     return {
         "images": crops,
-        "pncc": (render.pncc[keep].numpy() * PNCC_SCALE).round().astype(np.uint16).reshape(-1, size, size, 3)
-        if keep else np.zeros((0, size, size, 3), np.uint16),
-        "mask": render.mask[keep].numpy() if keep else np.zeros((0, size, size), bool),
-        "params": params[keep].numpy().astype(np.float32) if keep else np.zeros((0, n_params), np.float32),
-        "landmarks": np.array([points_to_crop(landmarks[i], boxes[i], size) for i in keep],
-                              np.float32).reshape(-1, 68, 2),
+        "pncc": (render.pncc[keep].numpy() * PNCC_SCALE).round().astype(np.uint16),
+        "mask": render.mask[keep].numpy(),
+        "params": params[keep].numpy().astype(np.float32),
+        "landmarks": np.stack([points_to_crop(landmarks[i], boxes[i], size) for i in keep]).astype(np.float32),
         "fit_nme": fit_error[keep].astype(np.float32),
         "names": np.array([readable[i].name for i in keep], dtype=str),
-        "boxes": np.array([boxes[i] for i in keep], np.float32).reshape(-1, 4),
-        "skipped_images": np.array([str(image) for image, _ in skipped], dtype=str),
-        "skipped_reasons": np.array([reason for _, reason in skipped], dtype=str),
+        "boxes": np.array([boxes[i] for i in keep], np.float32),
+        **skipped_arrays,
         **occlusion,
     }
