@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--occlude", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="occluded evaluation set: synthetic occluders cover this fraction range of each face "
                         "(e.g. 0.2 0.4); the ground truth is unchanged")
-    pseudo.add_argument("--seed", type=int, default=0, help="seed of the occluders (default 0)")
+    pseudo.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="training: add K profiled views per face (face turned to |yaw| 20-90 deg, pitch "
+                        "within +-30 deg; landmarks are the annotation carried with the face)")
+    pseudo.add_argument("--large-pose", action="store_true",
+                        help="evaluation: only profiled views, one per face in each |yaw| bucket [0,30], "
+                        "(30,60], (60,90]; landmarks are the fitted model's, in the 3D convention")
+    pseudo.add_argument("--seed", type=int, default=0, help="seed of the occluders and profiled views (default 0)")
     pseudo.set_defaults(run=run_data_build)
     return parser
 
@@ -180,11 +186,16 @@ def run_data_build(args: argparse.Namespace) -> int:
         raise CprfaError(f"--size must lie in [32, 1024], got {args.size}")
     if args.occlude and not 0 < args.occlude[0] <= args.occlude[1] < 1:
         raise CprfaError(f"--occlude needs 0 < LOW <= HIGH < 1, got {args.occlude}")
+    if not 0 <= args.profile <= 20:
+        raise CprfaError(f"--profile must lie in [0, 20], got {args.profile}")
+    if args.profile and args.large_pose:
+        raise CprfaError("--profile (training views) and --large-pose (evaluation set) exclude each other")
     settings = BuildSettings(str(args.data), str(args.out), tuple(args.splits), args.size,
-                             tuple(args.occlude) if args.occlude else None, args.seed)
+                             tuple(args.occlude) if args.occlude else None, args.seed, args.profile, args.large_pose)
     manifest = build_pseudo_gt(settings)
     for split, entry in manifest["splits"].items():
-        print(f"{split}: {entry['kept']} faces kept, {len(entry['skipped'])} skipped")
+        print(f"{split}: {entry['kept_faces']} faces kept ({entry['samples']} samples), "
+              f"{len(entry['skipped'])} skipped")
         for item in entry["skipped"]:
             print(f"  skipped {item['image']}: {item['reason']}")
     print(f"wrote {args.out / 'manifest.json'} ({manifest['seconds']} s)")

@@ -24,7 +24,7 @@ from scipy.spatial import Delaunay
 
 from cprfa.model.face_model import FaceModel
 from cprfa.model.ict import boundary_loops
-from cprfa.model.projection import euler_to_rotation, image_vertices, rotation_to_euler
+from cprfa.model.projection import euler_to_rotation, image_vertices
 from cprfa.model.raster import interpolate, rasterize
 
 ANCHOR_GRID = 12  # anchors per side of the background lattice
@@ -32,12 +32,12 @@ FALLOFF = 0.25  # background motion fades over this fraction of the crop side be
 
 
 def turn_params(params: torch.Tensor, yaw: float, pitch: float = 0.0) -> torch.Tensor:
-    """Parameters of the same face turned by extra yaw and pitch (radians) about its own centre: the new
-    rotation is R_delta · R (camera-side turn), scale and translation unchanged. Shape: (P,) -> (P,)."""
+    """Parameters of the same face turned by extra yaw and pitch (radians) about its own centre: the Euler
+    angles move by exactly that much (so a target pose is reached exactly), roll, scale and translation stay.
+    Shape: (P,) -> (P,)."""
     params = params.clone().to(torch.float64)
-    delta = euler_to_rotation(torch.tensor([[pitch, yaw, 0.0]], dtype=torch.float64))
-    rotation = delta @ euler_to_rotation(params[None, :3])
-    params[:3] = rotation_to_euler(rotation)[0]
+    params[0] += pitch
+    params[1] += yaw
     return params
 
 

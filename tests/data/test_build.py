@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -6,6 +7,7 @@ import torch
 from cprfa.cli.main import main
 from cprfa.data.build import PNCC_SCALE
 from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop
+from cprfa.model.contour import landmarks_2d
 from cprfa.model.projection import ParamLayout, landmarks_3d
 
 
@@ -44,7 +46,7 @@ def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
     args = ["data", "build", "--data", str(tmp_path / "300w"), "--out", str(tmp_path / "out"),
             "--splits", "helen_test", "--size", "128"]
     assert main(args) == 0
-    assert "3 faces kept, 1 skipped" in capsys.readouterr().out
+    assert "3 faces kept (3 samples), 1 skipped" in capsys.readouterr().out
     shard = tmp_path / "out" / "helen_test" / "shard_0000.npz"
     with np.load(shard) as data:
         assert data["images"].shape == (3, 128, 128, 3) and data["pncc"].dtype == np.uint16
@@ -74,3 +76,34 @@ def test_occluded_evaluation_set(shared_data, tmp_path, capsys):
         assert not changed[~b["occluded"]].any() and changed[b["occluded"]].mean() > 0.5
     assert main([*common, "--out", str(tmp_path / "bad"), "--occlude", "0.5", "0.2"]) == 1
     assert "--occlude" in capsys.readouterr().err
+
+
+def test_profiled_training_views_and_large_pose_set(shared_data, tmp_path, face_model):
+    copy_faces(shared_data, tmp_path, 2)
+    common = ["data", "build", "--data", str(tmp_path / "300w"), "--splits", "helen_test", "--size", "96"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "profiled"), "--profile", "2"]) == 0
+    assert main([*common, "--out", str(tmp_path / "large"), "--large-pose"]) == 0
+    shard = "helen_test/shard_0000.npz"
+    with np.load(tmp_path / "plain" / shard) as plain, np.load(tmp_path / "profiled" / shard) as profiled:
+        assert len(profiled["names"]) == 6 and profiled["profiled"].tolist() == [False] * 2 + [True] * 4
+        for key in ("images", "pncc", "landmarks", "params"):
+            assert np.array_equal(plain[key], profiled[key][:2])  # the photos themselves come first, unchanged
+        turned = profiled["yaw"][2:]
+        assert ((np.abs(turned) >= 20) & (np.abs(turned) <= 90.01)).all()
+        assert (np.abs(profiled["pitch"]) <= 30.01).all()
+        # turned further towards the side each face already shows
+        assert (np.sign(turned) == np.sign(np.repeat(plain["yaw"], 2))).all()
+        # the annotation travels with the face: the same offsets from the model's 2D landmarks as in the photo
+        model_points = landmarks_2d(face_model, torch.from_numpy(profiled["params"]).double())[..., :2].numpy()
+        offsets = profiled["landmarks"] - model_points
+        assert np.abs(offsets[2:] - np.repeat(offsets[:2], 2, axis=0)).max() < 0.01
+    with np.load(tmp_path / "large" / shard) as large:
+        assert large["profiled"].all() and len(large["names"]) == 6
+        buckets = np.digitize(np.abs(large["yaw"]), [30, 60])
+        assert buckets.tolist() == [0, 1, 2, 0, 1, 2]
+        expected = landmarks_3d(face_model, torch.from_numpy(large["params"]).double())[..., :2].numpy()
+        assert np.abs(large["landmarks"] - expected).max() < 1e-3
+    manifest = json.loads((tmp_path / "large" / "manifest.json").read_text())
+    assert manifest["landmark_convention"] == "3d" and manifest["splits"]["helen_test"]["samples"] == 6
+    assert main([*common, "--out", str(tmp_path / "bad"), "--profile", "1", "--large-pose"]) == 1
