@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from cprfa.errors import CprfaError
+from cprfa.train.settings import TrainSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -87,6 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "(30,60], (60,90]; landmarks are the fitted model's, in the 3D convention")
     pseudo.add_argument("--seed", type=int, default=0, help="seed of the occluders and profiled views (default 0)")
     pseudo.set_defaults(run=run_data_build)
+
+    train = commands.add_parser("train", help="train a network").add_subparsers(
+        dest="train_command", metavar="NETWORK", required=True)
+    dafi = train.add_parser(
+        "dafi", help="train the HS-U-Net (DAFI + landmark head) on `cprfa data build` output",
+        description="Train the HS-U-Net on pseudo-dense ground truth with on-line augmentation. Resumable: "
+        "rerun the same command to continue from OUT/checkpoint.pt. Each epoch validates and writes a figure; "
+        "the end writes OUT/hsunet.pt and OUT/record.json (copy both into cprfa/dafi/assets/ to ship).")
+    dafi.add_argument("--data", type=Path, required=True, help="training build (cprfa data build --out)")
+    dafi.add_argument("--validation", type=Path, required=True, help="build of helen_test for validation")
+    dafi.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, figures, weights)")
+    defaults = SimpleNamespace(**{field.name: field.default for field in fields(TrainSettings)})
+    dafi.add_argument("--splits", nargs="+", default=list(defaults.splits))
+    dafi.add_argument("--input-size", type=int, default=defaults.input_size)
+    dafi.add_argument("--widths", type=int, nargs=5, default=list(defaults.widths))
+    dafi.add_argument("--epochs", type=int, default=defaults.epochs)
+    dafi.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    dafi.add_argument("--lr", type=float, default=defaults.lr)
+    dafi.add_argument("--workers", type=int, default=defaults.workers, help="augmentation processes")
+    dafi.add_argument("--threads", type=int, default=defaults.threads, help="torch threads")
+    dafi.add_argument("--seed", type=int, default=defaults.seed)
+    dafi.add_argument("--limit", type=int, default=0, help="use only the first N training samples (quick runs)")
+    dafi.set_defaults(run=run_train_dafi)
     return parser
 
 
@@ -199,6 +225,27 @@ def run_data_build(args: argparse.Namespace) -> int:
         for item in entry["skipped"]:
             print(f"  skipped {item['image']}: {item['reason']}")
     print(f"wrote {args.out / 'manifest.json'} ({manifest['seconds']} s)")
+    return 0
+
+
+def run_train_dafi(args: argparse.Namespace) -> int:
+    from cprfa.train.dafi import train_dafi
+
+    for name in ("epochs", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            raise CprfaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.lr < 1 or args.workers < 0 or args.limit < 0:
+        raise CprfaError("--lr must lie in (0, 1); --workers and --limit must not be negative")
+    if args.input_size < 32 or args.input_size % 16:
+        raise CprfaError(f"--input-size must be a multiple of 16 and at least 32, got {args.input_size}")
+    settings = TrainSettings(
+        data=str(args.data), out=str(args.out), validation=str(args.validation), splits=tuple(args.splits),
+        input_size=args.input_size, widths=tuple(args.widths), epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, workers=args.workers, seed=args.seed, threads=args.threads, limit=args.limit)
+    record = train_dafi(settings)
+    final = record["final"]
+    print(f"wrote {args.out / 'hsunet.pt'} and record.json: validation landmark NME "
+          f"{final.get('val_landmark_nme', float('nan')):.2f} %, vertex NME {final.get('val_vertex_nme', float('nan')):.2f} %")
     return 0
 
 

@@ -38,6 +38,9 @@ comes into view was seen in the photo:
   landmarks in the **3D convention** of DESIGN.md (fixed vertices, hidden jaw points included), as for
   AFLW2000-3D; ``manifest.json`` says so under ``landmark_convention``.
 
+Each view is then shifted so that its landmark box has the centre the photo's had (the crop policy applied to
+the turned face); turning about the head's centre would otherwise push a profile towards the crop's edge.
+
 The build is deterministic, and resumable: an existing shard is kept, so a stopped build picks up where it
 was. Nothing of it goes into git.
 """
@@ -50,6 +53,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -216,6 +220,7 @@ def _profiled_views(model: FaceModel, faces: dict, settings: BuildSettings) -> d
             else:
                 moved = landmarks_2d(model, torch.stack([turned, params]))[..., :2]
                 points = torch.from_numpy(faces["landmarks"][i]).double() + moved[0] - moved[1]
+            image, turned, points = _recentre(image, turned, points, faces["landmarks"][i])
             for key, value in (("images", image), ("params", turned.float()), ("landmarks", points.float().numpy()),
                                ("fit_nme", faces["fit_nme"][i]), ("names", f"{name}@yaw{target_yaw:+.0f}"),
                                ("boxes", faces["boxes"][i]), ("profiled", True)):
@@ -232,6 +237,18 @@ def _profiled_views(model: FaceModel, faces: dict, settings: BuildSettings) -> d
         "boxes": np.array(views["boxes"], np.float32),
         "profiled": np.array(views["profiled"], bool),
     }
+
+
+def _recentre(image: np.ndarray, params: torch.Tensor, points: torch.Tensor, original: np.ndarray):
+    """Shift a profiled view so that its landmark box is centred where the photo's was: the crop policy
+    (cprfa.data.crop) applied to the turned face, as a detector's box would be. Pixels shifted in from
+    outside repeat the edge."""
+    shift = (original.min(0) + original.max(0)) / 2 - (points.min(0).values + points.max(0).values).numpy() / 2
+    matrix = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]])
+    image = cv2.warpAffine(image, matrix, image.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    params = params.clone()
+    params[4:6] += torch.from_numpy(shift)
+    return image, params, points + torch.from_numpy(shift)
 
 
 def _empty_shard(model: FaceModel, settings: BuildSettings) -> dict:

@@ -1,0 +1,74 @@
+"""Paper Table 1 for the shipped HS-U-Net: NME (%) / average detection rate (%) of the vertices retrieved from
+the predicted DAFI, by |yaw| bucket, on helen_test and its occluded and large-pose sets; the landmark head's
+68-point NME beside it; and the speed of the forward pass and of vertex retrieval.
+
+Build the sets first (README, "Data"):
+    cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/pgt
+    cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/occ --occlude 0.2 0.4
+    cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/lp --large-pose
+then: python benchmarks/bench_dafi.py --sets plain=/tmp/pgt occluded=/tmp/occ large-pose=/tmp/lp
+Sets that are absent are skipped. The input crop is the ground-truth landmark box enlarged by cprfa.data.crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cprfa.dafi.evaluate import bucket_table, dafi_errors, format_table
+from cprfa.dafi.predict import DafiEstimator
+from cprfa.dafi.retrieval import VertexRetriever
+from cprfa.model.face_model import default_face_model
+from cprfa.train.dafi import load_faces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    parser.add_argument("--sets", nargs="+", default=["plain=/tmp/pgt", "occluded=/tmp/occ", "large-pose=/tmp/lp"],
+                        metavar="NAME=FOLDER")
+    parser.add_argument("--split", default="helen_test")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    estimator = DafiEstimator.from_file(args.weights)
+    model = default_face_model()
+    print(f"HS-U-Net {args.weights or 'shipped'}: input {estimator.input_size}², widths {estimator.config.widths}, "
+          f"{sum(p.numel() for p in estimator.network.parameters()):,} parameters; {args.threads} threads\n")
+    for item in args.sets:
+        name, _, folder = item.partition("=")
+        if not (Path(folder) / args.split).is_dir():
+            print(f"({name}: {folder}/{args.split} not built, skipped)\n")
+            continue
+        faces = load_faces(folder, (args.split,), estimator.input_size)
+        errors = dafi_errors(estimator, faces, model=model)
+        convention = "3D" if name == "large-pose" else "2D (300-W annotation)"
+        print(f"### {name}: {len(faces)} faces of {args.split}; landmark ground truth in the {convention} convention\n")
+        print(format_table(bucket_table(errors, ["68", "all"])) + "\n")
+
+    crops = load_faces(args.sets[0].partition("=")[2], (args.split,), estimator.input_size, limit=32).images
+    one = _median_ms(lambda: estimator.predict(crops[:1]), 50)
+    batch = _median_ms(lambda: estimator.predict(crops), 5) / len(crops)
+    prediction = estimator.predict(crops)
+    retriever = VertexRetriever(model)
+    retrieval = _median_ms(lambda: retriever(prediction.dafi[:1], prediction.mask[:1]), 50)
+    print(f"forward pass: {one:.1f} ms for one face, {batch:.1f} ms per face in a batch of {len(crops)}; "
+          f"vertex retrieval {retrieval:.1f} ms per face (median)")
+
+
+def _median_ms(function, repeats: int) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+if __name__ == "__main__":
+    main()

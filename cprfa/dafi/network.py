@@ -1,0 +1,105 @@
+"""The Heavily Supervised U-Net (paper §2.1, Fig. 2a) with a 68-landmark heatmap head.
+
+A U-Net turns a face crop (S × S RGB) into a densely annotated facial image: per pixel a 3-channel DAFI (the
+PNCC code of the face surface seen there, normalized XYZ in [0, 1]) and a foreground logit. Three groups of
+outputs supervise the decoder at S/4, S/2 and S (the last is the DAFI used downstream); every group gets the
+same losses (cprfa.train.dafi). Beside them a landmark head predicts 68 heatmaps at S/2 from the decoder;
+their spatial soft-argmax gives the landmarks (the sparse source that CPR fusion uses) in crop pixels.
+
+Choices the paper leaves open, fixed here: encoder of five levels (double 3×3 conv + batch norm + ReLU,
+max-pool down), decoder with bilinear up-sampling and skip concatenation; DAFI through a sigmoid so codes
+stay in [0, 1]; the input is RGB scaled to [-0.5, 0.5]. Widths and input size are configurable and saved
+with the weights (``HSUNetConfig``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_LANDMARKS = 68
+
+
+@dataclass(frozen=True)
+class HSUNetConfig:
+    """Input side S (divisible by 16) and the encoder widths from full resolution down to S/16."""
+
+    input_size: int = 128
+    widths: tuple[int, ...] = (8, 16, 32, 64, 96)
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != 5 or min(self.widths) < 1:
+            raise ValueError(f"widths must be five positive channel counts, got {self.widths}")
+        if self.input_size < 32 or self.input_size % 16:
+            raise ValueError(f"input_size must be a multiple of 16 and at least 32, got {self.input_size}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> HSUNetConfig:
+        return cls(input_size=int(values["input_size"]), widths=tuple(int(w) for w in values["widths"]))
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__(
+            nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class HSUNet(nn.Module):
+    """forward(images) -> (dafi groups, heatmap logits).
+
+    Shape: images (B, 3, S, S) float in [-0.5, 0.5] -> groups: 3 tensors (B, 4, S/4, S/4), (B, 4, S/2, S/2),
+    (B, 4, S, S) with channels [code x, code y, code z (sigmoid, in [0, 1]), foreground logit];
+    heatmaps (B, 68, S/2, S/2) logits."""
+
+    def __init__(self, config: HSUNetConfig = HSUNetConfig()):
+        super().__init__()
+        self.config = config
+        w = config.widths
+        self.encoder = nn.ModuleList([_DoubleConv(3, w[0])] + [_DoubleConv(w[i - 1], w[i]) for i in range(1, 5)])
+        self.decoder = nn.ModuleList([_DoubleConv(w[i + 1] + w[i], w[i]) for i in reversed(range(4))])
+        self.heads = nn.ModuleList([nn.Conv2d(w[i], 4, 1) for i in (2, 1, 0)])  # S/4, S/2, S
+        self.landmark_head = nn.Sequential(_DoubleConv(w[1], w[1]), nn.Conv2d(w[1], N_LANDMARKS, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        skips, x = [], images
+        for level, block in enumerate(self.encoder):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        groups, heatmaps = [], None
+        for step, block in enumerate(self.decoder):  # S/8, S/4, S/2, S
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skips.pop()], dim=1))
+            if step >= 1:
+                out = self.heads[step - 1](x)
+                groups.append(torch.cat([torch.sigmoid(out[:, :3]), out[:, 3:]], dim=1))
+            if step == 2:
+                heatmaps = self.landmark_head(x)
+        return groups, heatmaps
+
+
+def soft_argmax(heatmaps: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Expected position under the spatial softmax of each heatmap, in crop pixels of an image of side
+    ``image_size`` (u right, v down, origin at the top-left pixel corner).
+
+    Shape: heatmaps (B, K, H, W) -> (B, K, 2)."""
+    batch, count, height, width = heatmaps.shape
+    probability = heatmaps.flatten(2).softmax(dim=-1).reshape(batch, count, height, width)
+    u = (torch.arange(width, dtype=heatmaps.dtype, device=heatmaps.device) + 0.5) * (image_size / width)
+    v = (torch.arange(height, dtype=heatmaps.dtype, device=heatmaps.device) + 0.5) * (image_size / height)
+    return torch.stack([(probability.sum(dim=2) * u).sum(-1), (probability.sum(dim=3) * v).sum(-1)], dim=-1)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB crops to the network's input. Shape: (B, S, S, 3) uint8 -> (B, 3, S, S) float32."""
+    return images.permute(0, 3, 1, 2).float() / 255.0 - 0.5

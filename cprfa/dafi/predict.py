@@ -1,0 +1,104 @@
+"""Run the HS-U-Net on face crops: ``DafiEstimator`` (weights, device, batching) and the weights file format.
+
+Weights are a ``torch.save`` dict {format, version, config, state_dict (float16)} read with
+``weights_only=True``, so a weights file can never run code. The shipped weights are
+``cprfa/dafi/assets/hsunet.pt`` with ``hsunet.record.json`` beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
+from cprfa.errors import InvalidInputError, ModelFileError
+
+WEIGHTS_FORMAT = "cprfa-hsunet"
+WEIGHTS_VERSION = 1
+DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "hsunet.pt"
+
+
+@dataclass(frozen=True, eq=False)
+class DafiPrediction:
+    """For a batch of B crops of side S: dafi (B, S, S, 3) float32 codes in [0, 1], foreground (B, S, S)
+    float32 probability, mask (B, S, S) bool (foreground > 0.5), landmarks (B, 68, 2) float32 crop pixels."""
+
+    dafi: np.ndarray
+    foreground: np.ndarray
+    mask: np.ndarray
+    landmarks: np.ndarray
+
+
+def save_weights(network: HSUNet, config: HSUNetConfig, path: str | Path) -> None:
+    state = {key: value.half() if value.is_floating_point() else value
+             for key, value in network.state_dict().items()}
+    path = Path(path)
+    torch.save({"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": config.to_dict(),
+                "state_dict": state}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def load_network(path: str | Path | None = None) -> tuple[HSUNet, HSUNetConfig]:
+    """The HS-U-Net from a weights file (default: the shipped weights), in eval mode on the CPU."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise ModelFileError(f"HS-U-Net weights not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not its own
+        raise ModelFileError(f"{path} is not a cprfa HS-U-Net weights file ({type(error).__name__})") from None
+    if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
+        raise ModelFileError(f"{path} is not a cprfa HS-U-Net weights file")
+    if content.get("version") != WEIGHTS_VERSION:
+        raise ModelFileError(f"{path} has weights format version {content.get('version')}; "
+                             f"this cprfa reads version {WEIGHTS_VERSION}")
+    try:
+        config = HSUNetConfig.from_dict(content["config"])
+        network = HSUNet(config)
+        network.load_state_dict({key: value.float() if value.is_floating_point() else value
+                                 for key, value in content["state_dict"].items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: weights do not match the HS-U-Net ({error})") from None
+    return network.eval(), config
+
+
+class DafiEstimator:
+    """The HS-U-Net ready to run: ``predict(crops)`` on uint8 RGB crops of the network's input size."""
+
+    def __init__(self, network: HSUNet | None = None, config: HSUNetConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        if network is None:
+            network, config = load_network()
+        self.network, self.config, self.device = network.to(device).eval(), config, torch.device(device)
+
+    @classmethod
+    def from_file(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> DafiEstimator:
+        return cls(*load_network(path), device=device)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @torch.inference_mode()
+    def predict(self, crops: np.ndarray, batch_size: int = 32) -> DafiPrediction:
+        """Shape: crops (B, S, S, 3) uint8 RGB, S = input_size -> DafiPrediction."""
+        crops = np.asarray(crops)
+        size = self.input_size
+        if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
+            raise InvalidInputError(f"crops must be (B, {size}, {size}, 3) uint8 RGB, got {crops.shape} {crops.dtype}")
+        if not len(crops):
+            return DafiPrediction(np.zeros((0, size, size, 3), np.float32), np.zeros((0, size, size), np.float32),
+                                  np.zeros((0, size, size), bool), np.zeros((0, 68, 2), np.float32))
+        dafi, foreground, landmarks = [], [], []
+        for start in range(0, len(crops), batch_size):
+            batch = torch.from_numpy(crops[start:start + batch_size]).to(self.device)
+            groups, heatmaps = self.network(to_input(batch))
+            full = groups[-1].float()
+            dafi.append(full[:, :3].permute(0, 2, 3, 1).cpu())
+            foreground.append(torch.sigmoid(full[:, 3]).cpu())
+            landmarks.append(soft_argmax(heatmaps.float(), size).cpu())
+        foreground = torch.cat(foreground).numpy()
+        return DafiPrediction(torch.cat(dafi).numpy(), foreground, foreground > 0.5, torch.cat(landmarks).numpy())

@@ -1,0 +1,232 @@
+"""Train the HS-U-Net (``cprfa train dafi``) on the pseudo-dense ground truth of ``cprfa data build``.
+
+Recipe: the training shards (photos and their profiled views) are loaded once, resized to the network's input
+(image by area, PNCC and mask by nearest neighbour), and every epoch each face is augmented afresh with
+cprfa.data.augment (geometry, flip, occluders taken from another face, photometry), deterministically from
+the seed, the epoch and the face's index. ADAM, learning rate decayed exponentially from ``lr`` to
+``lr × final_lr_ratio`` over the epochs. Loss, on each of the three output groups (paper Fig. 2a): L1 of the
+codes inside the ground-truth mask plus binary cross-entropy of the foreground; plus the landmark head's
+soft-argmax L1 to the annotated landmarks (in units of the crop side, × ``landmark_weight``), for the points
+inside the crop.
+
+Each epoch ends with a validation on a fixed subset of the evaluation shards (landmark NME, DAFI vertex NME
+and detection rate), a figure ``val_XXX.png``, a line in ``history.jsonl``, and ``checkpoint.pt`` holding
+everything needed to resume. The last epoch also writes the weights (``hsunet.pt``, float16) and
+``record.json`` (config, data, time, metrics) to ship.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
+from cprfa.dafi.predict import DafiEstimator, save_weights
+from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
+from cprfa.errors import CprfaError
+from cprfa.train.settings import TrainSettings
+
+matplotlib.use("Agg")
+
+
+@dataclass(frozen=True, eq=False)
+class FaceArrays:
+    """Faces of built shards at the network's input size: images (n, S, S, 3) uint8, pncc (n, S, S, 3)
+    uint16, mask (n, S, S) bool, landmarks (n, 68, 2) float32, params (n, P) float32 (crop pixels at S)."""
+
+    images: np.ndarray
+    pncc: np.ndarray
+    mask: np.ndarray
+    landmarks: np.ndarray
+    params: np.ndarray
+    names: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int = 0) -> FaceArrays:
+    """Every face of ``root/<split>/shard_*.npz``, resized to ``size``."""
+    arrays = {key: [] for key in ("images", "pncc", "mask", "landmarks", "params", "names")}
+    for split in splits:
+        shards = sorted((Path(root) / split).glob("shard_*.npz"))
+        if not shards:
+            raise CprfaError(f"no shards in {Path(root) / split}: build them with `cprfa data build`")
+        for shard in shards:
+            with np.load(shard) as data:
+                scale = size / data["images"].shape[1]
+                arrays["images"].append(np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA)
+                                                  for x in data["images"]]).reshape(-1, size, size, 3))
+                arrays["pncc"].append(np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_NEAREST)
+                                                for x in data["pncc"]]).reshape(-1, size, size, 3))
+                arrays["mask"].append(np.stack([cv2.resize(x.view(np.uint8), (size, size),
+                                                           interpolation=cv2.INTER_NEAREST)
+                                                for x in data["mask"]]).reshape(-1, size, size).astype(bool))
+                arrays["landmarks"].append(data["landmarks"] * np.float32(scale))
+                params = data["params"].copy()
+                params[:, 3:6] *= scale  # scale and translation follow the resize (pixel corners at 0)
+                arrays["params"].append(params)
+                arrays["names"].append(data["names"])
+    faces = FaceArrays(**{key: np.concatenate(value) for key, value in arrays.items()})
+    if limit:
+        faces = FaceArrays(*(getattr(faces, key)[:limit] for key in arrays))
+    return faces
+
+
+class AugmentedFaces(Dataset):
+    """Training faces, each augmented from a generator seeded by (seed, epoch, index)."""
+
+    def __init__(self, faces: FaceArrays, seed: int, config: AugmentConfig = AugmentConfig()):
+        self.faces, self.seed, self.config, self.epoch = faces, seed, config, 0
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        faces = self.faces
+        sample = Sample(faces.images[index], (faces.pncc[index] / PNCC_SCALE).astype(np.float32),
+                        faces.mask[index], faces.landmarks[index])
+        other = faces.images[int(rng.integers(len(faces)))]
+        sample = augment(sample, rng, self.config, occluder_source=other)
+        return (torch.from_numpy(np.ascontiguousarray(sample.image)), torch.from_numpy(sample.pncc),
+                torch.from_numpy(sample.mask), torch.from_numpy(sample.landmarks))
+
+
+def hs_unet_loss(groups: list[torch.Tensor], heatmaps: torch.Tensor, pncc: torch.Tensor, mask: torch.Tensor,
+                 landmarks: torch.Tensor, landmark_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss (module docstring) and its parts.
+
+    Shape: groups as HSUNet.forward, pncc (B, S, S, 3) float, mask (B, S, S) bool, landmarks (B, 68, 2)."""
+    size = pncc.shape[1]
+    target_codes, target_mask = pncc.permute(0, 3, 1, 2), mask[:, None].float()
+    parts, total = {}, 0.0
+    for group in groups:
+        side = group.shape[-1]
+        codes = F.interpolate(target_codes, size=side, mode="nearest")
+        inside = F.interpolate(target_mask, size=side, mode="nearest")
+        l1 = ((group[:, :3] - codes).abs() * inside).sum() / (3 * inside.sum()).clamp(min=1)
+        bce = F.binary_cross_entropy_with_logits(group[:, 3:], inside)
+        parts[f"l1_{side}"], parts[f"bce_{side}"] = l1.item(), bce.item()
+        total = total + l1 + bce
+    in_crop = ((landmarks >= 0) & (landmarks <= size)).all(dim=-1)
+    error = (soft_argmax(heatmaps, size) - landmarks).abs().sum(dim=-1) / size
+    landmark = (error * in_crop).sum() / in_crop.sum().clamp(min=1)
+    parts["landmarks"] = landmark.item()
+    return total + landmark_weight * landmark, parts
+
+
+def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
+    """Train (or resume) and return the record of the run."""
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = HSUNetConfig(settings.input_size, tuple(settings.widths))
+    faces = load_faces(settings.data, settings.splits, config.input_size, settings.limit)
+    validation = load_faces(settings.validation, (settings.validation_split,), config.input_size,
+                            settings.validation_faces)
+    network = HSUNet(config)
+    optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
+    decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    checkpoint_path, history_path = out / "checkpoint.pt", out / "history.jsonl"
+    start_epoch, seconds = 0, 0.0
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, weights_only=False)
+        if state["settings"] != asdict(settings):
+            raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, seconds = state["epoch"] + 1, state["seconds"]
+        print(f"resuming {out} after epoch {start_epoch}")
+    dataset = AugmentedFaces(faces, settings.seed)
+    for epoch in range(start_epoch, settings.epochs):
+        started = time.perf_counter()
+        dataset.epoch = epoch
+        loader = DataLoader(dataset, settings.batch_size, shuffle=True, drop_last=True,
+                            num_workers=settings.workers,
+                            generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))
+        network.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
+        for images, pncc, mask, landmarks in bar:
+            groups, heatmaps = network(to_input(images))
+            loss, parts = hs_unet_loss(groups, heatmaps, pncc, mask, landmarks, settings.landmark_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in {"loss": float(loss), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{float(loss):.3f}", lmk=f"{parts['landmarks']:.4f}")
+        scheduler.step()
+        batches = max(len(loader), 1)
+        metrics = evaluate_estimator(DafiEstimator(network.eval(), config), validation)
+        seconds += time.perf_counter() - started
+        entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1),
+                 **{f"train_{k}": round(v / batches, 5) for k, v in sums.items()},
+                 **{f"val_{k}": round(v, 4) for k, v in metrics.items() if not isinstance(v, np.ndarray)}}
+        with history_path.open("a") as history:
+            history.write(json.dumps(entry) + "\n")
+        print(f"epoch {epoch + 1}: loss {entry.get('train_loss', math.nan):.4f}, validation landmark NME "
+              f"{metrics['landmark_nme']:.2f} %, vertex NME {metrics['vertex_nme']:.2f} %, "
+              f"detection {metrics['detection_rate']:.1f} %")
+        validation_figure(network, config, validation, out / f"val_{epoch + 1:03d}.png")
+        torch.save({"settings": asdict(settings), "network": network.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "seconds": seconds}, checkpoint_path.with_suffix(".tmp"))
+        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
+    history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    record = {
+        "weights": "hsunet.pt", "network": config.to_dict(), "settings": asdict(settings),
+        "training_faces": len(faces), "validation_faces": len(validation), "epochs": settings.epochs,
+        "train_seconds": round(seconds, 1), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{settings.threads} torch threads, torch {torch.__version__}",
+        "final": history[-1] if history else {},
+    }
+    save_weights(network, config, out / "hsunet.pt")
+    (out / "record.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def evaluate_estimator(estimator: DafiEstimator, faces: FaceArrays, batch_size: int = 32) -> dict:
+    """Landmark NME (%) of the landmark head against ``faces.landmarks``, and the NME (%) and detection rate (%)
+    of all retrieved vertices against the vertices of the ground-truth parameters; per face and mean."""
+    from cprfa.dafi.evaluate import dafi_errors  # keeps the training import light
+
+    errors = dafi_errors(estimator, faces, batch_size)
+    return {**errors, **{key: float(np.nanmean(errors[f"{key}_per_face"]))
+                         for key in ("landmark_nme", "vertex_nme", "detection_rate")}}
+
+
+def validation_figure(network: HSUNet, config: HSUNetConfig, faces: FaceArrays, path: Path, count: int = 6):
+    """Input with predicted (green) and annotated (red) landmarks, predicted DAFI, ground-truth PNCC."""
+    import matplotlib.pyplot as plt
+
+    estimator = DafiEstimator(network.eval(), config)
+    prediction = estimator.predict(faces.images[:count])
+    figure, axes = plt.subplots(3, count, figsize=(2 * count, 6))
+    for i in range(min(count, len(faces))):
+        axes[0, i].imshow(faces.images[i])
+        axes[0, i].scatter(*faces.landmarks[i].T, s=2, c="r")
+        axes[0, i].scatter(*prediction.landmarks[i].T, s=2, c="lime")
+        axes[1, i].imshow(prediction.dafi[i] * prediction.mask[i][..., None])
+        axes[2, i].imshow(faces.pncc[i] / PNCC_SCALE)
+    for axis in axes.ravel():
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=60)
+    plt.close(figure)

@@ -1,0 +1,26 @@
+"""Settings of the training commands (kept free of heavy imports: the CLI reads their defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str  # folder of cprfa data build output (training splits)
+    out: str
+    validation: str  # folder of a cprfa data build of the evaluation split
+    splits: tuple[str, ...] = ("afw", "helen_train")
+    validation_split: str = "helen_test"
+    validation_faces: int = 64
+    input_size: int = 128
+    widths: tuple[int, ...] = (8, 16, 32, 64, 96)
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    final_lr_ratio: float = 0.02
+    landmark_weight: float = 5.0
+    workers: int = 1
+    seed: int = 0
+    threads: int = 2
+    limit: int = 0  # use only the first N training faces (0: all), for quick runs and tests

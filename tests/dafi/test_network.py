@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax
+from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
+from cprfa.errors import InvalidInputError, ModelFileError
+from cprfa.train.dafi import hs_unet_loss
+
+
+def test_outputs_have_three_scales_codes_in_range_and_heatmaps_at_half_resolution():
+    torch.manual_seed(0)
+    network = HSUNet(HSUNetConfig(input_size=64, widths=(4, 8, 8, 16, 16))).eval()
+    groups, heatmaps = network(torch.rand(2, 3, 64, 64) - 0.5)
+    assert [tuple(g.shape) for g in groups] == [(2, 4, 16, 16), (2, 4, 32, 32), (2, 4, 64, 64)]
+    assert all(((g[:, :3] >= 0) & (g[:, :3] <= 1)).all() for g in groups)
+    assert heatmaps.shape == (2, 68, 32, 32)
+    with pytest.raises(ValueError):
+        HSUNetConfig(input_size=50)
+
+
+def test_soft_argmax_of_a_peaked_heatmap_is_the_peak_cell_centre_in_image_pixels():
+    heatmaps = torch.full((1, 2, 8, 8), -50.0)
+    heatmaps[0, 0, 2, 5] = 50.0  # row 2, column 5
+    heatmaps[0, 1, 7, 0] = 50.0
+    points = soft_argmax(heatmaps, image_size=32)  # 4 image pixels per cell
+    assert torch.allclose(points[0], torch.tensor([[22.0, 10.0], [2.0, 30.0]]), atol=1e-4)
+
+
+def test_a_tiny_training_run_lowers_the_loss():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    size = 32
+    network = HSUNet(HSUNetConfig(input_size=size, widths=(4, 8, 8, 16, 16)))
+    images = torch.rand(4, 3, size, size) - 0.5
+    mask = torch.zeros(4, size, size, dtype=torch.bool)
+    mask[:, 8:24, 10:22] = True
+    pncc = torch.from_numpy(rng.uniform(0.2, 0.8, (4, size, size, 3)).astype(np.float32)) * mask[..., None]
+    landmarks = torch.from_numpy(rng.uniform(8, 24, (4, 68, 2)).astype(np.float32))
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        groups, heatmaps = network(images)
+        loss, parts = hs_unet_loss(groups, heatmaps, pncc, mask, landmarks, landmark_weight=5.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert set(parts) == {"l1_8", "bce_8", "l1_16", "bce_16", "l1_32", "bce_32", "landmarks"}
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_weights_round_trip_and_bad_files_are_refused(tmp_path):
+    config = HSUNetConfig(input_size=32, widths=(4, 8, 8, 16, 16))
+    network = HSUNet(config).eval()
+    save_weights(network, config, tmp_path / "w.pt")
+    loaded, loaded_config = load_network(tmp_path / "w.pt")
+    assert loaded_config == config
+    crops = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    a, b = DafiEstimator(network, config).predict(crops), DafiEstimator(loaded, loaded_config).predict(crops)
+    assert np.abs(a.dafi - b.dafi).max() < 0.02 and np.abs(a.landmarks - b.landmarks).max() < 0.5  # float16 storage
+    assert a.landmarks.shape == (3, 68, 2) and a.mask.dtype == bool and a.dafi.shape == (3, 32, 32, 3)
+    with pytest.raises(InvalidInputError):
+        DafiEstimator(network, config).predict(crops[:, :16])
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    for path in (tmp_path / "junk.pt", tmp_path / "other.pt", tmp_path / "missing.pt"):
+        with pytest.raises(ModelFileError):
+            load_network(path)
