@@ -1,5 +1,6 @@
 """Shared fixtures: the bundled face model and the data folder beside the repository (skipped when absent)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the data folder {SHARED_DATA}")
     return SHARED_DATA
+
+
+def copy_faces(shared_data: Path, tmp_path: Path, count: int):
+    """A small 300-W folder in ``tmp_path`` with the first ``count`` helen_test faces; returns its split folder
+    and the face names."""
+    source = tmp_path / "300w" / "helen_test"
+    source.mkdir(parents=True)
+    names = sorted(p.stem for p in (shared_data / "300w" / "helen_test").glob("*.pts"))[:count]
+    for name in names:
+        for suffix in (".jpg", ".pts"):
+            shutil.copy(shared_data / "300w" / "helen_test" / (name + suffix), source)
+    return source, names
+
+
+@pytest.fixture
+def copy_300w(shared_data):
+    """copy_faces with the shared data folder filled in: ``copy_300w(tmp_path, count)``."""
+    return lambda tmp_path, count: copy_faces(shared_data, tmp_path, count)
+
+
+@pytest.fixture(scope="session")
+def small_build(shared_data, tmp_path_factory) -> Path:
+    """A `cprfa data build` of three helen_test faces at 64 px with one profiled view each (9 samples)."""
+    from cprfa.cli.main import main
+
+    root = tmp_path_factory.mktemp("small_build")
+    copy_faces(shared_data, root, 3)
+    out = root / "built"
+    assert main(["data", "build", "--data", str(root / "300w"), "--splits", "helen_test", "--size", "64",
+                 "--profile", "1", "--out", str(out)]) == 0
+    return out

@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     dafi.add_argument("--seed", type=int, default=defaults.seed)
     dafi.add_argument("--limit", type=int, default=0, help="use only the first N training samples (quick runs)")
     dafi.set_defaults(run=run_train_dafi)
+
+    select = train.add_parser(
+        "select-vertices", help="rank vertices by detection and accuracy on a reference set; pick the CPR's C",
+        description="Run the HS-U-Net on a reference build (the training faces, never the evaluation set), "
+        "score each vertex by p1 (detection frequency) and p2 (accurate detections), and save the C best "
+        "in the three shuffled CPR channels.")
+    select.add_argument("--data", type=Path, required=True, help="reference build (cprfa data build --out)")
+    select.add_argument("--splits", nargs="+", default=list(defaults.splits))
+    select.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    select.add_argument("--count", type=int, default=512, help="C, a multiple of 4 (default 512)")
+    select.add_argument("--seed", type=int, default=0, help="seed of the channel shuffle (default 0)")
+    select.add_argument("--out", type=Path, required=True, help="output .npz")
+    select.set_defaults(run=run_select_vertices)
     return parser
 
 
@@ -246,6 +259,25 @@ def run_train_dafi(args: argparse.Namespace) -> int:
     final = record["final"]
     print(f"wrote {args.out / 'hsunet.pt'} and record.json: validation landmark NME "
           f"{final.get('val_landmark_nme', float('nan')):.2f} %, vertex NME {final.get('val_vertex_nme', float('nan')):.2f} %")
+    return 0
+
+
+def run_select_vertices(args: argparse.Namespace) -> int:
+    from cprfa.cpr.selection import reference_statistics, select_vertices
+    from cprfa.dafi.predict import DafiEstimator
+    from cprfa.model.face_model import default_face_model
+    from cprfa.train.dafi import load_faces
+
+    model = default_face_model()
+    estimator = DafiEstimator.from_file(args.weights)
+    faces = load_faces(args.data, tuple(args.splits), estimator.input_size)
+    p1, p2 = reference_statistics(estimator, faces, model)
+    reference = f"{len(faces)} faces of {', '.join(args.splits)} in {args.data}, HS-U-Net {args.weights or 'shipped'}"
+    selection = select_vertices(model, p1, p2, args.count, args.seed, reference)
+    selection.save(args.out)
+    chosen = selection.vertex_ids
+    print(f"wrote {args.out}: {selection.count} vertices, mean p1 {p1[chosen].mean():.3f} (all: {p1.mean():.3f}), "
+          f"mean p2 {p2[chosen].mean():.3f} (all detected: {p2[p1 > 0].mean():.3f})")
     return 0
 
 

@@ -11,17 +11,47 @@ of the bucket; "balanced" is the mean of the bucket means, "std" their standard 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from cprfa.dafi.predict import DafiEstimator
-from cprfa.dafi.retrieval import VertexRetriever
+from cprfa.dafi.predict import DafiEstimator, DafiPrediction
+from cprfa.dafi.retrieval import ObservedPoints, VertexRetriever
 from cprfa.eval.metrics import FAILURE_NME, nme
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import image_vertices
 
 YAW_BUCKETS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 FAILURE_DETECTION = 10.0  # %
+
+
+@dataclass(frozen=True, eq=False)
+class ObservedBatch:
+    """One batch of ``observe``: the faces ``start:stop``, the prediction, the retrieved vertices, and each
+    vertex's distance to where the ground-truth parameters put it, error (b, N) in % of the face size."""
+
+    start: int
+    stop: int
+    prediction: DafiPrediction
+    observed: ObservedPoints
+    error: np.ndarray
+
+
+def observe(estimator: DafiEstimator, faces, model: FaceModel, batch_size: int = 32) -> Iterator[ObservedBatch]:
+    """Run the HS-U-Net and vertex retrieval over built faces (cprfa.train.dafi.FaceArrays at the estimator's
+    input size), batch by batch. The face size is sqrt(w·h) of the ground-truth landmark box."""
+    retriever = VertexRetriever(model)
+    for start in range(0, len(faces), batch_size):
+        stop = min(start + batch_size, len(faces))
+        prediction = estimator.predict(faces.images[start:stop])
+        observed = retriever(prediction.dafi, prediction.mask)
+        truth = image_vertices(model, torch.from_numpy(faces.params[start:stop]).double())[..., :2].numpy()
+        targets = faces.landmarks[start:stop]
+        size = np.sqrt(np.prod(targets.max(axis=1) - targets.min(axis=1), axis=1))
+        error = (np.linalg.norm(observed.positions - truth, axis=-1) / size[:, None] * 100).astype(np.float32)
+        yield ObservedBatch(start, stop, prediction, observed, error)
 
 
 def dafi_errors(estimator: DafiEstimator, faces, batch_size: int = 32, model: FaceModel | None = None,
@@ -33,23 +63,16 @@ def dafi_errors(estimator: DafiEstimator, faces, batch_size: int = 32, model: Fa
     vertex_nme_per_face and detection_rate_per_face (the "all" set) and yaw (degrees)."""
     model = model or default_face_model()
     vertex_sets = vertex_sets or {"all": np.arange(model.n_vertices), "68": np.asarray(model.landmarks68)}
-    retriever = VertexRetriever(model)
     result = {key: [] for key in ["landmark_nme_per_face"] + [f"{name}_{kind}" for name in vertex_sets
                                                                for kind in ("nme", "detection")]}
-    for start in range(0, len(faces), batch_size):
-        stop = min(start + batch_size, len(faces))
-        prediction = estimator.predict(faces.images[start:stop])
-        targets = faces.landmarks[start:stop]
-        result["landmark_nme_per_face"].append(nme(prediction.landmarks, targets))
-        observed = retriever(prediction.dafi, prediction.mask)
-        truth = image_vertices(model, torch.from_numpy(faces.params[start:stop]).double())[..., :2].numpy()
-        box = np.sqrt(np.prod(targets.max(axis=1) - targets.min(axis=1), axis=1))
-        distance = np.linalg.norm(observed.positions - truth, axis=-1) / box[:, None] * 100
+    for batch in observe(estimator, faces, model, batch_size):
+        result["landmark_nme_per_face"].append(nme(batch.prediction.landmarks, faces.landmarks[batch.start:batch.stop]))
         for name, ids in vertex_sets.items():
-            detected = observed.detected[:, ids]
+            detected = batch.observed.detected[:, ids]
             count = detected.sum(axis=1)
             with np.errstate(invalid="ignore"):
-                result[f"{name}_nme"].append(np.where(count > 0, (distance[:, ids] * detected).sum(1) / count, np.nan))
+                result[f"{name}_nme"].append(np.where(count > 0, (batch.error[:, ids] * detected).sum(1) / count,
+                                                      np.nan))
             result[f"{name}_detection"].append(100.0 * count / len(ids))
     errors = {key: np.concatenate(value) if value else np.zeros(0) for key, value in result.items()}
     errors["vertex_nme_per_face"] = errors["all_nme"]
@@ -91,8 +114,11 @@ def format_table(rows: list[dict]) -> str:
     header = [f"[{lo:.0f}°, {hi:.0f}°] (n={n})" for (lo, hi), n in zip(YAW_BUCKETS, counts, strict=True)]
     lines = ["| vertices | " + " | ".join(header) + " | balanced mean | std | mean | failure % |",
              "|---" * (len(header) + 5) + "|"]
-    pair = lambda cell: "–" if np.isnan(cell[0]) else f"{cell[0]:.2f} / {cell[1]:.1f}"  # noqa: E731
     for row in rows:
-        cells = [pair(cell) for cell in row["buckets"]] + [pair(row["balanced"]), pair(row["std"]), pair(row["mean"])]
+        cells = [_cell(cell) for cell in row["buckets"]] + [_cell(row["balanced"]), _cell(row["std"]), _cell(row["mean"])]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {row['failure']:.2f} |")
     return "\n".join(lines)
+
+
+def _cell(cell: tuple) -> str:
+    return "–" if np.isnan(cell[0]) else f"{cell[0]:.2f} / {cell[1]:.1f}"

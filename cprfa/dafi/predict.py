@@ -7,18 +7,23 @@ Weights are a ``torch.save`` dict {format, version, config, state_dict (float16)
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
+from cprfa.data.crop import crop_box, crop_image
 from cprfa.errors import InvalidInputError, ModelFileError
 
 WEIGHTS_FORMAT = "cprfa-hsunet"
 WEIGHTS_VERSION = 1
 DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "hsunet.pt"
+BUILD_SIZE = 256  # crop side of the training data (cprfa data build's default)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +53,7 @@ def load_network(path: str | Path | None = None) -> tuple[HSUNet, HSUNetConfig]:
         raise ModelFileError(f"HS-U-Net weights not found: {path}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not its own
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise ModelFileError(f"{path} is not a cprfa HS-U-Net weights file ({type(error).__name__})") from None
     if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
         raise ModelFileError(f"{path} is not a cprfa HS-U-Net weights file")
@@ -81,6 +86,14 @@ class DafiEstimator:
     @property
     def input_size(self) -> int:
         return self.config.input_size
+
+    def crop(self, image: np.ndarray, face_box: tuple[float, float, float, float]) -> tuple[np.ndarray, tuple]:
+        """The network's input for a face: the crop policy of cprfa.data.crop around a tight face box, made the
+        way the training data was (resampled at the build size, then area-averaged down to the input size).
+        Returns the crop (S, S, 3) uint8 and the crop box in the image (x0, y0, x1, y1)."""
+        box = crop_box(face_box)
+        crop = crop_image(image, box, max(BUILD_SIZE, self.input_size))
+        return cv2.resize(crop, (self.input_size,) * 2, interpolation=cv2.INTER_AREA), box
 
     @torch.inference_mode()
     def predict(self, crops: np.ndarray, batch_size: int = 32) -> DafiPrediction:

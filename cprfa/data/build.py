@@ -61,13 +61,13 @@ from tqdm import tqdm
 from cprfa.data.augment import PNCC_SCALE, occlude
 from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop
 from cprfa.data.images import load_image
+from cprfa.data.profiling import profile_face
 from cprfa.data.readers import Face300W, iter_300w, landmark_box
 from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
 from cprfa.fitting.landmarks import fit_landmarks
-from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.data.profiling import profile_face
 from cprfa.model.contour import landmarks_2d
+from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d
 from cprfa.model.render import render_pncc
 
@@ -226,8 +226,7 @@ def _profiled_views(model: FaceModel, faces: dict, settings: BuildSettings) -> d
                                ("boxes", faces["boxes"][i]), ("profiled", True)):
                 views[key].append(value)
     if not settings.large_pose:
-        for key in views:
-            views[key] = list(faces[key]) + views[key]
+        views = {key: list(faces[key]) + value for key, value in views.items()}
     return {
         "images": np.stack(views["images"]),
         "params": torch.stack(views["params"]),

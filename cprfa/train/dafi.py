@@ -88,8 +88,8 @@ def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int 
 class AugmentedFaces(Dataset):
     """Training faces, each augmented from a generator seeded by (seed, epoch, index)."""
 
-    def __init__(self, faces: FaceArrays, seed: int, config: AugmentConfig = AugmentConfig()):
-        self.faces, self.seed, self.config, self.epoch = faces, seed, config, 0
+    def __init__(self, faces: FaceArrays, seed: int, config: AugmentConfig | None = None):
+        self.faces, self.seed, self.config, self.epoch = faces, seed, config or AugmentConfig(), 0
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -169,9 +169,9 @@ def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for key, value in {"loss": float(loss), **parts}.items():
+            for key, value in {"loss": loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{float(loss):.3f}", lmk=f"{parts['landmarks']:.4f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lmk=f"{parts['landmarks']:.4f}")
         scheduler.step()
         batches = max(len(loader), 1)
         metrics = evaluate_estimator(DafiEstimator(network.eval(), config), validation)
@@ -208,8 +208,11 @@ def evaluate_estimator(estimator: DafiEstimator, faces: FaceArrays, batch_size: 
     from cprfa.dafi.evaluate import dafi_errors  # keeps the training import light
 
     errors = dafi_errors(estimator, faces, batch_size)
-    return {**errors, **{key: float(np.nanmean(errors[f"{key}_per_face"]))
-                         for key in ("landmark_nme", "vertex_nme", "detection_rate")}}
+    means = {}
+    for key in ("landmark_nme", "vertex_nme", "detection_rate"):
+        values = errors[f"{key}_per_face"]
+        means[key] = float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
+    return {**errors, **means}
 
 
 def validation_figure(network: HSUNet, config: HSUNetConfig, faces: FaceArrays, path: Path, count: int = 6):

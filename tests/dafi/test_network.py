@@ -45,7 +45,7 @@ def test_a_tiny_training_run_lowers_the_loss():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert set(parts) == {"l1_8", "bce_8", "l1_16", "bce_16", "l1_32", "bce_32", "landmarks"}
     assert losses[-1] < 0.6 * losses[0]
 

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import numpy as np
 import torch
@@ -27,19 +26,8 @@ def test_crop_moves_image_points_and_params_consistently(face_model):
     assert torch.allclose(moved, expected)
 
 
-def copy_faces(shared_data, tmp_path, count):
-    """A small 300-W folder with the first ``count`` helen_test faces; returns its split folder."""
-    source = tmp_path / "300w" / "helen_test"
-    source.mkdir(parents=True)
-    names = sorted(p.stem for p in (shared_data / "300w" / "helen_test").glob("*.pts"))[:count]
-    for name in names:
-        for suffix in (".jpg", ".pts"):
-            shutil.copy(shared_data / "300w" / "helen_test" / (name + suffix), source)
-    return source, names
-
-
-def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
-    source, names = copy_faces(shared_data, tmp_path, 3)
+def test_data_build_on_real_faces_is_resumable(copy_300w, tmp_path, capsys):
+    source, names = copy_300w(tmp_path, 3)
     name = names[-1]
     (source / "broken.jpg").write_text("not an image")
     (source / "broken.pts").write_text((source / f"{name}.pts").read_text())
@@ -63,8 +51,8 @@ def test_data_build_on_real_faces_is_resumable(shared_data, tmp_path, capsys):
     assert "1 skipped" in capsys.readouterr().out
 
 
-def test_occluded_evaluation_set(shared_data, tmp_path, capsys):
-    copy_faces(shared_data, tmp_path, 2)
+def test_occluded_evaluation_set(copy_300w, tmp_path, capsys):
+    copy_300w(tmp_path, 2)
     plain, occluded = tmp_path / "plain", tmp_path / "occluded"
     common = ["data", "build", "--data", str(tmp_path / "300w"), "--splits", "helen_test", "--size", "96"]
     assert main([*common, "--out", str(plain)]) == 0
@@ -78,8 +66,8 @@ def test_occluded_evaluation_set(shared_data, tmp_path, capsys):
     assert "--occlude" in capsys.readouterr().err
 
 
-def test_profiled_training_views_and_large_pose_set(shared_data, tmp_path, face_model):
-    copy_faces(shared_data, tmp_path, 2)
+def test_profiled_training_views_and_large_pose_set(copy_300w, tmp_path, face_model):
+    copy_300w(tmp_path, 2)
     common = ["data", "build", "--data", str(tmp_path / "300w"), "--splits", "helen_test", "--size", "96"]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
     assert main([*common, "--out", str(tmp_path / "profiled"), "--profile", "2"]) == 0

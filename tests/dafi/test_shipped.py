@@ -1,0 +1,34 @@
+"""The shipped HS-U-Net weights on the bundled example (no shared data needed)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from cprfa.dafi.predict import DafiEstimator
+from cprfa.dafi.retrieval import VertexRetriever
+from cprfa.data.boxes import read_boxes
+from cprfa.data.crop import points_to_crop
+from cprfa.data.images import load_image
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_shipped_weights_find_the_face_of_the_bundled_example(face_model):
+    estimator = DafiEstimator()
+    face_box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    crop, box = estimator.crop(load_image(EXAMPLES / "astronaut.jpg"), face_box)
+    prediction = estimator.predict(crop[None])
+    size = estimator.input_size
+    (x0, y0), (x1, y1) = points_to_crop(np.array([face_box[:2], face_box[2:]], np.float64), box, size)
+    inside = np.zeros((size, size), bool)
+    inside[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+    mask = prediction.mask[0]
+    # the foreground covers most of the face box, and little of the crop far from it
+    assert mask[inside].mean() > 0.6 and mask[~inside].mean() < 0.35
+    landmarks = prediction.landmarks[0]
+    margin = 0.1 * (x1 - x0)
+    assert ((landmarks >= [x0 - margin, y0 - margin]) & (landmarks <= [x1 + margin, y1 + margin])).all()
+    # the codes are the face's: the eyes are above the mouth in the crop, and many vertices are found
+    assert landmarks[36:48, 1].mean() < landmarks[48:68, 1].mean()
+    observed = VertexRetriever(face_model)(prediction.dafi, prediction.mask)
+    assert observed.detection_rate[0] > 0.15
