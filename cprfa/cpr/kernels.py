@@ -1,0 +1,109 @@
+"""Convolutional Point-set Representations (paper §2.2; DESIGN.md "CPR kernels").
+
+A CPR turns an ordered point set into matrices a CNN can read: entry (i, j) of a channel relates vertex i to
+vertex j (and, for Λrxy, to k, the vertex after j in the channel's order, cyclically). Every function here is
+batched over faces and channels and vectorized over vertex pairs; a vertex that is not observed zeroes every
+entry it takes part in. Points are (B, K, n, 2) pixel positions of the K channels' n vertices, ``detected``
+(B, K, n) bool; ``gather_channels`` makes them from per-vertex arrays and a selection.
+
+| CPR | entry (i, j) | network input |
+| --- | --- | --- |
+| Λt | y^O_i − y^G_j (x and y) | used directly; closed-form step: the mean of its non-zero entries |
+| Λs | ‖y_i − y_j‖ within one set | Λs^G / Λs^O where both are non-zero, else 0 |
+| Λrz | (y_i × y_j) / (‖y_i‖ ‖y_j‖) on points centred on the set's observed centroid | Λrz^G − Λrz^O |
+| Λrxy | û(y_i − y_j) · û(y_j − y_k) | Λrxy^G − Λrxy^O |
+
+One finding, kept as a documented deviation for the regressor's input: Λrz as tabled is built within one set
+from centred points, so it is invariant to rotating that set about its centroid — Λrz^G − Λrz^O is exactly
+zero when Y^O is Y^G turned in the image plane (a test shows it), and cannot tell the rz regressor the angle
+it must find. ``rotation_z_input`` therefore compares the sets across: entry (i, j) = ŷ^G_i × ŷ^O_j −
+ŷ^G_i × ŷ^G_j on centred unit vectors, which keeps the invariances the table asks of Λrz (translation and
+scale of either set) and equals sin(θ + angle_ij) − sin(angle_ij) for a turn by θ.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPSILON = 1e-9
+
+
+def gather_channels(values: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """Per-vertex values in channel order. Shape: values (B, N, ...), channels (K, n) -> (B, K, n, ...)."""
+    picked = values.index_select(1, channels.reshape(-1))
+    return picked.reshape(values.shape[0], *channels.shape, *values.shape[2:])
+
+
+def pair_mask(detected: torch.Tensor) -> torch.Tensor:
+    """(B, K, n) -> (B, K, n, n): both vertices of the pair observed."""
+    return detected[..., :, None] & detected[..., None, :]
+
+
+def centred(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Points minus the centroid of the observed ones of their channel. Shape: (B, K, n, 2) -> (B, K, n, 2)."""
+    weight = detected[..., None].to(points.dtype)
+    centroid = (points * weight).sum(dim=2, keepdim=True) / weight.sum(dim=2, keepdim=True).clamp(min=1)
+    return points - centroid
+
+
+def translation_cpr(observed: torch.Tensor, generated: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Λt: entry (i, j) = y^O_i − y^G_j. Shape: (B, K, n, 2) twice, (B, K, n) -> (B, K, 2, n, n) as [x, y]."""
+    difference = observed[..., :, None, :] - generated[..., None, :, :]  # (B, K, n, n, 2)
+    difference = difference * pair_mask(detected)[..., None]
+    return difference.permute(0, 1, 4, 2, 3)
+
+
+def translation_step(observed: torch.Tensor, generated: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """The closed-form translation update: the mean of Λt's entries over observed pairs (= the mean observed
+    position minus the mean generated position of the same vertices). Shape: ... -> (B, 2)."""
+    weight = detected[..., None].to(observed.dtype)
+    count = weight.sum(dim=(1, 2)).clamp(min=1)
+    return ((observed - generated) * weight).sum(dim=(1, 2)) / count
+
+
+def scale_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Λs: entry (i, j) = ‖y_i − y_j‖. Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
+    distance = torch.linalg.vector_norm(points[..., :, None, :] - points[..., None, :, :], dim=-1)
+    return distance * pair_mask(detected)
+
+
+def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Λs^G / Λs^O where both entries are non-zero, else 0. Shape: points (B, K, n, 2) twice -> (B, K, n, n)."""
+    numerator, denominator = scale_cpr(generated, detected), scale_cpr(observed, detected)
+    valid = (numerator > EPSILON) & (denominator > EPSILON)
+    return torch.where(valid, numerator / denominator.clamp(min=EPSILON), torch.zeros_like(numerator))
+
+
+def rotation_z_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Λrz: entry (i, j) = (y_i × y_j) / (‖y_i‖ ‖y_j‖), the sine of the angle from y_i to y_j, on points
+    centred on their channel's observed centroid. Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
+    unit = _unit(centred(points, detected))
+    return _cross(unit, unit) * pair_mask(detected)
+
+
+def rotation_z_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """The rz regressor's input (module docstring): ŷ^G_i × ŷ^O_j − ŷ^G_i × ŷ^G_j on unit vectors of points
+    centred on their own set's observed centroid. Shape: points (B, K, n, 2) twice -> (B, K, n, n)."""
+    unit_g = _unit(centred(generated, detected))
+    unit_o = _unit(centred(observed, detected))
+    return (_cross(unit_g, unit_o) - _cross(unit_g, unit_g)) * pair_mask(detected)
+
+
+def rotation_xy_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Λrxy: entry (i, j) = û(y_i − y_j) · û(y_j − y_k), k the vertex after j in channel order (cyclic); 0 when
+    i, j or k is not observed. Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
+    following = torch.roll(points, shifts=-1, dims=2)  # y_k for each j
+    step = _unit(points - following)  # û(y_j − y_k), (B, K, n, 2)
+    pairs = _unit(points[..., :, None, :] - points[..., None, :, :])  # û(y_i − y_j), (B, K, n, n, 2)
+    cosine = (pairs * step[..., None, :, :]).sum(dim=-1)
+    valid = pair_mask(detected) & torch.roll(detected, shifts=-1, dims=2)[..., None, :]
+    return cosine * valid
+
+
+def _unit(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True).clamp(min=EPSILON)
+
+
+def _cross(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Entry (i, j) = first_i × second_j (2D cross product). Shape: (..., n, 2) twice -> (..., n, n)."""
+    return first[..., :, None, 0] * second[..., None, :, 1] - first[..., :, None, 1] * second[..., None, :, 0]
