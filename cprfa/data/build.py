@@ -2,8 +2,9 @@
 crop the face (cprfa.data.crop) and render the fitted model's PNCC and mask there — the DAFI the HS-U-Net
 learns to predict, made the way 300W-LP was made from 300-W.
 
-Output: ``OUT/<split>/shard_<k>.npz`` with ``SHARD_SIZE`` faces each, and ``OUT/manifest.json`` (settings,
-counts, skipped faces with reasons, time). Each shard holds:
+Output: ``OUT/<split>/shard_<k>.npz`` with ``SHARD_SIZE`` faces each, ``OUT/<split>/samples.csv`` (one line
+per sample: name, yaw, pitch, profiled, fit NME, occlusion) and ``OUT/manifest.json`` (settings, counts,
+skipped faces with reasons, time). Each shard holds:
 
 | key | shape, dtype | meaning |
 |---|---|---|
@@ -120,6 +121,7 @@ def build_pseudo_gt(settings: BuildSettings, model: FaceModel | None = None, pro
                 skipped += list(zip(done["skipped_images"].tolist(), done["skipped_reasons"].tolist(), strict=True))
             bar.update(len(shard))
         bar.close()
+        _write_index(out / split)
         manifest["splits"][split] = {
             "annotated_faces": len(faces),
             "kept_faces": kept_faces,
@@ -236,6 +238,21 @@ def _profiled_views(model: FaceModel, faces: dict, settings: BuildSettings) -> d
         "boxes": np.array(views["boxes"], np.float32),
         "profiled": np.array(views["profiled"], bool),
     }
+
+
+def _write_index(folder: Path) -> None:
+    """``samples.csv`` beside the shards: one line per sample (name, yaw, pitch, profiled, fit NME, occlusion),
+    the record that fixes an evaluation set."""
+    lines = ["name,yaw_deg,pitch_deg,profiled,fit_nme,occlusion"]
+    for shard in sorted(folder.glob("shard_*.npz")):
+        with np.load(shard) as data:
+            occlusion = data["occlusion"] if "occlusion" in data else np.full(len(data["names"]), np.nan)
+            for row in zip(data["names"], data["yaw"], data["pitch"], data["profiled"], data["fit_nme"], occlusion,
+                           strict=True):
+                name, yaw, pitch, profiled, fit, covered = row
+                lines.append(f"{name},{yaw:.2f},{pitch:.2f},{int(profiled)},{fit:.3f},"
+                             + ("" if np.isnan(covered) else f"{covered:.3f}"))
+    (folder / "samples.csv").write_text("\n".join(lines) + "\n")
 
 
 def _recentre(image: np.ndarray, params: torch.Tensor, points: torch.Tensor, original: np.ndarray):

@@ -95,3 +95,10 @@ def test_profiled_training_views_and_large_pose_set(copy_300w, tmp_path, face_mo
     manifest = json.loads((tmp_path / "large" / "manifest.json").read_text())
     assert manifest["landmark_convention"] == "3d" and manifest["splits"]["helen_test"]["samples"] == 6
     assert main([*common, "--out", str(tmp_path / "bad"), "--profile", "1", "--large-pose"]) == 1
+
+
+def test_each_split_gets_a_sample_index(small_build):
+    lines = (small_build / "helen_test" / "samples.csv").read_text().splitlines()
+    assert lines[0] == "name,yaw_deg,pitch_deg,profiled,fit_nme,occlusion" and len(lines) == 7
+    assert [line.split(",")[3] for line in lines[1:]] == ["0"] * 3 + ["1"] * 3
+    assert all("@yaw" in line for line in lines[4:])
