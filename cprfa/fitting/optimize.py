@@ -22,7 +22,7 @@ import torch
 from cprfa._checks import check_finite, check_shape
 from cprfa.errors import InvalidInputError
 from cprfa.model.face_model import FaceModel
-from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, image_vertices, pose_from_box
+from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, pose_from_box
 
 ROBUST_LOSSES = ("none", "huber", "geman-mcclure")
 
@@ -122,71 +122,84 @@ def projection_jacobian(model: FaceModel, params: torch.Tensor, vertex_ids: torc
     d/dα = s·[R_x; −R_y]·basis, d/ds = [(R x)_x, −(R x)_y], d/dt = identity, and d/dθ uses
     dR/dpitch = Rz Ry Rx K_x, dR/dyaw = Rz Ry K_y Rx, dR/droll = Rz K_z Ry Rx (K: cross-product matrices).
     Shape: params (B, P), vertex_ids (B, M) -> points (B, M, 2), jacobian (B, M, 2, P)."""
-    layout = ParamLayout.of(model)
-    tensors = model.torch_tensors(params.device, params.dtype)
-    basis = tensors["basis"][vertex_ids]  # (B, M, 3, K)
-    shape = tensors["mean"][vertex_ids] + (basis @ params[:, None, layout.alpha, None])[..., 0]  # (B, M, 3)
-    pitch, yaw, roll = params[:, :3].unbind(-1)
-    zero = torch.zeros_like(pitch)
-    rx = euler_to_rotation(torch.stack([pitch, zero, zero], -1))
-    ry = euler_to_rotation(torch.stack([zero, yaw, zero], -1))
-    rz = euler_to_rotation(torch.stack([zero, zero, roll], -1))
-    skew = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]], [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
-                         [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=params.dtype, device=params.device)
-    rotation = rz @ ry @ rx
-    d_rotation = torch.stack([rotation @ skew[0], rz @ ry @ skew[1] @ rx, rz @ skew[2] @ ry @ rx], dim=1)
-    scale = params[:, 3, None, None]
-    flip = torch.tensor([1.0, -1.0], dtype=params.dtype, device=params.device)  # v = −s·(R x)_y
-    rotated = shape @ rotation.transpose(1, 2)  # (B, M, 3)
-    points = scale * rotated[..., :2] * flip + params[:, None, 4:6]
-    jacobian = params.new_zeros(*vertex_ids.shape, 2, layout.size)
-    d_angles = torch.einsum("bkij,bmj->bmik", d_rotation[:, :, :2], shape)  # (B, M, 2, 3)
-    jacobian[..., :3] = scale[..., None] * d_angles * flip[:, None]
-    jacobian[..., 3] = rotated[..., :2] * flip
-    jacobian[..., 0, 4] = 1.0
-    jacobian[..., 1, 5] = 1.0
-    jacobian[..., layout.alpha] = scale[..., None] * flip[:, None] * (rotation[:, None, :2] @ basis)
-    return points, jacobian
+    return _Correspondence(model, params, vertex_ids).project(params, jacobian=True)
+
+
+class _Correspondence:
+    """The model's mean and basis gathered once at the chosen vertices, so that one LM iteration (a Jacobian
+    and up to four trial steps) pays for the gather only once."""
+
+    def __init__(self, model: FaceModel, params: torch.Tensor, vertex_ids: torch.Tensor):
+        tensors = model.torch_tensors(params.device, params.dtype)
+        self.layout = ParamLayout.of(model)
+        self.mean = tensors["mean"][vertex_ids]  # (B, M, 3)
+        self.basis = tensors["basis"][vertex_ids]  # (B, M, 3, K)
+
+    def project(self, params: torch.Tensor, jacobian: bool = False, shape_jacobian: bool = True):
+        """Points (B, M, 2), and with ``jacobian`` their derivatives (B, M, 2, P) (the α columns left at zero
+        without ``shape_jacobian``)."""
+        layout = self.layout
+        shape = self.mean + (self.basis @ params[:, None, layout.alpha, None])[..., 0]  # (B, M, 3)
+        rotation = euler_to_rotation(params[:, :3])
+        scale = params[:, 3, None, None]
+        flip = torch.tensor([1.0, -1.0], dtype=params.dtype, device=params.device)  # v = −s·(R x)_y
+        rotated = shape @ rotation.transpose(1, 2)  # (B, M, 3)
+        points = scale * rotated[..., :2] * flip + params[:, None, 4:6]
+        if not jacobian:
+            return points
+        pitch, yaw, roll = params[:, :3].unbind(-1)
+        zero = torch.zeros_like(pitch)
+        rx = euler_to_rotation(torch.stack([pitch, zero, zero], -1))
+        ry = euler_to_rotation(torch.stack([zero, yaw, zero], -1))
+        rz = euler_to_rotation(torch.stack([zero, zero, roll], -1))
+        skew = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]], [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+                             [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=params.dtype, device=params.device)
+        d_rotation = torch.stack([rotation @ skew[0], rz @ ry @ skew[1] @ rx, rz @ skew[2] @ ry @ rx], dim=1)
+        derivatives = params.new_zeros(*shape.shape[:2], 2, layout.size)
+        d_angles = torch.einsum("bkij,bmj->bmik", d_rotation[:, :, :2], shape)  # (B, M, 2, 3)
+        derivatives[..., :3] = scale[..., None] * d_angles * flip[:, None]
+        derivatives[..., 3] = rotated[..., :2] * flip
+        derivatives[..., 0, 4] = 1.0
+        derivatives[..., 1, 5] = 1.0
+        if shape_jacobian:
+            derivatives[..., layout.alpha] = scale[..., None] * flip[:, None] * (rotation[:, None, :2] @ self.basis)
+        return points, derivatives
 
 
 def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free, options, iterations):
+    """Minimize the data term plus the priors over the ``free`` parameters. The priors enter the normal
+    equations directly (JᵀJ + diag(λ), Jᵀr + λ·x) rather than as extra residual rows."""
     layout = ParamLayout.of(model)
     blendshape = model.expression_prior == "blendshape"
     prior = torch.zeros(layout.size, dtype=params.dtype)
-    prior[layout.identity] = options.identity_weight ** 0.5
-    prior[layout.expression] = options.expression_weight ** 0.5
+    prior[layout.identity] = options.identity_weight
+    prior[layout.expression] = options.expression_weight
     free_ids = torch.nonzero(free).squeeze(1)
+    shape_free = bool(free[layout.alpha].any())
     eye = torch.eye(len(free_ids), dtype=params.dtype)
     damping = torch.full((len(params),), 1e-3, dtype=params.dtype)
 
-    def residuals(x, ids, sqrt_w, with_jacobian=False):  # (B, 2M + P) and optionally (B, 2M + P, P)
-        projected, d_projected = projection_jacobian(model, x, ids)
-        factor = (sqrt_w / size[:, None])[..., None]
-        data = ((projected - points) * factor).flatten(1)
-        r = torch.cat([data, prior * x], dim=1)
-        if not with_jacobian:
-            return r
-        j_data = (d_projected * factor[..., None]).flatten(1, 2)
-        return r, torch.cat([j_data, torch.diag(prior).expand(len(x), -1, -1)], dim=1)
-
     for _ in range(iterations):
-        ids = vertex_for(params)
-        sqrt_w = _robust_sqrt_weights(model, params, ids, points, weights, size, options)
-        r, j = residuals(params, ids, sqrt_w, with_jacobian=True)
-        j = j[..., free_ids]
-        jtj = j.transpose(1, 2) @ j
-        jtr = j.transpose(1, 2) @ r[..., None]
-        cost = (r ** 2).sum(dim=1)
+        correspondence = _Correspondence(model, params, vertex_for(params))
+        projected, d_projected = correspondence.project(params, jacobian=True, shape_jacobian=shape_free)
+        sqrt_w = _robust_sqrt_weights(projected, points, weights, size, options)
+        factor = (sqrt_w / size[:, None])[..., None]  # (B, M, 1)
+
+        residual = ((projected - points) * factor).flatten(1)  # (B, 2M)
+        j = (d_projected * factor[..., None]).flatten(1, 2)[..., free_ids]  # (B, 2M, F)
+        jtj = j.transpose(1, 2) @ j + torch.diag(prior[free_ids])
+        jtr = j.transpose(1, 2) @ residual[..., None] + (prior * params)[:, free_ids, None]
+        cost = _cost(params, projected, points, factor, prior)
         for _attempt in range(4):  # raise the damping of faces whose step did not lower the cost
             diagonal = torch.diagonal(jtj, dim1=1, dim2=2)[..., None] * eye + 1e-9 * eye
-            factor, _ = torch.linalg.cholesky_ex(jtj + damping[:, None, None] * diagonal)
-            step = torch.cholesky_solve(-jtr, factor)[..., 0]
+            cholesky, _ = torch.linalg.cholesky_ex(jtj + damping[:, None, None] * diagonal)
+            step = torch.cholesky_solve(-jtr, cholesky)[..., 0]
             trial = params.clone()
             trial[:, free_ids] += step
             if blendshape:
                 trial[:, layout.expression] = trial[:, layout.expression].clamp(0.0, 1.0)
             trial[:, 3] = trial[:, 3].clamp(min=1e-6)
-            better = (residuals(trial, ids, sqrt_w) ** 2).sum(dim=1) < cost
+            better = _cost(trial, correspondence.project(trial), points, factor, prior) < cost
             params = torch.where(better[:, None], trial, params)
             damping = torch.where(better, damping / 3, damping * 4).clamp(1e-7, 1e7)
             if bool(better.all()):
@@ -194,13 +207,16 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
     return params
 
 
-def _robust_sqrt_weights(model, params, ids, points, weights, size, options):
+def _cost(params, projected, points, factor, prior) -> torch.Tensor:
+    """(B,) the weighted squared data residuals plus the prior terms."""
+    return (((projected - points) * factor) ** 2).sum(dim=(1, 2)) + (prior * params ** 2).sum(dim=1)
+
+
+def _robust_sqrt_weights(projected, points, weights, size, options):
     """sqrt of the per-point weights: the given weights times the IRLS weights of the robust loss."""
     if options.robust == "none":
         return weights.sqrt()
-    with torch.no_grad():
-        projected = image_vertices(model, params, ids)[..., :2]
-        error = (projected - points).norm(dim=-1) / (size[:, None] * options.robust_scale)
+    error = (projected.detach() - points).norm(dim=-1) / (size[:, None] * options.robust_scale)
     if options.robust == "huber":
         irls = torch.where(error <= 1, torch.ones_like(error), 1 / error.clamp(min=1e-12))
     else:  # Geman–McClure
