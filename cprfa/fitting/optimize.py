@@ -190,6 +190,7 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
         jtj = j.transpose(1, 2) @ j + torch.diag(prior[free_ids])
         jtr = j.transpose(1, 2) @ residual[..., None] + (prior * params)[:, free_ids, None]
         cost = _cost(params, projected, points, factor, prior)
+        done = torch.zeros(len(params), dtype=torch.bool)
         for _attempt in range(4):  # raise the damping of faces whose step did not lower the cost
             diagonal = torch.diagonal(jtj, dim1=1, dim2=2)[..., None] * eye + 1e-9 * eye
             cholesky, _ = torch.linalg.cholesky_ex(jtj + damping[:, None, None] * diagonal)
@@ -199,10 +200,11 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
             if blendshape:
                 trial[:, layout.expression] = trial[:, layout.expression].clamp(0.0, 1.0)
             trial[:, 3] = trial[:, 3].clamp(min=1e-6)
-            better = _cost(trial, correspondence.project(trial), points, factor, prior) < cost
+            better = (_cost(trial, correspondence.project(trial), points, factor, prior) < cost) & ~done
             params = torch.where(better[:, None], trial, params)
-            damping = torch.where(better, damping / 3, damping * 4).clamp(1e-7, 1e7)
-            if bool(better.all()):
+            damping = torch.where(done, damping, torch.where(better, damping / 3, damping * 4)).clamp(1e-7, 1e7)
+            done |= better  # a face takes one step per iteration, whatever the others in its batch do
+            if bool(done.all()):
                 break
     return params
 

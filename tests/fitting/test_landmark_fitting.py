@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,13 @@ def test_bad_input(face_model):
         fit_landmarks(face_model, torch.zeros(1, 5, 2))
     with pytest.raises(InvalidInputError, match="robust"):
         FitOptions(robust="cauchy")
+
+
+def test_a_face_fits_the_same_alone_or_in_a_batch(face_model, shared_data):
+    from cprfa.data.readers import iter_300w
+
+    faces = list(iter_300w(shared_data / "300w", ("helen_test",)))[:4]
+    targets = torch.from_numpy(np.stack([face.landmarks for face in faces]))
+    batch = fit_landmarks(face_model, targets).params
+    alone = fit_landmarks(face_model, targets[1:2]).params
+    assert torch.allclose(batch[1], alone[0], atol=1e-6)
