@@ -192,14 +192,26 @@ def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
     history = [json.loads(line) for line in history_path.read_text().splitlines()]
     record = {
         "weights": "hsunet.pt", "network": config.to_dict(), "settings": asdict(settings),
+        "parameters": sum(parameter.numel() for parameter in network.parameters()),
         "training_faces": len(faces), "validation_faces": len(validation), "epochs": settings.epochs,
         "train_seconds": round(seconds, 1), "machine": f"{platform.processor() or platform.machine()}, "
         f"{settings.threads} torch threads, torch {torch.__version__}",
-        "final": history[-1] if history else {},
+        "data": _manifest_summary(settings.data), "validation_data": _manifest_summary(settings.validation),
+        "final": history[-1] if history else {}, "history": history,
     }
     save_weights(network, config, out / "hsunet.pt")
     (out / "record.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def _manifest_summary(folder: str) -> dict:
+    """What `cprfa data build` recorded about a data folder: its settings and sample counts."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return {"folder": folder}
+    manifest = json.loads(path.read_text())
+    return {"folder": folder, "settings": manifest.get("settings"), "model": manifest.get("model"),
+            "samples": {split: entry.get("samples", entry.get("kept")) for split, entry in manifest["splits"].items()}}
 
 
 def evaluate_estimator(estimator: DafiEstimator, faces: FaceArrays, batch_size: int = 32) -> dict:
