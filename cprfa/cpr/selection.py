@@ -25,6 +25,7 @@ from cprfa.model.face_model import FaceModel
 
 ACCURATE_NME = 2.5  # %
 SELECTION_FORMAT = "cprfa-vertex-selection"
+DEFAULT_SELECTION = Path(__file__).parent / "assets" / "selection_512.npz"
 
 
 @dataclass(frozen=True, eq=False)

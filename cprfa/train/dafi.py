@@ -128,8 +128,9 @@ def hs_unet_loss(groups: list[torch.Tensor], heatmaps: torch.Tensor, pncc: torch
     return total + landmark_weight * landmark, parts
 
 
-def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
-    """Train (or resume) and return the record of the run."""
+def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cpu") -> dict:
+    """Train (or resume) and return the record of the run. ``device`` ("cpu", "cuda") only changes the speed;
+    a run may resume on another device."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     out = Path(settings.out)
@@ -138,14 +139,14 @@ def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
     faces = load_faces(settings.data, settings.splits, config.input_size, settings.limit)
     validation = load_faces(settings.validation, (settings.validation_split,), config.input_size,
                             settings.validation_faces)
-    network = HSUNet(config)
+    network = HSUNet(config).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
     decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
     checkpoint_path, history_path = out / "checkpoint.pt", out / "history.jsonl"
     start_epoch, seconds = 0, 0.0
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["settings"] != asdict(settings):
             raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
         network.load_state_dict(state["network"])
@@ -163,7 +164,8 @@ def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
         network.train()
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
-        for images, pncc, mask, landmarks in bar:
+        for batch in bar:
+            images, pncc, mask, landmarks = (tensor.to(device) for tensor in batch)
             groups, heatmaps = network(to_input(images))
             loss, parts = hs_unet_loss(groups, heatmaps, pncc, mask, landmarks, settings.landmark_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -174,7 +176,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
             bar.set_postfix(loss=f"{loss.item():.3f}", lmk=f"{parts['landmarks']:.4f}")
         scheduler.step()
         batches = max(len(loader), 1)
-        metrics = evaluate_estimator(DafiEstimator(network.eval(), config), validation)
+        metrics = evaluate_estimator(DafiEstimator(network.eval(), config, device), validation)
         seconds += time.perf_counter() - started
         entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1),
                  **{f"train_{k}": round(v / batches, 5) for k, v in sums.items()},
@@ -184,7 +186,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
         print(f"epoch {epoch + 1}: loss {entry.get('train_loss', math.nan):.4f}, validation landmark NME "
               f"{metrics['landmark_nme']:.2f} %, vertex NME {metrics['vertex_nme']:.2f} %, "
               f"detection {metrics['detection_rate']:.1f} %")
-        validation_figure(network, config, validation, out / f"val_{epoch + 1:03d}.png")
+        validation_figure(DafiEstimator(network, config, device), validation, out / f"val_{epoch + 1:03d}.png")
         torch.save({"settings": asdict(settings), "network": network.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                     "seconds": seconds}, checkpoint_path.with_suffix(".tmp"))
@@ -199,7 +201,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True) -> dict:
         "data": _manifest_summary(settings.data), "validation_data": _manifest_summary(settings.validation),
         "final": history[-1] if history else {}, "history": history,
     }
-    save_weights(network, config, out / "hsunet.pt")
+    save_weights(network.cpu(), config, out / "hsunet.pt")
     (out / "record.json").write_text(json.dumps(record, indent=1))
     return record
 
@@ -227,11 +229,10 @@ def evaluate_estimator(estimator: DafiEstimator, faces: FaceArrays, batch_size: 
     return {**errors, **means}
 
 
-def validation_figure(network: HSUNet, config: HSUNetConfig, faces: FaceArrays, path: Path, count: int = 6):
+def validation_figure(estimator: DafiEstimator, faces: FaceArrays, path: Path, count: int = 6):
     """Input with predicted (green) and annotated (red) landmarks, predicted DAFI, ground-truth PNCC."""
     import matplotlib.pyplot as plt
 
-    estimator = DafiEstimator(network.eval(), config)
     prediction = estimator.predict(faces.images[:count])
     figure, axes = plt.subplots(3, count, figsize=(2 * count, 6))
     for i in range(min(count, len(faces))):
