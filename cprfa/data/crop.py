@@ -56,3 +56,13 @@ def params_to_crop(params: torch.Tensor, box: tuple[float, float, float, float],
     out[..., 3] = params[..., 3] * k
     out[..., 4:N_POSE] = points_to_crop(params[..., 4:N_POSE], box, size)
     return out
+
+
+def params_from_crop(params: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """The inverse of ``params_to_crop``: crop-pixel parameters back into the image. Shape: as params_to_crop."""
+    x0, y0, x1, _ = box
+    k = size / (x1 - x0)
+    out = params.clone()
+    out[..., 3] = params[..., 3] / k
+    out[..., 4:N_POSE] = params[..., 4:N_POSE] / k + params.new_tensor([x0, y0])
+    return out

@@ -1,0 +1,199 @@
+"""``FaceAligner``: photo and face boxes in, 3D face alignment out (``FaceResult`` per face).
+
+Pipeline per face (DESIGN.md): crop by the crop policy around the face box → HS-U-Net DAFI and landmarks →
+vertex retrieval (Y^O) → model fit → pose, coefficients, dense mesh and 68 landmarks in image space.
+
+Until the CPR aligner ships, the fitting stage is the paper's on-line optimization over the DAFI (Fig. 1a):
+Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the retrieved vertices — those of
+the shipped CPR vertex selection when enough of them are found (they are the best detected and placed),
+else up to ``max_points`` of all retrieved ones. There is no face detector yet: boxes must be given (the
+tight box of the face's 68 landmarks, as 300-W's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
+from cprfa.dafi.predict import DafiEstimator
+from cprfa.dafi.retrieval import VertexRetriever
+from cprfa.data.boxes import check_box
+from cprfa.data.crop import params_from_crop
+from cprfa.data.images import load_image
+from cprfa.errors import InvalidInputError
+from cprfa.fitting.baselines import online_optimization
+from cprfa.fitting.optimize import FitOptions
+from cprfa.model.contour import landmarks_2d
+from cprfa.model.face_model import FaceModel, default_face_model
+from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices, landmarks_3d
+from cprfa.model.render import render_pncc
+
+MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
+MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
+
+
+@dataclass(frozen=True, eq=False)
+class FaceResult:
+    """One aligned face. Image pixels (u right, v down, origin at the top-left pixel corner); angles in degrees.
+
+    box: the face box used; score: detection score (None for a given box); pitch, yaw, roll; scale (pixels per
+    model unit); translation (2,); rotation (3, 3); params (P,) the full parameter vector (radians, image
+    frame); identity (K_id,); expression {ARKit name: weight}; landmarks_2d (68, 2) 300-W convention (jaw on
+    the silhouette); landmarks_3d (68, 3) fixed vertices with depth; landmark_visible (68,) bool; vertices
+    (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box; observed
+    vertices retrieved from the DAFI; timings in ms."""
+
+    box: tuple[float, float, float, float]
+    score: float | None
+    pitch: float
+    yaw: float
+    roll: float
+    scale: float
+    translation: np.ndarray
+    rotation: np.ndarray = field(repr=False)
+    params: np.ndarray = field(repr=False)
+    identity: np.ndarray = field(repr=False)
+    expression: dict[str, float] = field(repr=False)
+    landmarks_2d: np.ndarray = field(repr=False)
+    landmarks_3d: np.ndarray = field(repr=False)
+    landmark_visible: np.ndarray = field(repr=False)
+    vertices: np.ndarray = field(repr=False)
+    dafi: np.ndarray = field(repr=False)
+    dafi_mask: np.ndarray = field(repr=False)
+    crop_box: tuple[float, float, float, float]
+    observed_vertices: int
+    timings: dict[str, float]
+
+    def to_dict(self, dense: bool = False) -> dict:
+        """JSON-ready values; ``dense`` adds the mesh vertices (large)."""
+        result = {
+            "box": list(self.box), "score": self.score,
+            "pose": {"pitch": self.pitch, "yaw": self.yaw, "roll": self.roll, "scale": self.scale,
+                     "translation": self.translation.tolist(), "rotation": self.rotation.tolist()},
+            "identity": self.identity.tolist(), "expression": self.expression,
+            "landmarks_2d": self.landmarks_2d.tolist(), "landmarks_3d": self.landmarks_3d.tolist(),
+            "landmark_visible": self.landmark_visible.tolist(), "crop_box": list(self.crop_box),
+            "observed_vertices": self.observed_vertices, "timings_ms": self.timings,
+        }
+        if dense:
+            result["vertices"] = self.vertices.tolist()
+        return result
+
+
+class FaceAligner:
+    """Align faces in photos: ``FaceAligner().align(image, boxes)``."""
+
+    def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
+                 max_points: int = 512, fit_options: FitOptions | None = None,
+                 selection: str | Path | None = DEFAULT_SELECTION):
+        self.model = model or default_face_model()
+        self.estimator = DafiEstimator.from_file(weights, device=device)
+        self.retriever = VertexRetriever(self.model)
+        self.max_points = max_points
+        self.fit_options = fit_options or FitOptions(robust="geman-mcclure")
+        has_selection = selection is not None and Path(selection).is_file()
+        self.selected = VertexSelection.load(selection).vertex_ids if has_selection else None
+
+    def align(self, image, boxes) -> list[FaceResult | None]:
+        """Align the faces in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes) of ``image``: a path,
+        an (H, W, 3) uint8 RGB array, or a PIL image. Returns one entry per box: its FaceResult, or None where
+        the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face there)."""
+        image = _as_rgb(image)
+        boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
+        if not boxes:
+            return []
+        timings = {}
+        start = time.perf_counter()
+        crops, crop_boxes = zip(*(self.estimator.crop(image, box) for box in boxes), strict=True)
+        timings["crop"] = time.perf_counter() - start
+        start = time.perf_counter()
+        prediction = self.estimator.predict(np.stack(crops))
+        timings["dafi"] = time.perf_counter() - start
+        start = time.perf_counter()
+        observed = self.retriever(prediction.dafi, prediction.mask)
+        timings["retrieval"] = time.perf_counter() - start
+        start = time.perf_counter()
+        chosen = self._choose_vertices(observed)
+        faces = [i for i, found in enumerate(chosen) if found is not None]
+        if not faces:
+            return [None] * len(boxes)
+        points, ids, weights = _padded(observed, faces, [chosen[i] for i in faces])
+        crop_params = online_optimization(self.model, points, ids, weights, self.fit_options)
+        params = torch.stack([params_from_crop(crop_params[k], crop_boxes[i], self.estimator.input_size)
+                              for k, i in enumerate(faces)])
+        timings["fit"] = time.perf_counter() - start
+        start = time.perf_counter()
+        vertices = image_vertices(self.model, params)
+        size = self.estimator.input_size
+        visible = render_pncc(self.model, image_vertices(self.model, crop_params).float(), size, size).visible
+        points_2d = landmarks_2d(self.model, params)[..., :2]
+        points_3d = landmarks_3d(self.model, params)
+        rotation = euler_to_rotation(params[:, :3])
+        timings["outputs"] = time.perf_counter() - start
+        per_face = {key: round(1000 * value / len(boxes), 2) for key, value in timings.items()}
+        layout = ParamLayout.of(self.model)
+        results: list[FaceResult | None] = [None] * len(boxes)
+        for k, i in enumerate(faces):
+            p = params[k].numpy()
+            results[i] = FaceResult(
+                box=boxes[i], score=None,
+                pitch=float(np.degrees(p[0])), yaw=float(np.degrees(p[1])), roll=float(np.degrees(p[2])),
+                scale=float(p[3]), translation=p[4:6].copy(), rotation=rotation[k].numpy(), params=p,
+                identity=p[layout.identity].copy(),
+                expression={name: float(w) for name, w in zip(self.model.expression_names, p[layout.expression],
+                                                              strict=True)},
+                landmarks_2d=points_2d[k].numpy(), landmarks_3d=points_3d[k].numpy(),
+                landmark_visible=visible[k].numpy()[np.asarray(self.model.landmarks68)],
+                vertices=vertices[k].numpy(), dafi=prediction.dafi[i], dafi_mask=prediction.mask[i],
+                crop_box=tuple(float(v) for v in crop_boxes[i]), observed_vertices=int(observed.detected[i].sum()),
+                timings=per_face)
+        return results
+
+    def _choose_vertices(self, observed) -> list[np.ndarray | None]:
+        """Per face the retrieved vertices to fit (module docstring), or None when too few were found."""
+        rng = np.random.default_rng(0)
+        chosen = []
+        for detected in observed.detected:
+            found = np.flatnonzero(detected)
+            if len(found) < MIN_DETECTION * len(detected):
+                chosen.append(None)
+                continue
+            if self.selected is not None:
+                selected = np.intersect1d(found, self.selected)
+                if len(selected) >= MIN_POINTS:
+                    found = selected
+            if len(found) > self.max_points:
+                found = np.sort(rng.choice(found, self.max_points, replace=False))
+            chosen.append(found)
+        return chosen
+
+
+def _padded(observed, faces: list[int], chosen: list[np.ndarray]):
+    """Points (B, M, 2), vertex ids (B, M) and weights (B, M) of the chosen vertices, padded with weight 0."""
+    count = max(len(found) for found in chosen)
+    points = torch.zeros(len(faces), count, 2, dtype=torch.float64)
+    ids = torch.zeros(len(faces), count, dtype=torch.long)
+    weights = torch.zeros(len(faces), count, dtype=torch.float64)
+    for k, (i, found) in enumerate(zip(faces, chosen, strict=True)):
+        points[k, :len(found)] = torch.from_numpy(observed.positions[i, found].astype(np.float64))
+        ids[k, :len(found)] = torch.from_numpy(found)
+        weights[k, :len(found)] = 1.0
+    return points, ids, weights
+
+
+def _as_rgb(image) -> np.ndarray:
+    """A path, an RGB uint8 array or a PIL image as an (H, W, 3) uint8 RGB array."""
+    if isinstance(image, str | Path):
+        return load_image(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise InvalidInputError(f"image must be a path, a PIL image or an (H, W, 3) uint8 RGB array, "
+                                f"got {array.shape} {array.dtype}")
+    return array

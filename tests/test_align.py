@@ -1,0 +1,46 @@
+"""FaceAligner on the bundled example with the shipped weights (no shared data needed)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cprfa.align import FaceAligner
+from cprfa.data.images import load_image
+from cprfa.errors import InvalidInputError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
+BOX = (178.0, 80.0, 262.0, 180.0)
+
+
+@pytest.fixture(scope="module")
+def aligner():
+    return FaceAligner()
+
+
+def test_aligns_the_bundled_example_from_a_path_an_array_or_a_pil_image(aligner):
+    image = load_image(EXAMPLE)
+    results = [aligner.align(source, [BOX])[0] for source in (EXAMPLE, image, Image.fromarray(image))]
+    face = results[0]
+    assert np.allclose(face.params, results[1].params) and np.allclose(face.params, results[2].params)
+    x0, y0, x1, y1 = BOX
+    margin = 0.15 * (x1 - x0)
+    inside = (face.landmarks_2d >= [x0 - margin, y0 - margin]) & (face.landmarks_2d <= [x1 + margin, y1 + margin])
+    assert inside.all()
+    assert abs(face.yaw) < 30 and abs(face.roll) < 20  # a near-frontal, upright portrait
+    assert face.landmarks_3d.shape == (68, 3) and face.vertices.shape[1] == 3 and face.observed_vertices > 300
+    assert face.landmark_visible[27:36].all()  # the nose is seen
+    assert np.allclose(face.rotation @ face.rotation.T, np.eye(3), atol=1e-6)
+    json.dumps(face.to_dict())
+
+
+def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
+    blank = np.full((200, 200, 3), 128, np.uint8)
+    assert aligner.align(blank, [(50, 50, 150, 150)]) == [None]
+    assert aligner.align(blank, []) == []
+    with pytest.raises(InvalidInputError):
+        aligner.align(blank, [(50, 50, 40, 150)])
+    with pytest.raises(InvalidInputError):
+        aligner.align(np.zeros((10, 10), np.float32), [BOX])
