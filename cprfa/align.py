@@ -29,6 +29,7 @@ from cprfa.errors import InvalidInputError
 from cprfa.fitting.baselines import online_optimization
 from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
+from cprfa.model.draw import draw_landmarks, draw_pose_axes, draw_wireframe
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices, landmarks_3d
 from cprfa.model.render import render_pncc
@@ -184,6 +185,16 @@ def _padded(observed, faces: list[int], chosen: list[np.ndarray]):
         ids[k, :len(found)] = torch.from_numpy(found)
         weights[k, :len(found)] = 1.0
     return points, ids, weights
+
+
+def draw_face_result(image: np.ndarray, result: FaceResult, model: FaceModel | None = None) -> np.ndarray:
+    """Overlay on an RGB uint8 image: the fitted mesh's front-facing wireframe, the 68 landmarks (2D
+    convention) and the pose axes at the nose tip. Returns a new image."""
+    model = model or default_face_model()
+    overlay = draw_wireframe(image, result.vertices, model.triangles, alpha=0.25)
+    overlay = draw_landmarks(overlay, result.landmarks_2d)
+    face_width = float(np.ptp(result.landmarks_2d[:, 0]))
+    return draw_pose_axes(overlay, result.rotation, result.landmarks_3d[30, :2], length=0.5 * face_width)
 
 
 def _as_rgb(image) -> np.ndarray:

@@ -1,0 +1,28 @@
+import json
+import shutil
+from pathlib import Path
+
+from cprfa.cli.main import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_align_writes_results_and_goes_on_past_bad_files(tmp_path, capsys):
+    shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "astronaut.jpg")
+    (tmp_path / "broken.jpg").write_text("not an image")
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,x0,y0,x1,y1\nastronaut.jpg,178,80,262,180\nbroken.jpg,10,10,50,50\n")
+    out = tmp_path / "out"
+    code = main(["align", str(tmp_path / "broken.jpg"), str(tmp_path / "astronaut.jpg"), str(tmp_path / "none.jpg"),
+                 "--boxes", str(boxes), "-o", str(out), "--mesh", "ply", "--dafi"])
+    assert code == 1  # two inputs failed, the good one was still aligned
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "none.jpg" in err
+    result = json.loads((out / "astronaut_face0.json").read_text())
+    assert set(result["pose"]) == {"pitch", "yaw", "roll", "scale", "translation", "rotation"}
+    assert len(result["landmarks_2d"]) == 68 and len(result["landmarks_3d"][0]) == 3
+    assert (out / "astronaut_overlay.png").is_file() and (out / "astronaut_face0.ply").is_file()
+    assert (out / "astronaut_face0_dafi.png").is_file()
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("image,face,status") and len(summary) == 4
+    assert sum(",ok," in line for line in summary) == 1
