@@ -1,7 +1,7 @@
 """The user-facing Python API.
 
-Until the aligner lands, the API can pose the face model in a face box and draw it over a photo: the PNCC
-(the DAFI the HS-U-Net will predict), depth, the 68 landmarks, the mesh wireframe and the pose axes.
+Posing the face model in a face box and drawing it over a photo: the PNCC (the DAFI the HS-U-Net predicts),
+depth, the 68 landmarks, the mesh wireframe and the pose axes. Aligning real faces is ``cprfa.align``.
 Angles are in degrees here (radians inside the package).
 """
 
