@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.evaluate import bucket_table, dafi_errors, format_table
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
@@ -32,11 +33,17 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["plain=/tmp/pgt", "occluded=/tmp/occ", "large-pose=/tmp/lp"],
                         metavar="NAME=FOLDER")
     parser.add_argument("--split", default="helen_test")
+    parser.add_argument("--selection", type=Path, default=DEFAULT_SELECTION,
+                        help="CPR vertex selection for the 'C selected' row (cprfa train select-vertices)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     estimator = DafiEstimator.from_file(args.weights)
     model = default_face_model()
+    vertex_sets = {"68": np.asarray(model.landmarks68), "all": np.arange(model.n_vertices)}
+    if args.selection.is_file():
+        selection = VertexSelection.load(args.selection)
+        vertex_sets[f"{selection.count} for CPR"] = selection.vertex_ids
     print(f"HS-U-Net {args.weights or 'shipped'}: input {estimator.input_size}², widths {estimator.config.widths}, "
           f"{sum(p.numel() for p in estimator.network.parameters()):,} parameters; {args.threads} threads\n")
     for item in args.sets:
@@ -45,10 +52,10 @@ def main() -> None:
             print(f"({name}: {folder}/{args.split} not built, skipped)\n")
             continue
         faces = load_faces(folder, (args.split,), estimator.input_size)
-        errors = dafi_errors(estimator, faces, model=model)
+        errors = dafi_errors(estimator, faces, model=model, vertex_sets=vertex_sets)
         convention = "3D" if name == "large-pose" else "2D (300-W annotation)"
         print(f"### {name}: {len(faces)} faces of {args.split}; landmark ground truth in the {convention} convention\n")
-        print(format_table(bucket_table(errors, ["68", "all"])) + "\n")
+        print(format_table(bucket_table(errors, list(vertex_sets))) + "\n")
 
     crops = load_faces(args.sets[0].partition("=")[2], (args.split,), estimator.input_size, limit=32).images
     one = _median_ms(lambda: estimator.predict(crops[:1]), 50)

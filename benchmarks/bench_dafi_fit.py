@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cprfa.dafi.evaluate import YAW_BUCKETS, observe
+from cprfa.dafi.evaluate import observe
 from cprfa.dafi.predict import DafiEstimator
-from cprfa.eval.metrics import FAILURE_NME, nme
+from cprfa.eval.metrics import FAILURE_NME, YAW_BUCKETS, nme, yaw_bucket
 from cprfa.fitting.baselines import online_optimization, pnp
 from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
@@ -70,8 +70,7 @@ def main() -> None:
                 params = fit(model, points, ids, weights, *extra)
                 seconds[method] += time.perf_counter() - start
                 errors[method].append(nme(convention(model, params)[..., :2].numpy(), targets))
-        yaw = np.degrees(faces.params[:, 1])
-        bucket = np.digitize(np.abs(yaw), [b[1] for b in YAW_BUCKETS[:-1]], right=True)
+        bucket = yaw_bucket(np.degrees(faces.params[:, 1]))
         counts = [int((bucket == b).sum()) for b in range(len(YAW_BUCKETS))]
         print(f"### {name}: {len(faces)} faces of {args.split}, landmarks in the "
               f"{'3D' if name == 'large-pose' else '2D'} convention\n")

@@ -19,11 +19,10 @@ import torch
 
 from cprfa.dafi.predict import DafiEstimator, DafiPrediction
 from cprfa.dafi.retrieval import ObservedPoints, VertexRetriever
-from cprfa.eval.metrics import FAILURE_NME, nme
+from cprfa.eval.metrics import FAILURE_NME, YAW_BUCKETS, nme, yaw_bucket
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import image_vertices
 
-YAW_BUCKETS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 FAILURE_DETECTION = 10.0  # %
 
 
@@ -84,7 +83,7 @@ def dafi_errors(estimator: DafiEstimator, faces, batch_size: int = 32, model: Fa
 def bucket_table(errors: dict[str, np.ndarray], vertex_sets: list[str]) -> list[dict]:
     """Rows of Table 1 from ``dafi_errors``: per set, NME / ADR per |yaw| bucket, balanced mean, std of the
     bucket means, plain mean over faces, and the failure rate (%). Also the landmark head's row."""
-    bucket = np.digitize(np.abs(errors["yaw"]), [b[1] for b in YAW_BUCKETS[:-1]], right=True)
+    bucket = yaw_bucket(errors["yaw"])
     rows = []
     for name in vertex_sets:
         error, detection = errors[f"{name}_nme"], errors[f"{name}_detection"]

@@ -34,9 +34,9 @@ comes into view was seen in the photo:
   within ±30°. Their ``landmarks`` are the annotation carried along with the face: the annotated points plus
   the displacement of the fitted model's 2D-convention landmarks (jaw on the silhouette), so the annotators'
   offsets from the model survive and the landmark head still learns from the real annotation.
-- ``large_pose = True`` (evaluation): the set holds only profiled views, one per face in each bucket of
-  ``YAW_BUCKETS`` (|yaw| uniform inside it, pitch unchanged). Its ``landmarks`` are the fitted model's
-  landmarks in the **3D convention** of DESIGN.md (fixed vertices, hidden jaw points included), as for
+- ``large_pose = True`` (evaluation): the set holds only profiled views, one per face in each |yaw| bucket
+  of ``cprfa.eval.metrics.YAW_BUCKETS`` (uniform inside it, pitch unchanged). Its ``landmarks`` are the
+  fitted model's landmarks in the **3D convention** of DESIGN.md (fixed vertices, hidden jaw points included), as for
   AFLW2000-3D; ``manifest.json`` says so under ``landmark_convention``.
 
 Each view is then shifted so that its landmark box has the centre the photo's had (the crop policy applied to
@@ -65,7 +65,7 @@ from cprfa.data.images import load_image
 from cprfa.data.profiling import profile_face
 from cprfa.data.readers import Face300W, iter_300w, landmark_box
 from cprfa.errors import CprfaError
-from cprfa.eval.metrics import nme
+from cprfa.eval.metrics import YAW_BUCKETS, nme
 from cprfa.fitting.landmarks import fit_landmarks
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import FaceModel, default_face_model
@@ -74,7 +74,6 @@ from cprfa.model.render import render_pncc
 
 SHARD_SIZE = 64
 MAX_FIT_NME = 5.0  # a fit worse than this (% NME) is skipped as unreliable ground truth
-YAW_BUCKETS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))  # |yaw| in degrees of the large-pose evaluation set
 PROFILE_YAW = (20.0, 90.0)  # |yaw| range of training views
 PROFILE_PITCH_STEP, MAX_PITCH = 15.0, 30.0
 

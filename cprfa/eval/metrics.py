@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 FAILURE_NME = 10.0
+YAW_BUCKETS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))  # |yaw| in degrees: [0, 30], (30, 60], (60, 90]
+
+
+def yaw_bucket(yaw_degrees) -> np.ndarray:
+    """Index into YAW_BUCKETS of each |yaw| (beyond 90° counts in the last). Shape: (B,) -> (B,) int."""
+    return np.digitize(np.abs(np.asarray(yaw_degrees, np.float64)), [high for _, high in YAW_BUCKETS[:-1]], right=True)
 
 
 def nme(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
