@@ -15,6 +15,7 @@ correspondence (e.g. dense DAFI vertices) simply returns the same ids. The Jacob
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -193,8 +194,9 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
         done = torch.zeros(len(params), dtype=torch.bool)
         for _attempt in range(4):  # raise the damping of faces whose step did not lower the cost
             diagonal = torch.diagonal(jtj, dim1=1, dim2=2)[..., None] * eye + 1e-9 * eye
-            cholesky, _ = torch.linalg.cholesky_ex(jtj + damping[:, None, None] * diagonal)
-            step = torch.cholesky_solve(-jtr, cholesky)[..., 0]
+            with _single_thread():
+                cholesky, _ = torch.linalg.cholesky_ex(jtj + damping[:, None, None] * diagonal)
+                step = torch.cholesky_solve(-jtr, cholesky)[..., 0]
             trial = params.clone()
             trial[:, free_ids] += step
             if blendshape:
@@ -207,6 +209,19 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
             if bool(done.all()):
                 break
     return params
+
+
+@contextmanager
+def _single_thread():
+    """Run small batched LAPACK solves on one thread: for matrices of a few hundred rows threads gain nothing,
+    and when other processes keep the cores busy oneMKL's threads wait on each other (measured 20× slower at
+    2 threads than at 1 on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _cost(params, projected, points, factor, prior) -> torch.Tensor:
