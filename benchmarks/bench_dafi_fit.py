@@ -45,11 +45,13 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=512, help="retrieved vertices per face used by the fits")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
+    parser.add_argument("--prior-weight", type=float, default=FitOptions().identity_weight,
+                        help="λ of the identity and expression priors of the on-line optimization")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
     estimator = DafiEstimator.from_file(args.weights)
-    options = FitOptions(robust="geman-mcclure")
+    options = FitOptions(robust="geman-mcclure", identity_weight=args.prior_weight, expression_weight=args.prior_weight)
     for item in args.sets:
         name, _, folder = item.partition("=")
         if not (Path(folder) / args.split).is_dir():
