@@ -144,7 +144,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
     checkpoint_path, history_path = out / "checkpoint.pt", out / "history.jsonl"
-    start_epoch, seconds = 0, 0.0
+    start_epoch, seconds, history = 0, 0.0, []
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["settings"] != asdict(settings):
@@ -153,6 +153,8 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds = state["epoch"] + 1, state["seconds"]
+        history = state.get("history") or [json.loads(line) for line in history_path.read_text().splitlines()]
+        history = history[:start_epoch]  # epochs past the checkpoint are rerun
         print(f"resuming {out} after epoch {start_epoch}")
     dataset = AugmentedFaces(faces, settings.seed)
     for epoch in range(start_epoch, settings.epochs):
@@ -181,17 +183,16 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
         entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1),
                  **{f"train_{k}": round(v / batches, 5) for k, v in sums.items()},
                  **{f"val_{k}": round(v, 4) for k, v in metrics.items() if not isinstance(v, np.ndarray)}}
-        with history_path.open("a") as history:
-            history.write(json.dumps(entry) + "\n")
+        history.append(entry)
         print(f"epoch {epoch + 1}: loss {entry.get('train_loss', math.nan):.4f}, validation landmark NME "
               f"{metrics['landmark_nme']:.2f} %, vertex NME {metrics['vertex_nme']:.2f} %, "
               f"detection {metrics['detection_rate']:.1f} %")
         validation_figure(DafiEstimator(network, config, device), validation, out / f"val_{epoch + 1:03d}.png")
         torch.save({"settings": asdict(settings), "network": network.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "seconds": seconds}, checkpoint_path.with_suffix(".tmp"))
+                    "seconds": seconds, "history": history}, checkpoint_path.with_suffix(".tmp"))
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
-    history = [json.loads(line) for line in history_path.read_text().splitlines()]
+        history_path.write_text("".join(json.dumps(item) + "\n" for item in history))
     record = {
         "weights": "hsunet.pt", "network": config.to_dict(), "settings": asdict(settings),
         "parameters": sum(parameter.numel() for parameter in network.parameters()),
