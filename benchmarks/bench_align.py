@@ -1,0 +1,43 @@
+"""Speed of ``FaceAligner.align`` per stage, on the bundled example (one face, and the same face 16 times as a
+batch), median of ``--repeats`` runs after one warm-up, 2 torch threads.
+
+Run: python benchmarks/bench_align.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cprfa.align import FaceAligner
+from cprfa.data.boxes import read_boxes
+from cprfa.data.images import load_image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    aligner = FaceAligner()
+    image = load_image(EXAMPLES / "astronaut.jpg")
+    box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    print("| faces per call | crop | dafi | retrieval | fit | outputs | total |")
+    print("|---" * 7 + "|")
+    for count in (1, 16):
+        aligner.align(image, [box] * count)
+        runs = [aligner.align(image, [box] * count)[0].timings for _ in range(args.repeats)]
+        stages = {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
+        total = float(np.median([sum(run.values()) for run in runs]))
+        print(f"| {count} | " + " | ".join(f"{value:.1f}" for value in stages.values()) + f" | {total:.1f} |")
+    print("\nms per face (a batch's times divided by its faces)")
+
+
+if __name__ == "__main__":
+    main()
