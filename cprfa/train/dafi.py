@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,8 +36,6 @@ from cprfa.dafi.predict import DafiEstimator, save_weights
 from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
 from cprfa.errors import CprfaError
 from cprfa.train.settings import TrainSettings
-
-matplotlib.use("Agg")
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,10 +229,11 @@ def evaluate_estimator(estimator: DafiEstimator, faces: FaceArrays, batch_size: 
 
 def validation_figure(estimator: DafiEstimator, faces: FaceArrays, path: Path, count: int = 6):
     """Input with predicted (green) and annotated (red) landmarks, predicted DAFI, ground-truth PNCC."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     prediction = estimator.predict(faces.images[:count])
-    figure, axes = plt.subplots(3, count, figsize=(2 * count, 6))
+    figure = Figure(figsize=(2 * count, 6))
+    axes = figure.subplots(3, count, squeeze=False)
     for i in range(min(count, len(faces))):
         axes[0, i].imshow(faces.images[i])
         axes[0, i].scatter(*faces.landmarks[i].T, s=2, c="r")
@@ -246,4 +244,3 @@ def validation_figure(estimator: DafiEstimator, faces: FaceArrays, path: Path, c
         axis.axis("off")
     figure.tight_layout()
     figure.savefig(path, dpi=60)
-    plt.close(figure)
