@@ -6,7 +6,8 @@ ground-truth landmark box (cprfa.data.crop policy):
 - "landmark head": the HS-U-Net's 68 heatmap landmarks directly;
 - "PnP + DAFI": weak-perspective pose of the mean shape fitted to the retrieved vertices (α = 0);
 - "on-line optimization + DAFI" (paper Fig. 1a): pose, identity and expression fitted to the retrieved
-  vertices (Levenberg–Marquardt, Gaussian priors, Geman–McClure robust loss).
+  vertices (Levenberg–Marquardt, Gaussian priors, Geman–McClure robust loss);
+- "+ landmark head": the same with the head's 68 landmarks (silhouette jaw) added, each source weighing half.
 
 The fits use up to ``--points`` retrieved vertices per face, drawn at random with a fixed seed (all of them
 would cost ~20× more time for the same answer). Their 68 landmarks are read off the fitted model in the set's
@@ -28,7 +29,7 @@ import torch
 from cprfa.dafi.evaluate import observe
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.eval.metrics import FAILURE_NME, YAW_BUCKETS, nme, yaw_bucket
-from cprfa.fitting.baselines import online_optimization, pnp
+from cprfa.fitting.baselines import online_optimization, online_optimization_with_landmarks, pnp
 from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
@@ -60,14 +61,18 @@ def main() -> None:
         faces = load_faces(folder, (args.split,), estimator.input_size, args.limit)
         convention = landmarks_3d if name == "large-pose" else landmarks_2d
         rng = np.random.default_rng(0)
-        errors = {"landmark head": [], "PnP + DAFI": [], "on-line optimization + DAFI": []}
+        errors = {"landmark head": [], "PnP + DAFI": [], "on-line optimization + DAFI": [],
+                  "on-line optimization + DAFI + landmark head": []}
         seconds = {key: 0.0 for key in errors}
         for batch in observe(estimator, faces, model):
             targets = faces.landmarks[batch.start:batch.stop]
             errors["landmark head"].append(nme(batch.prediction.landmarks, targets))
             points, ids, weights = _correspondences(batch.observed, args.points, rng)
+            head = torch.from_numpy(batch.prediction.landmarks.astype(np.float64))
             for method, fit, extra in (("PnP + DAFI", pnp, ()),
-                                       ("on-line optimization + DAFI", online_optimization, (options,))):
+                                       ("on-line optimization + DAFI", online_optimization, (options,)),
+                                       ("on-line optimization + DAFI + landmark head",
+                                        online_optimization_with_landmarks, (head, 0.5, options))):
                 start = time.perf_counter()
                 params = fit(model, points, ids, weights, *extra)
                 seconds[method] += time.perf_counter() - start

@@ -3,10 +3,12 @@
 Pipeline per face (DESIGN.md): crop by the crop policy around the face box → HS-U-Net DAFI and landmarks →
 vertex retrieval (Y^O) → model fit → pose, coefficients, dense mesh and 68 landmarks in image space.
 
-Until the CPR aligner ships, the fitting stage is the paper's on-line optimization over the DAFI (Fig. 1a):
-Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the retrieved vertices — those of
-the shipped CPR vertex selection when enough of them are found (they are the best detected and placed),
-else up to ``max_points`` of all retrieved ones. There is no face detector yet: boxes must be given (the
+Until the CPR aligner ships, the fitting stage is the paper's on-line optimization over the DAFI (Fig. 1a)
+with the HS-U-Net's 68 landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, each
+source weighing half): Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the
+retrieved vertices — those of the shipped CPR vertex selection when enough of them are found (they are the
+best detected and placed), else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw
+points follow the silhouette. On helen_test it beats either source alone (benchmarks/bench_dafi_fit.py). There is no face detector yet: boxes must be given (the
 tight box of the face's 68 landmarks, as 300-W's).
 """
 
@@ -26,7 +28,7 @@ from cprfa.data.boxes import check_box
 from cprfa.data.crop import params_from_crop
 from cprfa.data.images import load_image
 from cprfa.errors import InvalidInputError
-from cprfa.fitting.baselines import online_optimization
+from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.draw import draw_landmarks, draw_pose_axes, draw_wireframe
@@ -36,6 +38,7 @@ from cprfa.model.render import render_pncc
 
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
+LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +127,9 @@ class FaceAligner:
         if not faces:
             return [None] * len(boxes)
         points, ids, weights = _padded(observed, faces, [chosen[i] for i in faces])
-        crop_params = online_optimization(self.model, points, ids, weights, self.fit_options)
+        head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
+        crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
+                                                         LANDMARK_SHARE, self.fit_options)
         params = torch.stack([params_from_crop(crop_params[k], crop_boxes[i], self.estimator.input_size)
                               for k, i in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start

@@ -5,6 +5,9 @@
   detected DAFI vertices it is "PnP + DAFI(512)".
 - ``online_optimization``: pose, identity and expression fitted to all correspondences with Gaussian priors
   and an optional robust loss: the DAFI-based on-line optimization of the paper's Fig. 1a (LDFC-like).
+- ``online_optimization_with_landmarks``: the same with 68 sparse landmarks (2D convention: the jaw points
+  follow the silhouette) added to the DAFI correspondences — an on-line counterpart of the paper's fusion of a
+  dense and a sparse source. The two sources weigh ``landmark_share`` and 1 − ``landmark_share`` in total.
 
 Both take per-face vertex ids, so a DAFI's detected vertices (different for every face) feed them directly;
 missing correspondences get weight 0.
@@ -15,7 +18,9 @@ from __future__ import annotations
 import torch
 
 from cprfa._checks import check_shape
+from cprfa.errors import InvalidInputError
 from cprfa.fitting.optimize import FitOptions, fit_points
+from cprfa.model.contour import silhouette_landmark_ids
 from cprfa.model.face_model import FaceModel
 
 
@@ -39,3 +44,27 @@ def _fit(model, points, vertex_ids, weights, options):
     vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long)
     check_shape("vertex_ids", vertex_ids, (points.shape[0], points.shape[1]))
     return fit_points(model, points, lambda params: vertex_ids, weights, options)
+
+
+def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,
+                                       weights: torch.Tensor, landmarks: torch.Tensor, landmark_share: float = 0.5,
+                                       options: FitOptions | None = None) -> torch.Tensor:
+    """Pose, identity and expression from DAFI correspondences plus 68 landmarks (2D convention).
+
+    Shape: points (B, M, 2), vertex_ids (B, M), weights (B, M), landmarks (B, 68, 2) -> params (B, P)."""
+    if not 0.0 <= landmark_share < 1.0:
+        raise InvalidInputError(f"landmark_share must lie in [0, 1), got {landmark_share}")
+    vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long)
+    check_shape("vertex_ids", vertex_ids, (points.shape[0], points.shape[1]))
+    check_shape("landmarks", landmarks, (points.shape[0], 68, 2))
+    weights = weights.to(torch.float64)
+    dense = (1.0 - landmark_share) * weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    sparse = torch.full((len(points), 68), landmark_share / 68, dtype=torch.float64)
+    scale = points.shape[1] + 68  # keep the data term's weight per point near 1, as the priors were tuned
+    all_points = torch.cat([points.to(torch.float64), landmarks.to(torch.float64)], dim=1)
+    all_weights = torch.cat([dense, sparse], dim=1) * scale
+
+    def vertex_for(params):
+        return torch.cat([vertex_ids, silhouette_landmark_ids(model, params)], dim=1)
+
+    return fit_points(model, all_points, vertex_for, all_weights, options or FitOptions())

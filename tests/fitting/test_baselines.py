@@ -1,9 +1,12 @@
 import math
 
+import pytest
 import torch
 
-from cprfa.fitting.baselines import online_optimization, pnp
+from cprfa.errors import InvalidInputError
+from cprfa.fitting.baselines import online_optimization, online_optimization_with_landmarks, pnp
 from cprfa.fitting.optimize import FitOptions
+from cprfa.model.contour import landmarks_2d
 from cprfa.model.projection import ParamLayout, image_vertices
 
 
@@ -46,3 +49,19 @@ def test_robust_loss_handles_wrong_correspondences(face_model):
     dense = image_vertices(face_model, truth)[..., :2]
     error = lambda p: (image_vertices(face_model, p)[..., :2] - dense).norm(dim=-1).mean()
     assert error(robust) < 0.5 * error(plain)
+
+
+def test_adding_landmarks_rescues_a_fit_from_corrupted_dafi_points(face_model):
+    truth, ids, points = dense_case(face_model, n_points=200, outliers=120, seed=3)
+    landmarks = landmarks_2d(face_model, truth)[..., :2]
+    weights = torch.ones(ids.shape, dtype=torch.float64)
+    options = FitOptions(robust="geman-mcclure")
+    alone = online_optimization(face_model, points, ids, weights, options)
+    fused = online_optimization_with_landmarks(face_model, points, ids, weights, landmarks, 0.5, options)
+
+    def landmark_error(params):
+        return (landmarks_2d(face_model, params)[..., :2] - landmarks).norm(dim=-1).mean()
+
+    assert landmark_error(fused) < 0.3 * landmark_error(alone)  # 60 % outliers: the landmarks hold the fit
+    with pytest.raises(InvalidInputError):
+        online_optimization_with_landmarks(face_model, points, ids, weights, landmarks, 1.0)
