@@ -13,11 +13,12 @@ Sets that are absent are skipped. The input crop is the ground-truth landmark bo
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_foundation import median_seconds
+from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
 
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.evaluate import bucket_table, dafi_errors, format_table
@@ -29,13 +30,9 @@ from cprfa.train.dafi import load_faces
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
-    parser.add_argument("--sets", nargs="+", default=["plain=/tmp/pgt", "occluded=/tmp/occ", "large-pose=/tmp/lp"],
-                        metavar="NAME=FOLDER")
-    parser.add_argument("--split", default="helen_test")
+    add_set_arguments(parser)
     parser.add_argument("--selection", type=Path, default=DEFAULT_SELECTION,
                         help="CPR vertex selection for the 'C selected' row (cprfa train select-vertices)")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     estimator = DafiEstimator.from_file(args.weights)
@@ -46,35 +43,20 @@ def main() -> None:
         vertex_sets[f"{selection.count} for CPR"] = selection.vertex_ids
     print(f"HS-U-Net {args.weights or 'shipped'}: input {estimator.input_size}², widths {estimator.config.widths}, "
           f"{sum(p.numel() for p in estimator.network.parameters()):,} parameters; {args.threads} threads\n")
-    for item in args.sets:
-        name, _, folder = item.partition("=")
-        if not (Path(folder) / args.split).is_dir():
-            print(f"({name}: {folder}/{args.split} not built, skipped)\n")
-            continue
-        faces = load_faces(folder, (args.split,), estimator.input_size)
+    for name, faces in evaluation_sets(args, estimator.input_size):
         errors = dafi_errors(estimator, faces, model=model, vertex_sets=vertex_sets)
-        convention = "3D" if name == "large-pose" else "2D (300-W annotation)"
+        convention = "3D" if name == LARGE_POSE else "2D (300-W annotation)"
         print(f"### {name}: {len(faces)} faces of {args.split}; landmark ground truth in the {convention} convention\n")
         print(format_table(bucket_table(errors, list(vertex_sets))) + "\n")
 
     crops = load_faces(args.sets[0].partition("=")[2], (args.split,), estimator.input_size, limit=32).images
-    one = _median_ms(lambda: estimator.predict(crops[:1]), 50)
-    batch = _median_ms(lambda: estimator.predict(crops), 5) / len(crops)
+    one = 1000 * median_seconds(lambda: estimator.predict(crops[:1]), 50)
+    batch = 1000 * median_seconds(lambda: estimator.predict(crops), 5) / len(crops)
     prediction = estimator.predict(crops)
     retriever = VertexRetriever(model)
-    retrieval = _median_ms(lambda: retriever(prediction.dafi[:1], prediction.mask[:1]), 50)
+    retrieval = 1000 * median_seconds(lambda: retriever(prediction.dafi[:1], prediction.mask[:1]), 50)
     print(f"forward pass: {one:.1f} ms for one face, {batch:.1f} ms per face in a batch of {len(crops)}; "
           f"vertex retrieval {retrieval:.1f} ms per face (median)")
-
-
-def _median_ms(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 if __name__ == "__main__":

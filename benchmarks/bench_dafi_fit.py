@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
 
 from cprfa.dafi.evaluate import observe
 from cprfa.dafi.predict import DafiEstimator
@@ -34,17 +34,12 @@ from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
 from cprfa.model.projection import landmarks_3d
-from cprfa.train.dafi import load_faces
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
-    parser.add_argument("--sets", nargs="+", default=["plain=/tmp/pgt", "occluded=/tmp/occ", "large-pose=/tmp/lp"],
-                        metavar="NAME=FOLDER")
-    parser.add_argument("--split", default="helen_test")
+    add_set_arguments(parser)
     parser.add_argument("--points", type=int, default=512, help="retrieved vertices per face used by the fits")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
     parser.add_argument("--prior-weight", type=float, default=FitOptions().identity_weight,
                         help="λ of the identity and expression priors of the on-line optimization")
@@ -53,13 +48,8 @@ def main() -> None:
     model = default_face_model()
     estimator = DafiEstimator.from_file(args.weights)
     options = FitOptions(robust="geman-mcclure", identity_weight=args.prior_weight, expression_weight=args.prior_weight)
-    for item in args.sets:
-        name, _, folder = item.partition("=")
-        if not (Path(folder) / args.split).is_dir():
-            print(f"({name}: {folder}/{args.split} not built, skipped)\n")
-            continue
-        faces = load_faces(folder, (args.split,), estimator.input_size, args.limit)
-        convention = landmarks_3d if name == "large-pose" else landmarks_2d
+    for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
+        convention = landmarks_3d if name == LARGE_POSE else landmarks_2d
         rng = np.random.default_rng(0)
         errors = {"landmark head": [], "PnP + DAFI": [], "on-line optimization + DAFI": [],
                   "on-line optimization + DAFI + landmark head": []}
@@ -80,7 +70,7 @@ def main() -> None:
         bucket = yaw_bucket(np.degrees(faces.params[:, 1]))
         counts = [int((bucket == b).sum()) for b in range(len(YAW_BUCKETS))]
         print(f"### {name}: {len(faces)} faces of {args.split}, landmarks in the "
-              f"{'3D' if name == 'large-pose' else '2D'} convention\n")
+              f"{'3D' if name == LARGE_POSE else '2D'} convention\n")
         print("| method | " + " | ".join(f"[{lo:.0f}°, {hi:.0f}°] (n={n})" for (lo, hi), n in
                                        zip(YAW_BUCKETS, counts, strict=True))
               + " | balanced | mean | failure % | fit ms / face |")
