@@ -21,12 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cprfa.cpr.frame import NormalizedFrame
+from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.boxes import check_box
 from cprfa.data.crop import params_from_crop
 from cprfa.data.images import load_image
+from cprfa.detect.detector import FaceDetector
 from cprfa.errors import InvalidInputError
 from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.fitting.optimize import FitOptions
@@ -39,6 +42,7 @@ from cprfa.model.render import render_pncc
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
+METHODS = ("online", "cpr")
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,7 +98,10 @@ class FaceAligner:
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
-                 selection: str | Path | None = DEFAULT_SELECTION):
+                 selection: str | Path | None = DEFAULT_SELECTION, method: str = "online",
+                 cpr_weights: str | Path | None = None):
+        if method not in METHODS:
+            raise InvalidInputError(f"method must be one of {METHODS}, got '{method}'")
         self.model = model or default_face_model()
         self.estimator = DafiEstimator.from_file(weights, device=device)
         self.retriever = VertexRetriever(self.model)
@@ -102,13 +109,26 @@ class FaceAligner:
         self.fit_options = fit_options or FitOptions(robust="geman-mcclure")
         has_selection = selection is not None and Path(selection).is_file()
         self.selected = VertexSelection.load(selection).vertex_ids if has_selection else None
+        self.method = method
+        self.cpr = load_aligner(cpr_weights, self.model) if method == "cpr" else None
+        self.detector: FaceDetector | None = None  # made on first use
 
-    def align(self, image, boxes) -> list[FaceResult | None]:
-        """Align the faces in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes) of ``image``: a path,
-        an (H, W, 3) uint8 RGB array, or a PIL image. Returns one entry per box: its FaceResult, or None where
-        the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face there)."""
+    def align(self, image, boxes=None) -> list[FaceResult | None]:
+        """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
+        detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes) when given.
+        Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
+        None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
+        there). An image where the detector finds no face gives an empty list."""
         image = _as_rgb(image)
-        boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
+        scores: list[float | None]
+        if boxes is None:
+            if self.detector is None:
+                self.detector = FaceDetector()
+            detections = self.detector.detect(image)
+            boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
+        else:
+            boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
+            scores = [None] * len(boxes)
         if not boxes:
             return []
         timings = {}
@@ -126,10 +146,16 @@ class FaceAligner:
         faces = [i for i, found in enumerate(chosen) if found is not None]
         if not faces:
             return [None] * len(boxes)
-        points, ids, weights = _padded(observed, faces, [chosen[i] for i in faces])
-        head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
-        crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
-                                                         LANDMARK_SHARE, self.fit_options)
+        if self.cpr is not None:
+            frame = NormalizedFrame.for_crop(self.model, self.estimator.input_size)
+            points = frame.points_to_frame(torch.from_numpy(observed.positions[faces]))
+            normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[faces]))
+            crop_params = frame.params_from_frame(normalized).double()
+        else:
+            points, ids, weights = _padded(observed, faces, [chosen[i] for i in faces])
+            head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
+            crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
+                                                             LANDMARK_SHARE, self.fit_options)
         params = torch.stack([params_from_crop(crop_params[k], crop_boxes[i], self.estimator.input_size)
                               for k, i in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
@@ -147,7 +173,7 @@ class FaceAligner:
         for k, i in enumerate(faces):
             p = params[k].numpy()
             results[i] = FaceResult(
-                box=boxes[i], score=None,
+                box=boxes[i], score=scores[i],
                 pitch=float(np.degrees(p[0])), yaw=float(np.degrees(p[1])), roll=float(np.degrees(p[2])),
                 scale=float(p[3]), translation=p[4:6].copy(), rotation=rotation[k].numpy(), params=p,
                 identity=p[layout.identity].copy(),

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from cprfa.align import FaceAligner
+from cprfa.cpr.regressor import DEFAULT_WEIGHTS as DEFAULT_CPR_WEIGHTS
 from cprfa.data.images import load_image
 from cprfa.errors import InvalidInputError
 
@@ -44,3 +45,15 @@ def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
         aligner.align(blank, [(50, 50, 40, 150)])
     with pytest.raises(InvalidInputError):
         aligner.align(np.zeros((10, 10), np.float32), [BOX])
+
+
+@pytest.mark.skipif(not DEFAULT_CPR_WEIGHTS.is_file(), reason="no shipped CPR weights")
+def test_the_cpr_method_aligns_the_bundled_example(aligner):
+    cpr = FaceAligner(method="cpr")
+    face = cpr.align(EXAMPLE, [BOX])[0]
+    online = aligner.align(EXAMPLE, [BOX])[0]
+    size = np.sqrt(np.prod(online.landmarks_2d.max(axis=0) - online.landmarks_2d.min(axis=0)))
+    assert np.linalg.norm(face.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.1 * size
+    assert abs(face.yaw - online.yaw) < 15 and abs(face.roll - online.roll) < 10
+    with pytest.raises(InvalidInputError):
+        FaceAligner(method="magic")

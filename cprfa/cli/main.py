@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from cprfa.errors import CprfaError
-from cprfa.train.settings import TrainSettings
+from cprfa.train.settings import CPRTrainSettings, TrainSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -58,17 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(run=run_render)
 
     align = commands.add_parser(
-        "align", help="3D face alignment of the faces in given boxes: pose, shape, landmarks, mesh",
-        description="Align each face given by a box (the tight box of its 68 landmarks): HS-U-Net DAFI, vertex "
-        "retrieval, model fit. Writes per face <name>_face<k>.json (pose in degrees, coefficients, landmarks in "
-        "both conventions, visibility, timings), per image <name>_overlay.png, and summary.csv for the batch. "
-        "There is no face detector yet: --boxes is required.")
+        "align", help="3D face alignment of every face in photos: pose, shape, landmarks, mesh",
+        description="Find each face (BlazeFace detector, or the boxes of --boxes: the tight box of each face's "
+        "68 landmarks) and align it: HS-U-Net DAFI, vertex retrieval, model fit. Writes per face "
+        "<name>_face<k>.json (pose in degrees, coefficients, landmarks in both conventions, visibility, "
+        "timings), per image <name>_overlay.png, and summary.csv for the batch.")
     align.add_argument("inputs", nargs="+", type=Path, help="images or folders of images (searched recursively)")
-    align.add_argument("--boxes", type=Path, required=True, help="CSV (image,x0,y0,x1,y1) or JSON file of face boxes")
+    align.add_argument("--boxes", type=Path, help="CSV (image,x0,y0,x1,y1) or JSON file of face boxes: skips "
+                       "the detector")
     align.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out)")
     align.add_argument("--mesh", choices=("obj", "ply"), help="also write each face's mesh in image space")
     align.add_argument("--dafi", action="store_true", help="also write each face's predicted DAFI (crop) as PNG")
     align.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    align.add_argument("--method", choices=("online", "cpr"), default="online",
+                       help="model fit: on-line optimization over the DAFI and the landmark head (default), or "
+                       "the CPR aligner's round one")
+    align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
     align.set_defaults(run=run_align)
 
     build = commands.add_parser(
@@ -141,6 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--seed", type=int, default=0, help="seed of the channel shuffle (default 0)")
     select.add_argument("--out", type=Path, required=True, help="output .npz")
     select.set_defaults(run=run_select_vertices)
+
+    cpr = train.add_parser(
+        "cpr", help="train the CPR aligner's regressors (round one) on synthetic and real point sets",
+        description="Train the CNN + recurrent regressors of round one on synthetic point sets drawn afresh "
+        "every batch (faces up to 90 deg of yaw, occluders, drop-out, noise, outliers), optionally mixed with "
+        "the HS-U-Net's point sets on a `cprfa data build` folder (--real). Resumable: rerun the same command. "
+        "The end writes OUT/cpr.pt and OUT/record.json (copy both into cprfa/cpr/assets/ to ship).")
+    cpr_defaults = SimpleNamespace(**{field.name: field.default for field in fields(CPRTrainSettings)})
+    cpr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, weights)")
+    cpr.add_argument("--real", type=Path, help="training build (cprfa data build --out) for real point sets")
+    cpr.add_argument("--splits", nargs="+", default=list(cpr_defaults.splits))
+    cpr.add_argument("--real-share", type=float, default=cpr_defaults.real_share,
+                     help="share of each batch taken from --real (default %(default)s)")
+    cpr.add_argument("--dafi-weights", type=Path, help="HS-U-Net weights for --real (default: the shipped ones)")
+    cpr.add_argument("--selection", type=Path, help="vertex selection .npz (default: the shipped one)")
+    cpr.add_argument("--widths", type=int, nargs=5, default=list(cpr_defaults.widths))
+    cpr.add_argument("--hidden", type=int, default=cpr_defaults.hidden)
+    cpr.add_argument("--epochs", type=int, default=cpr_defaults.epochs)
+    cpr.add_argument("--samples-per-epoch", type=int, default=cpr_defaults.samples_per_epoch)
+    cpr.add_argument("--batch-size", type=int, default=cpr_defaults.batch_size)
+    cpr.add_argument("--validation-faces", type=int, default=cpr_defaults.validation_faces,
+                     help="faces per synthetic validation set (default %(default)s)")
+    cpr.add_argument("--lr", type=float, default=cpr_defaults.lr)
+    cpr.add_argument("--workers", type=int, default=cpr_defaults.workers, help="point-set processes")
+    cpr.add_argument("--threads", type=int, default=cpr_defaults.threads, help="torch threads")
+    cpr.add_argument("--device", default="cpu", help="cpu or cuda (only the speed changes; default cpu)")
+    cpr.add_argument("--seed", type=int, default=cpr_defaults.seed)
+    cpr.set_defaults(run=run_train_cpr)
     return parser
 
 
@@ -219,33 +252,36 @@ def run_align(args: argparse.Namespace) -> int:
     from cprfa.data.images import load_image, save_image
     from cprfa.model.mesh_io import write_obj, write_ply
 
-    boxes = read_boxes(args.boxes)
+    boxes = read_boxes(args.boxes) if args.boxes is not None else None
     images = find_images(args.inputs)
     if not images:
         print("error: no images to process", file=sys.stderr)
         return 1
-    aligner = FaceAligner(weights=args.weights)
+    aligner = FaceAligner(weights=args.weights, method=args.method, cpr_weights=args.cpr_weights)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = ["image,face,status,pitch,yaw,roll,scale,observed_vertices"]
+    summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
     failures = 0
     for path in images:
         try:
-            image_boxes = boxes_for(boxes, path)
-            if not image_boxes:
+            image_boxes = boxes_for(boxes, path) if boxes is not None else None
+            if image_boxes == []:
                 raise CprfaError(f"{path}: no face box for this image in {args.boxes}")
             image = load_image(path)
             results = aligner.align(image, image_boxes)
+            if not results:
+                raise CprfaError(f"{path}: no face found")
         except CprfaError as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
-            summary.append(f"{path},,error,,,,,")
+            summary.append(f"{path},,error,,,,,,")
             continue
         overlay = image
         for k, result in enumerate(results):
             if result is None:
                 failures += 1
-                print(f"error: {path}: no face recognised in box {image_boxes[k]}", file=sys.stderr)
-                summary.append(f"{path},{k},no face,,,,,")
+                where = f"box {image_boxes[k]}" if image_boxes else f"detected face {k}"
+                print(f"error: {path}: no face recognised in {where}", file=sys.stderr)
+                summary.append(f"{path},{k},no face,,,,,,")
                 continue
             stem = args.out / f"{path.stem}_face{k}"
             (stem.parent / f"{stem.name}.json").write_text(json.dumps(result.to_dict(), indent=1))
@@ -255,7 +291,8 @@ def run_align(args: argparse.Namespace) -> int:
             if args.dafi:
                 save_image(f"{stem}_dafi.png", (result.dafi * result.dafi_mask[..., None] * 255).round().astype(np.uint8))
             overlay = draw_face_result(overlay, result, aligner.model)
-            summary.append(f"{path},{k},ok,{result.pitch:.2f},{result.yaw:.2f},{result.roll:.2f},{result.scale:.4f},"
+            score = "" if result.score is None else f"{result.score:.3f}"
+            summary.append(f"{path},{k},ok,{score},{result.pitch:.2f},{result.yaw:.2f},{result.roll:.2f},{result.scale:.4f},"
                            f"{result.observed_vertices}")
         save_image(args.out / f"{path.stem}_overlay.png", overlay)
         print(f"{path}: {sum(r is not None for r in results)} of {len(results)} face(s) aligned")
@@ -330,6 +367,34 @@ def run_train_dafi(args: argparse.Namespace) -> int:
     final = record["final"]
     print(f"wrote {args.out / 'hsunet.pt'} and record.json: validation landmark NME "
           f"{final.get('val_landmark_nme', float('nan')):.2f} %, vertex NME {final.get('val_vertex_nme', float('nan')):.2f} %")
+    return 0
+
+
+def run_train_cpr(args: argparse.Namespace) -> int:
+    import torch
+
+    from cprfa.train.cpr import train_cpr
+
+    for name in ("epochs", "batch_size", "threads", "hidden", "samples_per_epoch", "validation_faces"):
+        if getattr(args, name) < 1:
+            raise CprfaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.lr < 1 or args.workers < 0 or not 0 <= args.real_share < 1:
+        raise CprfaError("--lr must lie in (0, 1), --real-share in [0, 1); --workers must not be negative")
+    if args.samples_per_epoch < args.batch_size:
+        raise CprfaError("--samples-per-epoch must be at least --batch-size")
+    if args.real is not None and not (args.real / "manifest.json").is_file():
+        raise CprfaError(f"--real {args.real} is not a `cprfa data build` output (no manifest.json)")
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise CprfaError(f"--device {args.device} is not available here (use cpu)")
+    settings = CPRTrainSettings(
+        out=str(args.out), real=str(args.real or ""), splits=tuple(args.splits), real_share=args.real_share,
+        dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
+        hidden=args.hidden, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
+        validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr, workers=args.workers, seed=args.seed, threads=args.threads)
+    record = train_cpr(settings, device=args.device)
+    final = record["final"]
+    print(f"wrote {args.out / 'cpr.pt'} and record.json: synthetic 68-point NME "
+          f"{final.get('val_synthetic_nme', float('nan')):.2f} %, occluded {final.get('val_occluded_nme', float('nan')):.2f} %")
     return 0
 
 

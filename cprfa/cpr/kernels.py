@@ -63,8 +63,7 @@ def translation_step(observed: torch.Tensor, generated: torch.Tensor, detected: 
 
 def scale_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
     """Λs: entry (i, j) = ‖y_i − y_j‖. Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
-    distance = torch.linalg.vector_norm(points[..., :, None, :] - points[..., None, :, :], dim=-1)
-    return distance * pair_mask(detected)
+    return _distances(points, detected) * pair_mask(detected)
 
 
 def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
@@ -92,12 +91,14 @@ def rotation_z_input(generated: torch.Tensor, observed: torch.Tensor, detected: 
 def rotation_xy_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
     """Λrxy: entry (i, j) = û(y_i − y_j) · û(y_j − y_k), k the vertex after j in channel order (cyclic); 0 when
     i, j or k is not observed. Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
-    following = torch.roll(points, shifts=-1, dims=2)  # y_k for each j
-    step = _unit(points - following)  # û(y_j − y_k), (B, K, n, 2)
-    pairs = _unit(points[..., :, None, :] - points[..., None, :, :])  # û(y_i − y_j), (B, K, n, n, 2)
-    cosine = (pairs * step[..., None, :, :]).sum(dim=-1)
+    points = centred(points, detected)
+    step = _unit(points - torch.roll(points, shifts=-1, dims=2))  # û(y_j − y_k), (B, K, n, 2)
+    # (y_i − y_j) · û_j = y_i · û_j − y_j · û_j, divided by ‖y_i − y_j‖
+    projection = points @ step.transpose(-1, -2) - (points * step).sum(dim=-1)[..., None, :]
+    cosine = projection / _distances(points, detected).clamp(min=EPSILON)
     valid = pair_mask(detected) & torch.roll(detected, shifts=-1, dims=2)[..., None, :]
-    return cosine * valid
+    valid = valid & ~torch.eye(points.shape[2], dtype=torch.bool, device=points.device)  # û(0) = 0
+    return cosine.clamp(-1.0, 1.0) * valid
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
@@ -106,4 +107,15 @@ def _unit(vectors: torch.Tensor) -> torch.Tensor:
 
 def _cross(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Entry (i, j) = first_i × second_j (2D cross product). Shape: (..., n, 2) twice -> (..., n, n)."""
-    return first[..., :, None, 0] * second[..., None, :, 1] - first[..., :, None, 1] * second[..., None, :, 0]
+    turned = torch.stack([second[..., 1], -second[..., 0]], dim=-1)
+    return first @ turned.transpose(-1, -2)
+
+
+def _distances(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Entry (i, j) = ‖y_i − y_j‖, by matrix products on points centred first (precision).
+    Shape: (..., n, 2) -> (..., n, n)."""
+    points = centred(points, detected)
+    squared = (points * points).sum(dim=-1)
+    gram = points @ points.transpose(-1, -2)
+    distance = (squared[..., :, None] + squared[..., None, :] - 2 * gram).clamp(min=0.0).sqrt()
+    return distance.diagonal_scatter(torch.zeros_like(squared), dim1=-2, dim2=-1)

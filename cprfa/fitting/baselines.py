@@ -48,10 +48,13 @@ def _fit(model, points, vertex_ids, weights, options):
 
 def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,
                                        weights: torch.Tensor, landmarks: torch.Tensor, landmark_share: float = 0.5,
-                                       options: FitOptions | None = None) -> torch.Tensor:
-    """Pose, identity and expression from DAFI correspondences plus 68 landmarks (2D convention).
+                                       options: FitOptions | None = None,
+                                       initial: torch.Tensor | None = None) -> torch.Tensor:
+    """Pose, identity and expression from DAFI correspondences plus 68 landmarks (2D convention), from
+    ``initial`` parameters (default: the mean face placed on the points' box).
 
-    Shape: points (B, M, 2), vertex_ids (B, M), weights (B, M), landmarks (B, 68, 2) -> params (B, P)."""
+    Shape: points (B, M, 2), vertex_ids (B, M), weights (B, M), landmarks (B, 68, 2), initial (B, P) ->
+    params (B, P)."""
     if not 0.0 <= landmark_share < 1.0:
         raise InvalidInputError(f"landmark_share must lie in [0, 1), got {landmark_share}")
     vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long)
@@ -67,4 +70,4 @@ def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, v
     def vertex_for(params):
         return torch.cat([vertex_ids, silhouette_landmark_ids(model, params)], dim=1)
 
-    return fit_points(model, all_points, vertex_for, all_weights, options or FitOptions())
+    return fit_points(model, all_points, vertex_for, all_weights, options or FitOptions(), initial)

@@ -24,3 +24,25 @@ class TrainSettings:
     seed: int = 0
     threads: int = 2
     limit: int = 0  # use only the first N training faces (0: all), for quick runs and tests
+
+
+@dataclass(frozen=True)
+class CPRTrainSettings:
+    out: str
+    real: str = ""  # folder of cprfa data build output to add real HS-U-Net point sets ("": synthetic only)
+    splits: tuple[str, ...] = ("afw", "helen_train")
+    real_share: float = 0.25  # of each batch, when ``real`` is given
+    dafi_weights: str = ""  # HS-U-Net weights for the real point sets ("": the shipped ones)
+    selection: str = ""  # vertex selection ("": the shipped one)
+    widths: tuple[int, ...] = (8, 16, 32, 64, 128)
+    hidden: int = 256
+    stages: int = 3
+    epochs: int = 12
+    samples_per_epoch: int = 4096
+    validation_faces: int = 256
+    batch_size: int = 32
+    lr: float = 1e-3
+    final_lr_ratio: float = 0.05
+    workers: int = 1
+    seed: int = 0
+    threads: int = 2

@@ -2,7 +2,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from cprfa.cli.main import main
+from cprfa.data.images import save_image
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -26,3 +29,16 @@ def test_align_writes_results_and_goes_on_past_bad_files(tmp_path, capsys):
     summary = (out / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("image,face,status") and len(summary) == 4
     assert sum(",ok," in line for line in summary) == 1
+
+
+def test_align_without_boxes_detects_the_faces(tmp_path, capsys):
+    shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "astronaut.jpg")
+    grey = tmp_path / "grey.png"
+    save_image(grey, np.full((120, 160, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    assert main(["align", str(tmp_path / "astronaut.jpg"), "-o", str(out)]) == 0
+    result = json.loads((out / "astronaut_face0.json").read_text())
+    x0, y0, x1, y1 = result["box"]
+    assert 0.5 < result["score"] <= 1.0 and abs((x0 + x1) / 2 - 220) < 15 and abs((y0 + y1) / 2 - 130) < 20
+    assert main(["align", str(grey), "-o", str(out)]) == 1  # no face: reported, exit code 1
+    assert "grey.png: no face found" in capsys.readouterr().err

@@ -1,0 +1,265 @@
+"""``FaceDetector``: find the faces in a photo with MediaPipe's short-range BlazeFace (``Detection`` per face).
+
+Short-range BlazeFace was trained on faces that fill a good part of its 128 × 128 input (selfie range), so one
+pass over a whole photo misses the smaller faces: measured on 300-W training faces, it finds nearly every face
+whose tight 68-landmark box spans 0.15 to 1.0 of its input side (94 % at 0.15, 64 % at 0.12, 14 % at 0.10).
+The detector therefore looks at the photo at two scales, in one batch: the whole image letterboxed (padded to a
+square, centred, no distortion; what MediaPipe itself does), and square tiles of half the image's longer side
+laid over it with at least 50 % overlap (3 × 3 on a square photo), which reach faces down to about 0.08 of the
+longer side. The tiles are left out when they would be under ``MIN_TILE_SIDE`` pixels. Padding is black, as in
+MediaPipe's letterbox.
+
+Each view is decoded and suppressed as MediaPipe does (score ≥ ``min_score``, weighted NMS at IoU 0.3). Tiles
+enlarge parts of big faces, where BlazeFace sees faces in ears, chins and hands at middling scores, so a
+tile's detection must score at least ``1 − TILE_DOUBT · (1 − min_score)`` (0.7 for the default 0.5: on half
+the 300-W training crops this cut the extra detections from 108 to 22 on 604 images, the letterbox alone
+giving 14, and kept every face, also in 3 × 3 and 4 × 4 mosaics of them). A tile's detections whose box
+crosses a tile edge inside the photo are dropped (the face is cut there; the letterbox or the neighbouring
+tile sees it whole). Then all views' detections are merged in image coordinates by the same weighted NMS.
+
+Two boxes per face. ``box`` is BlazeFace's own, a square about the face in image pixels. ``face_box``
+is what ``cprfa.align.FaceAligner.align`` wants, the tight box of the face's 68 landmarks (as 300-W's
+annotations): ``box`` mapped by ``FaceBoxMap``, a centre offset in units of the box size and width / height
+ratios, fitted on the 300-W training images (afw, helen_train) by ``tools/fit_blazeface_box.py`` and stored in
+``assets/blazeface_short.json``.
+
+Weights: ``assets/blazeface_short.pt`` (converted by ``tools/convert_blazeface.py``; Apache-2.0, see
+``assets/LICENSE-MediaPipe.txt``), a ``torch.save`` dict read with ``weights_only=True``; the file's sha256
+must match the value in the ``.json`` of the same name beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from cprfa.detect.blazeface import (
+    INPUT_SIZE,
+    IOU_THRESHOLD,
+    BlazeFace,
+    anchor_centres,
+    decode,
+    to_input,
+    weighted_nms,
+)
+from cprfa.errors import InvalidInputError, ModelFileError
+
+WEIGHTS_FORMAT = "cprfa-blazeface"
+WEIGHTS_VERSION = 1
+DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "blazeface_short.pt"
+TILE_GRIDS = (3,)  # n × n tiles of side 2 / (n + 1) of the longer image side: 50 % overlap on a square photo
+MIN_TILE_SIDE = 96  # pixels; smaller tiles are not used
+TILE_DOUBT = 0.6  # a tile detection needs score >= 1 - TILE_DOUBT * (1 - min_score)
+MIN_IMAGE_SIDE = 8
+HALVE_FROM = 8  # photos reduced this much or more are halved first (faster than INTER_AREA alone)
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One face in image pixels (origin at the top-left pixel's corner, x right, y down).
+
+    box: BlazeFace's box (x0, y0, x1, y1); face_box: the tight 68-landmark box estimated from it, the box
+    ``FaceAligner.align`` takes; score in (0, 1); keypoints (6, 2) float32: the subject's right eye, left eye,
+    nose tip, mouth centre, right ear tragion, left ear tragion (cprfa.detect.blazeface.KEYPOINT_NAMES)."""
+
+    box: Box
+    face_box: Box
+    score: float
+    keypoints: np.ndarray
+
+
+@dataclass(frozen=True)
+class FaceBoxMap:
+    """BlazeFace box -> tight 68-landmark box: with the box's centre (cx, cy) and size (w, h), the face box has
+    centre (cx + offset_x·w, cy + offset_y·h) and size (width_ratio·w, height_ratio·h)."""
+
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+    width_ratio: float = 1.0
+    height_ratio: float = 1.0
+
+    def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Shape: (N, 4) -> (N, 4), (x0, y0, x1, y1)."""
+        size = boxes[:, 2:] - boxes[:, :2]
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + size * boxes.new_tensor([self.offset_x, self.offset_y])
+        half = size * boxes.new_tensor([self.width_ratio, self.height_ratio]) / 2
+        return torch.cat([centre - half, centre + half], dim=1)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FaceBoxMap:
+        mapped = cls(*(float(values[key]) for key in ("offset_x", "offset_y", "width_ratio", "height_ratio")))
+        if not all(math.isfinite(v) for v in vars(mapped).values()) or min(mapped.width_ratio,
+                                                                          mapped.height_ratio) <= 0:
+            raise ValueError(f"face box map must be finite with positive ratios, got {mapped}")
+        return mapped
+
+
+def load_detector_network(path: str | Path | None = None) -> tuple[BlazeFace, dict]:
+    """The BlazeFace network from a weights file (default: the shipped one) and the record beside it (the
+    ``.json`` of the same name), after checking the file's sha256 against the record and its format."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    record_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise ModelFileError(f"face detector weights not found: {path}")
+    if not record_path.is_file():
+        raise ModelFileError(f"face detector weights {path} need their record {record_path.name} beside them")
+    try:
+        record = json.loads(record_path.read_text())
+        expected = record["sha256"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ModelFileError(f"{record_path} is not a face detector record ({type(error).__name__})") from None
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ModelFileError(f"{path} has sha256 {actual}, but {record_path.name} records {expected}: the file is "
+                             "corrupt or not the one recorded")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ModelFileError(f"{path} is not a cprfa face detector weights file ({type(error).__name__})") from None
+    if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
+        raise ModelFileError(f"{path} is not a cprfa face detector weights file (format {WEIGHTS_FORMAT!r})")
+    if content.get("version") != WEIGHTS_VERSION:
+        raise ModelFileError(f"{path} has weights format version {content.get('version')}; "
+                             f"this cprfa reads version {WEIGHTS_VERSION}")
+    network = BlazeFace()
+    try:
+        network.load_state_dict({key: value.float() for key, value in content["state_dict"].items()})
+    except (KeyError, TypeError, AttributeError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: weights do not match the BlazeFace network ({error})") from None
+    return network.eval(), record
+
+
+class FaceDetector:
+    """Faces in photos: ``FaceDetector().detect(image)`` -> [Detection, ...], best score first.
+
+    min_score: keep detections scoring at least this, in (0, 1) (MediaPipe's default 0.5); max_faces: keep at
+    most this many (None: all); tiles: also look at tiles of the photo (module docstring), False for the
+    whole letterboxed image only, as MediaPipe; face_box_map: override the box mapping of the weights' record
+    (needed for weights whose record has none)."""
+
+    def __init__(self, weights: str | Path | None = None, min_score: float = 0.5, max_faces: int | None = None,
+                 tiles: bool = True, face_box_map: FaceBoxMap | None = None):
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 < min_score < 1:
+            raise InvalidInputError(f"min_score must be a number in (0, 1), got {min_score!r}")
+        if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int)
+                                      or max_faces < 1):
+            raise InvalidInputError(f"max_faces must be a positive integer or None, got {max_faces!r}")
+        self.network, self.record = load_detector_network(weights)
+        if face_box_map is None:
+            try:
+                face_box_map = FaceBoxMap.from_dict(self.record["face_box"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ModelFileError(f"the record of {weights or DEFAULT_WEIGHTS} has no valid 'face_box' map "
+                                     f"({error})") from None
+        self.face_box_map = face_box_map
+        self.min_score, self.max_faces, self.tiles = float(min_score), max_faces, bool(tiles)
+        self.anchors = anchor_centres()
+
+    @torch.inference_mode()
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """The faces in ``image``, an (H, W, 3) uint8 RGB array; an empty list when there is none."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            description = (f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray)
+                           else type(image).__name__)
+            raise InvalidInputError(f"image must be an (H, W, 3) uint8 RGB array, got {description}")
+        if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+            raise InvalidInputError(f"image must be at least {MIN_IMAGE_SIDE} pixels on a side, got {image.shape}")
+        crops, views = _views(np.ascontiguousarray(image), self.tiles)
+        regressors, logits = self.network(to_input(torch.from_numpy(crops)))
+        boxes, keypoints, scores = decode(regressors, logits, self.anchors)
+        found_boxes, found_scores, found_keypoints = [], [], []
+        tile_score = 1 - TILE_DOUBT * (1 - self.min_score)
+        for view, (origin, scale, inner_edges, tile) in enumerate(views):
+            keep = scores[view] >= (tile_score if tile else self.min_score)
+            if not keep.any():
+                continue
+            view_boxes, view_scores, view_keypoints = weighted_nms(boxes[view][keep], scores[view][keep],
+                                                                   keypoints[view][keep], IOU_THRESHOLD)
+            whole = _inside(view_boxes, inner_edges)
+            found_boxes.append(view_boxes[whole] * scale.repeat(2) + origin.repeat(2))
+            found_keypoints.append(view_keypoints[whole] * scale + origin)
+            found_scores.append(view_scores[whole])
+        if not found_boxes:
+            return []
+        boxes, scores, keypoints = torch.cat(found_boxes), torch.cat(found_scores), torch.cat(found_keypoints)
+        if len(views) > 1:
+            boxes, scores, keypoints = weighted_nms(boxes, scores, keypoints, IOU_THRESHOLD)
+        if self.max_faces is not None:
+            boxes, scores, keypoints = boxes[:self.max_faces], scores[:self.max_faces], keypoints[:self.max_faces]
+        face_boxes = self.face_box_map(boxes)
+        return [Detection(box=_as_box(boxes[i]), face_box=_as_box(face_boxes[i]), score=float(scores[i]),
+                          keypoints=keypoints[i].numpy().astype(np.float32))
+                for i in range(len(boxes))]
+
+
+def _as_box(values: torch.Tensor) -> Box:
+    return tuple(float(v) for v in values)
+
+
+def _views(image: np.ndarray, tiles: bool):
+    """The network's inputs and, per view, how its relative coordinates map to the image.
+
+    Returns crops (V, 128, 128, 3) uint8 and per view (origin (2,), scale (2,), inner_edges (4,) bool, tile):
+    image point = origin + scale · view point (view points relative, 0 to 1 across the view); inner_edges says
+    which of the view's left, top, right, bottom edges lie inside the photo (a face may be cut there); tile is
+    False for the letterboxed whole image. The letterbox comes last."""
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    sides = [float(longest)]  # the letterbox
+    if tiles:
+        sides += [2 * longest / (n + 1) for n in TILE_GRIDS if 2 * longest / (n + 1) >= MIN_TILE_SIDE]
+    crops, views = [], []
+    source = image
+    # A photo reduced HALVE_FROM times or more is first halved until less remains: INTER_LINEAR at half size
+    # averages 2 × 2 pixels, the same box filter as INTER_AREA, several times faster on a 12-megapixel photo.
+    while source.shape[1] * min(sides) >= HALVE_FROM * INPUT_SIZE * width:
+        source = cv2.resize(source, (round(source.shape[1] / 2), round(source.shape[0] / 2)),
+                            interpolation=cv2.INTER_LINEAR)
+    for side in reversed(sides):  # smallest tiles first: each level is resized from the previous one
+        k = INPUT_SIZE / side
+        size = (max(1, round(width * k)), max(1, round(height * k)))
+        interpolation = cv2.INTER_AREA if size[0] < source.shape[1] else cv2.INTER_LINEAR
+        level = cv2.resize(source, size, interpolation=interpolation)
+        source = level
+        scale = torch.tensor([width / size[0], height / size[1]]) * INPUT_SIZE
+        padded, pad = _pad(level)
+        for top in _starts(size[1]):
+            for left in _starts(size[0]):
+                crops.append(padded[top + pad:top + pad + INPUT_SIZE, left + pad:left + pad + INPUT_SIZE])
+                origin = torch.tensor([left * width / size[0], top * height / size[1]])
+                inner = torch.tensor([left > 0, top > 0, left + INPUT_SIZE < size[0], top + INPUT_SIZE < size[1]])
+                views.append((origin, scale, inner, side < longest))
+    return np.ascontiguousarray(np.stack(crops)), views
+
+
+def _starts(length: int) -> list[int]:
+    """Offsets of 128-pixel windows covering ``length`` pixels with at least 50 % overlap; one centred window
+    (reaching into the padding) when the length is at most 128."""
+    if length <= INPUT_SIZE:
+        return [(length - INPUT_SIZE) // 2]
+    count = math.ceil((length - INPUT_SIZE) / (INPUT_SIZE / 2)) + 1
+    return [round(v) for v in np.linspace(0, length - INPUT_SIZE, count)]
+
+
+def _pad(level: np.ndarray) -> tuple[np.ndarray, int]:
+    """The level image with a black border wide enough for every window; returns it and the border width."""
+    pad = INPUT_SIZE // 2 + 1
+    return cv2.copyMakeBorder(level, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0)), pad
+
+
+def _inside(boxes: torch.Tensor, inner_edges: torch.Tensor) -> torch.Tensor:
+    """Which view boxes (N, 4), relative to the view, cross none of its inner edges. Shape: -> (N,) bool."""
+    cut = torch.stack([boxes[:, 0] < 0, boxes[:, 1] < 0, boxes[:, 2] > 1, boxes[:, 3] > 1], dim=1)
+    return ~(cut & inner_edges).any(dim=1)

@@ -1,0 +1,265 @@
+"""Train the CPR aligner's regressors (``cprfa train cpr``), round one (paper §2.3).
+
+Data: synthetic point sets drawn afresh for every batch (cprfa.data.point_sets: random faces and poses up to
+±90° of yaw, visibility from the renderer, occluders, drop-out, noise, outliers), deterministic from the seed,
+the epoch and the batch index. With ``--real``, a share of each batch is real: the HS-U-Net's retrieved
+vertices on the faces of a ``cprfa data build`` folder, with their pseudo ground-truth parameters (computed
+once and cached in the output folder), further thinned by random occluders and drop-out.
+
+Loss — on the reprojected vertices, one term per regressor step, each with the other groups at their true
+values: after the step of group g, its parameters replace g's in the true parameter vector, and the loss is
+the mean 2D distance between a fixed set of vertices (the 68 landmarks and every 10th face vertex) posed by
+that vector and by the truth, in % of the face size. Why vertices and not parameters: one unit means the
+same on every group (an angle counts by how far it moves the face, so yaw errors of a profile and a frontal
+face weigh what they show), and identity or expression modes count by their visible effect rather than by
+coefficient distance. Why the other groups at their truth: each regressor is judged on its own group, the
+disentanglement of the paper's sequential updates; the order still matters through the inputs, which are
+built from the parameters as the previous steps left them (gradients stop there, and flow through the
+GRU states across stages). The translation step is the closed form and has nothing to learn.
+
+Each epoch ends with a validation on fixed synthetic sets (the training distribution and the occluded test
+distribution of the benchmark), a line in ``history.jsonl`` and ``checkpoint.pt``; the command resumes from
+it. The last epoch writes ``cpr.pt`` (float16, with its selection) and ``record.json`` to ship.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cprfa.cpr.frame import NormalizedFrame
+from cprfa.cpr.regressor import CPRAligner, CPRConfig, Step, save_aligner, select_observed
+from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
+from cprfa.data.point_sets import OCCLUDED_TEST, PointSetSettings, corrupt, synthetic_point_sets
+from cprfa.errors import CprfaError
+from cprfa.eval.metrics import nme
+from cprfa.model.face_model import FaceModel, default_face_model
+from cprfa.model.projection import ParamLayout, landmarks_3d, project
+from cprfa.train.settings import CPRTrainSettings
+
+LOSS_VERTEX_STRIDE = 10
+REAL_THINNING = PointSetSettings(occlusion_probability=0.3, occlusion=(0.1, 0.4), dropout=(0.0, 0.3),
+                                 noise=(0.0, 0.0), outliers=(0.0, 0.0))
+VALIDATION_SEED = 1_000_000
+
+
+class PosedVertices:
+    """The loss vertices (68 landmarks and every 10th face vertex) posed by parameters."""
+
+    def __init__(self, model: FaceModel):
+        ids = np.union1d(model.landmarks68, model.face_area[::LOSS_VERTEX_STRIDE])
+        tensors = model.torch_tensors()
+        self.mean, self.basis = tensors["mean"][ids], tensors["basis"][ids]
+        self.layout = ParamLayout.of(model)
+
+    def __call__(self, params: torch.Tensor) -> torch.Tensor:
+        """Shape: (B, P) -> (B, M, 2)."""
+        shape = self.mean + torch.einsum("vck,bk->bvc", self.basis, params[:, self.layout.alpha])
+        return project(shape, params[:, :6])[..., :2]
+
+
+def group_columns(layout: ParamLayout) -> dict[str, slice]:
+    return {"alpha": layout.alpha, "rotation_xy": slice(0, 2), "rotation_z": slice(2, 3), "scale": slice(3, 4)}
+
+
+def face_size(model: FaceModel, params: torch.Tensor) -> torch.Tensor:
+    """sqrt(w·h) of the 68-landmark box (3D convention). Shape: (B, P) -> (B,)."""
+    points = landmarks_3d(model, params)[..., :2]
+    return (points.amax(dim=1) - points.amin(dim=1)).prod(dim=1).sqrt()
+
+
+def step_losses(steps: list[Step], truth: torch.Tensor, posed: PosedVertices, size: torch.Tensor,
+                columns: dict[str, slice]) -> dict[str, torch.Tensor]:
+    """Per group, the mean over stages of the reprojected-vertex loss (module docstring), in %."""
+    target = posed(truth)
+    losses: dict[str, list[torch.Tensor]] = {}
+    for step in steps:
+        if step.group not in columns:
+            continue
+        cut = columns[step.group]
+        mixed = torch.cat([truth[:, :cut.start], step.params[:, cut], truth[:, cut.stop:]], dim=1)
+        error = torch.linalg.vector_norm(posed(mixed) - target, dim=-1).mean(dim=1) / size
+        losses.setdefault(step.group, []).append(100 * error.mean())
+    return {group: torch.stack(values).mean() for group, values in losses.items()}
+
+
+class RealPointSets:
+    """The HS-U-Net's point sets on built faces, channel order, normalized frame: observed (F, K, n, 2),
+    detected (F, K, n), params (F, P)."""
+
+    def __init__(self, observed: torch.Tensor, detected: torch.Tensor, params: torch.Tensor):
+        self.observed, self.detected, self.params = observed, detected, params
+
+    @classmethod
+    def build(cls, folder: str, splits: tuple[str, ...], weights: str, model: FaceModel,
+              channels: torch.Tensor, cache: Path) -> RealPointSets:
+        if cache.is_file():
+            content = torch.load(cache, weights_only=True)
+            return cls(content["observed"], content["detected"], content["params"])
+        from cprfa.dafi.evaluate import observe
+        from cprfa.dafi.predict import DafiEstimator
+        from cprfa.train.dafi import load_faces
+
+        estimator = DafiEstimator.from_file(weights or None)
+        faces = load_faces(folder, splits, estimator.input_size)
+        frame = NormalizedFrame.for_crop(model, estimator.input_size)
+        observed, detected = [], []
+        for batch in tqdm(observe(estimator, faces, model), total=math.ceil(len(faces) / 32),
+                          desc="HS-U-Net point sets", unit="batch"):
+            points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
+            chosen = select_observed(points, torch.from_numpy(batch.observed.detected), channels)
+            observed.append(chosen[0])
+            detected.append(chosen[1])
+        params = frame.params_to_frame(torch.from_numpy(faces.params).float())
+        result = cls(torch.cat(observed), torch.cat(detected), params)
+        torch.save({"observed": result.observed, "detected": result.detected, "params": result.params}, cache)
+        return result
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+
+class TrainingBatches(Dataset):
+    """Batch ``i`` of an epoch: synthetic point sets plus, with real ones, a thinned real share."""
+
+    def __init__(self, model: FaceModel, channels: torch.Tensor, settings: CPRTrainSettings,
+                 real: RealPointSets | None):
+        self.model, self.channels, self.settings, self.real = model, channels, settings, real
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.settings.samples_per_epoch // self.settings.batch_size
+
+    def __getitem__(self, index: int):
+        seed = (self.settings.seed * 1_000_003 + self.epoch) * 100_003 + index
+        n_real = round(self.settings.real_share * self.settings.batch_size) if self.real is not None else 0
+        sets = synthetic_point_sets(self.model, self.settings.batch_size - n_real, seed)
+        observed, detected = select_observed(sets.points, sets.detected, self.channels)
+        params = sets.params
+        if n_real:
+            generator = torch.Generator().manual_seed(seed)
+            pick = torch.randint(len(self.real), (n_real,), generator=generator)
+            real_observed, real_detected = self.real.observed[pick], self.real.detected[pick]
+            landmarks = landmarks_3d(self.model, self.real.params[pick])[..., :2]
+            flat, flat_detected = corrupt(real_observed.reshape(n_real, -1, 2), real_detected.reshape(n_real, -1),
+                                          landmarks.amin(dim=1), landmarks.amax(dim=1), generator, REAL_THINNING)
+            observed = torch.cat([observed, flat.reshape(real_observed.shape)])
+            detected = torch.cat([detected, flat_detected.reshape(real_detected.shape)])
+            params = torch.cat([params, self.real.params[pick]])
+        return observed, detected, params
+
+
+def validation_sets(model: FaceModel, channels: torch.Tensor, count: int) -> dict:
+    """Fixed synthetic sets: the training distribution and the occluded test distribution."""
+    sets = {}
+    for offset, (name, settings) in enumerate((("synthetic", PointSetSettings()), ("occluded", OCCLUDED_TEST))):
+        point_sets = synthetic_point_sets(model, count, VALIDATION_SEED + offset, settings)
+        sets[name] = (*select_observed(point_sets.points, point_sets.detected, channels), point_sets.params)
+    return sets
+
+
+@torch.no_grad()
+def evaluate_aligner(aligner: CPRAligner, model: FaceModel, sets: dict, batch_size: int = 64) -> dict:
+    """Per set: the 68-landmark NME (%, 3D convention) after round one and the mean absolute angle errors."""
+    metrics = {}
+    for name, (observed, detected, truth) in sets.items():
+        params = torch.cat([aligner(observed[i:i + batch_size], detected[i:i + batch_size])[-1].params
+                            for i in range(0, len(truth), batch_size)])
+        errors = nme(landmarks_3d(model, params)[..., :2].numpy(), landmarks_3d(model, truth)[..., :2].numpy())
+        angles = torch.rad2deg((params[:, :3] - truth[:, :3]).abs()).mean(dim=0)
+        metrics[f"{name}_nme"] = float(errors.mean())
+        metrics[f"{name}_angle_error"] = [round(float(value), 3) for value in angles]
+    return metrics
+
+
+def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "cpu") -> dict:
+    """Train (or resume) round one's regressors and return the record of the run."""
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = default_face_model()
+    selection = VertexSelection.load(settings.selection or DEFAULT_SELECTION)
+    channels = torch.from_numpy(selection.channels)
+    aligner = CPRAligner(model, channels, CPRConfig(tuple(settings.widths), settings.hidden, settings.stages))
+    aligner.to(device)
+    optimizer = torch.optim.Adam(aligner.regressors.parameters(), lr=settings.lr)
+    decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    checkpoint_path = out / "checkpoint.pt"
+    start_epoch, seconds, history = 0, 0.0, []
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["settings"] != asdict(settings):
+            raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
+        aligner.regressors.load_state_dict(state["regressors"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, seconds, history = state["epoch"] + 1, state["seconds"], state["history"][:state["epoch"] + 1]
+        print(f"resuming {out} after epoch {start_epoch}")
+    real = None
+    if settings.real:
+        real = RealPointSets.build(settings.real, tuple(settings.splits), settings.dafi_weights, model, channels,
+                                   out / "real_point_sets.pt")
+    validation = validation_sets(model, channels, settings.validation_faces)
+    posed, columns = PosedVertices(model), group_columns(ParamLayout.of(model))
+    dataset = TrainingBatches(model, channels, settings, real)
+    for epoch in range(start_epoch, settings.epochs):
+        started = time.perf_counter()
+        dataset.epoch = epoch
+        loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=settings.workers,
+                            worker_init_fn=_one_thread, persistent_workers=False)
+        aligner.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
+        for observed, detected, truth in bar:
+            observed, detected, truth = observed.to(device), detected.to(device), truth.to(device)
+            steps = aligner(observed, detected)
+            losses = step_losses(steps, truth, posed, face_size(model, truth), columns)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(aligner.regressors.parameters(), 10.0)
+            optimizer.step()
+            for key, value in {"loss": loss, **losses}.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            bar.set_postfix({key: f"{float(value.detach()):.2f}" for key, value in losses.items()})
+        scheduler.step()
+        metrics = evaluate_aligner(aligner.eval(), model, validation)
+        seconds += time.perf_counter() - started
+        entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1),
+                 **{f"train_{key}": round(value / max(len(loader), 1), 4) for key, value in sums.items()},
+                 **{f"val_{key}": value for key, value in metrics.items()}}
+        history.append(entry)
+        print(f"epoch {epoch + 1}: loss {entry.get('train_loss', math.nan):.3f}, validation 68-point NME "
+              f"{metrics['synthetic_nme']:.2f} % (occluded {metrics['occluded_nme']:.2f} %)", flush=True)
+        torch.save({"settings": asdict(settings), "regressors": aligner.regressors.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "seconds": seconds, "history": history}, checkpoint_path.with_suffix(".tmp"))
+        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
+        (out / "history.jsonl").write_text("".join(json.dumps(item) + "\n" for item in history))
+    record = {
+        "weights": "cpr.pt", "network": aligner.config.to_dict(), "settings": asdict(settings),
+        "parameters": sum(parameter.numel() for parameter in aligner.regressors.parameters()),
+        "selection": selection.reference, "selection_seed": selection.seed, "vertices": selection.count,
+        "real_faces": len(real) if real is not None else 0, "train_seconds": round(seconds, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {settings.threads} torch threads, "
+                   f"torch {torch.__version__}",
+        "final": history[-1] if history else {}, "history": history,
+    }
+    save_aligner(aligner.cpu(), out / "cpr.pt")
+    (out / "record.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,235 @@
+"""The face detector: shipped weights and their checks, anchors, decoding, NMS, detection on real images, bad input."""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cprfa.data.boxes import read_boxes
+from cprfa.data.images import load_image
+from cprfa.data.readers import landmark_box, read_pts
+from cprfa.detect.blazeface import (
+    N_ANCHORS,
+    BlazeFace,
+    anchor_centres,
+    box_iou,
+    decode,
+    to_input,
+    weighted_nms,
+)
+from cprfa.detect.detector import DEFAULT_WEIGHTS, Detection, FaceBoxMap, FaceDetector, load_detector_network
+from cprfa.errors import InvalidInputError, ModelFileError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# MediaPipe 0.10.14's own FaceDetection(model_selection=0) on the example resized to 128 × 128 (INTER_AREA),
+# relative (x0, y0, x1, y1) and score: what the letterbox-only detector must reproduce.
+MEDIAPIPE_BOX = (0.3474678695201874, 0.1578308343887329, 0.5314031839370728, 0.3417666256427765)
+MEDIAPIPE_SCORE = 0.9233843684196472
+MEDIAPIPE_RIGHT_EYE = (0.39802584052085876, 0.19649487733840942)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return load_image(EXAMPLES / "astronaut.jpg")
+
+
+def iou(a, b) -> float:
+    return float(box_iou(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))[0, 0])
+
+
+# ------------------------------------------------------------------------------------------- weights file
+
+
+def test_shipped_weights_load_with_their_record():
+    network, record = load_detector_network()
+    assert isinstance(network, BlazeFace) and not network.training
+    assert record["format"] == "cprfa-blazeface" and len(record["sha256"]) == 64
+    assert record["licence"].startswith("Apache-2.0")
+    assert (DEFAULT_WEIGHTS.parent / "LICENSE-MediaPipe.txt").is_file()
+    assert set(record["face_box"]) >= {"offset_x", "offset_y", "width_ratio", "height_ratio", "fitted"}
+
+
+def copy_weights(tmp_path: Path) -> Path:
+    path = tmp_path / "blazeface_short.pt"
+    shutil.copy(DEFAULT_WEIGHTS, path)
+    shutil.copy(DEFAULT_WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))
+    return path
+
+
+def test_a_tampered_weights_file_is_refused(tmp_path):
+    path = copy_weights(tmp_path)
+    assert isinstance(FaceDetector(path).detect(np.zeros((64, 64, 3), np.uint8)), list)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="sha256"):
+        FaceDetector(path)
+
+
+def test_a_foreign_file_is_refused_even_with_a_matching_record(tmp_path):
+    path = copy_weights(tmp_path)
+    record_path = path.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    for content in ({"format": "cprfa-hsunet", "version": 1, "state_dict": {}}, b"not a torch file"):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        record_path.write_text(json.dumps(record))
+        with pytest.raises(ModelFileError, match="not a cprfa face detector weights file"):
+            FaceDetector(path)
+
+
+def test_missing_files_and_records_are_refused(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        FaceDetector(tmp_path / "absent.pt")
+    path = copy_weights(tmp_path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ModelFileError, match="record"):
+        FaceDetector(path)
+    path = copy_weights(tmp_path)
+    record = json.loads(path.with_suffix(".json").read_text())
+    del record["face_box"]
+    path.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(ModelFileError, match="face_box"):
+        FaceDetector(path)
+    assert FaceDetector(path, face_box_map=FaceBoxMap()).face_box_map == FaceBoxMap()
+
+
+# --------------------------------------------------------------------------------- network, anchors, NMS
+
+
+def test_anchors_are_mediapipes_896():
+    anchors = anchor_centres()
+    assert anchors.shape == (N_ANCHORS, 2) == (896, 2)
+    assert torch.allclose(anchors[0], torch.tensor([0.5 / 16, 0.5 / 16]))
+    assert torch.equal(anchors[0], anchors[1])  # two anchors per cell on the 16 × 16 map
+    assert torch.allclose(anchors[2], torch.tensor([1.5 / 16, 0.5 / 16]))
+    assert torch.allclose(anchors[512:518], torch.tensor([0.5 / 8, 0.5 / 8]).expand(6, 2))  # six on 8 × 8
+    assert torch.allclose(anchors[-1], torch.tensor([7.5 / 8, 7.5 / 8]))
+
+
+def test_network_shapes_and_input_checks():
+    network, _ = load_detector_network()
+    images = torch.randint(0, 256, (2, 128, 128, 3), dtype=torch.uint8)
+    x = to_input(images)
+    assert x.shape == (2, 3, 128, 128) and x.min() >= -1 and x.max() <= 1
+    with torch.inference_mode():
+        regressors, logits = network(x)
+    assert regressors.shape == (2, 896, 16) and logits.shape == (2, 896)
+    with pytest.raises(InvalidInputError):
+        network(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(InvalidInputError):
+        to_input(images.float())
+
+
+def test_decode_puts_zero_offsets_on_the_anchors_and_clips_scores():
+    anchors = anchor_centres()
+    regressors = torch.zeros(1, 896, 16)
+    regressors[0, 0, :4] = torch.tensor([12.8, 0.0, 25.6, 12.8])  # centre +0.1 in x, size 0.2 × 0.1
+    logits = torch.zeros(1, 896)
+    logits[0, 1] = 1000.0
+    boxes, keypoints, scores = decode(regressors, logits, anchors)
+    assert boxes.shape == (1, 896, 4) and keypoints.shape == (1, 896, 6, 2) and scores.shape == (1, 896)
+    cx, cy = anchors[0].tolist()
+    assert torch.allclose(boxes[0, 0], torch.tensor([cx + 0.1 - 0.1, cy - 0.05, cx + 0.1 + 0.1, cy + 0.05]))
+    assert torch.allclose(keypoints[0, 5], anchors[5].expand(6, 2))
+    assert scores[0, 0] == 0.5 and scores[0, 1] == torch.sigmoid(torch.tensor(100.0))
+
+
+def test_weighted_nms_blends_overlapping_detections_and_keeps_the_best_score():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]])
+    scores = torch.tensor([0.6, 0.9, 0.7])
+    keypoints = boxes[:, None, :2].expand(3, 6, 2).clone()
+    merged, kept, points = weighted_nms(boxes, scores, keypoints)
+    assert kept.tolist() == pytest.approx([0.9, 0.7])
+    assert torch.allclose(merged[0], torch.tensor([0.6, 0, 10.6, 10]))  # (0.9 · 1 + 0.6 · 0) / 1.5
+    assert torch.allclose(points[0, :, 0], torch.full((6,), 0.6))
+    assert torch.equal(merged[1], boxes[2])
+    empty = weighted_nms(boxes[:0], scores[:0], keypoints[:0])
+    assert [t.shape[0] for t in empty] == [0, 0, 0]
+
+
+# ------------------------------------------------------------------------------------------- detection
+
+
+def test_letterbox_alone_reproduces_mediapipe_on_the_example(astronaut):
+    detections = FaceDetector(tiles=False).detect(astronaut)
+    assert len(detections) == 1
+    found = detections[0]
+    assert np.allclose(np.array(found.box) / 512, MEDIAPIPE_BOX, atol=1e-4)
+    assert abs(found.score - MEDIAPIPE_SCORE) < 1e-4
+    assert np.allclose(found.keypoints[0] / 512, MEDIAPIPE_RIGHT_EYE, atol=1e-4)
+
+
+def test_finds_the_face_of_the_bundled_example(detector, astronaut):
+    detections = detector.detect(astronaut)
+    assert detections and all(isinstance(d, Detection) for d in detections)
+    expected = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    best = detections[0]
+    assert iou(best.face_box, expected) > 0.6 and best.score > 0.9
+    assert best.keypoints.shape == (6, 2) and best.keypoints.dtype == np.float32
+    x0, y0, x1, y1 = best.box
+    assert ((best.keypoints[:4] > [x0, y0]) & (best.keypoints[:4] < [x1, y1])).all()  # eyes, nose, mouth
+    assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        best.score = 1.0
+
+
+def test_two_faces_and_max_faces(astronaut):
+    pair = np.concatenate([astronaut, astronaut[:, ::-1]], axis=1)  # 512 × 1024, two faces
+    detections = FaceDetector().detect(pair)
+    expected = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    mirrored = (1024 - expected[2], expected[1], 1024 - expected[0], expected[3])
+    assert max(iou(d.face_box, expected) for d in detections) > 0.6
+    assert max(iou(d.face_box, mirrored) for d in detections) > 0.6
+    assert len(FaceDetector(max_faces=1).detect(pair)) == 1
+
+
+def test_no_face_gives_an_empty_list(detector):
+    assert detector.detect(np.full((240, 320, 3), 128, np.uint8)) == []
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    assert detector.detect(noise) == []
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((64, 64, 3), np.float32), np.zeros((64, 64), np.uint8), np.zeros((64, 64, 4), np.uint8),
+    np.zeros((4, 64, 3), np.uint8), [[0, 0, 0]], None,
+])
+def test_bad_images_are_refused(detector, image):
+    with pytest.raises(InvalidInputError, match="image"):
+        detector.detect(image)
+
+
+@pytest.mark.parametrize("options", [{"min_score": 0}, {"min_score": 1}, {"min_score": 1.5}, {"min_score": -0.1},
+                                     {"min_score": "0.5"}, {"min_score": True}, {"max_faces": 0},
+                                     {"max_faces": 1.5}])
+def test_bad_options_are_refused(options):
+    with pytest.raises(InvalidInputError):
+        FaceDetector(**options)
+
+
+def test_face_box_map():
+    boxes = torch.tensor([[10.0, 20, 110, 120]])
+    assert torch.equal(FaceBoxMap()(boxes), boxes)
+    mapped = FaceBoxMap(offset_x=0.1, offset_y=-0.2, width_ratio=0.5, height_ratio=2.0)(boxes)
+    assert torch.allclose(mapped, torch.tensor([[45.0, -50, 95, 150]]))
+
+
+def test_finds_a_300w_test_face(detector, shared_data):
+    folder = shared_data / "300w" / "helen_test"
+    name = min(folder.glob("*.pts"))
+    target = landmark_box(read_pts(name))
+    detections = detector.detect(load_image(name.with_suffix(".jpg")))
+    assert max(iou(d.face_box, target) for d in detections) > 0.5
