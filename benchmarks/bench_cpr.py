@@ -3,7 +3,8 @@
 Every method gets exactly the same input: the observed positions of the C selected vertices (cprfa.cpr.
 selection) that are detected. "PnP" fits the mean shape's pose to them; "on-line optimization" fits pose,
 identity and expression (Levenberg–Marquardt, Gaussian priors, Geman–McClure robust loss, as cprfa align
-uses it); "CPR(C)" is round one of the CPR aligner (cprfa.cpr.regressor, shipped weights).
+uses it); "CPR(C)" is round one of the CPR aligner (cprfa.cpr.regressor, shipped weights); "CPR, then
+on-line optimization" starts the on-line optimization from CPR's result instead of the frontal mean face.
 
 Sets:
 - synthetic, with known parameters (cprfa.data.point_sets; fixed seeds, never seen in training): the
@@ -126,9 +127,16 @@ def _fitters(model, aligner):
             return params.float()
         return run
 
+    def cpr(points, detected):
+        return align_point_sets(aligner, points, detected)
+
+    def cpr_then_online(points, detected):
+        initial = cpr(points, detected).double()
+        return with_enough(lambda *a: online_optimization(*a, options=options, initial=initial))(points, detected)
+
     return {"PnP": with_enough(pnp),
             "on-line optimization": with_enough(lambda *a: online_optimization(*a, options=options)),
-            "CPR": lambda points, detected: align_point_sets(aligner, points, detected)}
+            "CPR": cpr, "CPR, then on-line optimization": cpr_then_online}
 
 
 def _fused(model, aligner, points, detected, head, initial):

@@ -1,15 +1,20 @@
-"""``FaceAligner``: photo and face boxes in, 3D face alignment out (``FaceResult`` per face).
+"""``FaceAligner``: photo in, 3D face alignment out (``FaceResult`` per face).
 
-Pipeline per face (DESIGN.md): crop by the crop policy around the face box → HS-U-Net DAFI and landmarks →
-vertex retrieval (Y^O) → model fit → pose, coefficients, dense mesh and 68 landmarks in image space.
+Pipeline per face (DESIGN.md): face box (the BlazeFace detector's, cprfa.detect, or the caller's tight
+68-landmark box) → crop by the crop policy → HS-U-Net DAFI and landmarks → vertex retrieval (Y^O) → model fit
+→ pose, coefficients, dense mesh and 68 landmarks in image space.
 
-Until the CPR aligner ships, the fitting stage is the paper's on-line optimization over the DAFI (Fig. 1a)
-with the HS-U-Net's 68 landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, each
-source weighing half): Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the
-retrieved vertices — those of the shipped CPR vertex selection when enough of them are found (they are the
-best detected and placed), else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw
-points follow the silhouette. On helen_test it beats either source alone (benchmarks/bench_dafi_fit.py). There is no face detector yet: boxes must be given (the
-tight box of the face's 68 landmarks, as 300-W's).
+Two fitting stages (``method``):
+
+- ``"online"`` (default): the paper's on-line optimization over the DAFI (Fig. 1a) with the HS-U-Net's 68
+  landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, each source weighing half):
+  Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the retrieved vertices — those
+  of the shipped CPR vertex selection when enough of them are found (they are the best detected and placed),
+  else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw points follow the
+  silhouette.
+- ``"cpr"``: round one of the CPR aligner (cprfa.cpr.regressor) on the selected vertices.
+
+Which is more accurate on which set is measured by benchmarks/bench_cpr.py (README, "The CPR aligner").
 """
 
 from __future__ import annotations

@@ -68,9 +68,14 @@ def scale_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
 
 def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
     """Λs^G / Λs^O where both entries are non-zero, else 0. Shape: points (B, K, n, 2) twice -> (B, K, n, n)."""
-    numerator, denominator = scale_cpr(generated, detected), scale_cpr(observed, detected)
-    valid = (numerator > EPSILON) & (denominator > EPSILON)
-    return torch.where(valid, numerator / denominator.clamp(min=EPSILON), torch.zeros_like(numerator))
+    return scale_ratio(scale_cpr(generated, detected), scale_cpr(observed, detected))
+
+
+def scale_ratio(generated_cpr: torch.Tensor, observed_cpr: torch.Tensor) -> torch.Tensor:
+    """``scale_input`` from the two sets' Λs (the observed one can be computed once per round).
+    Shape: (B, K, n, n) twice -> (B, K, n, n)."""
+    valid = (generated_cpr > EPSILON) & (observed_cpr > EPSILON)
+    return generated_cpr / observed_cpr.clamp(min=EPSILON) * valid
 
 
 def rotation_z_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
@@ -94,11 +99,12 @@ def rotation_xy_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tenso
     points = centred(points, detected)
     step = _unit(points - torch.roll(points, shifts=-1, dims=2))  # û(y_j − y_k), (B, K, n, 2)
     # (y_i − y_j) · û_j = y_i · û_j − y_j · û_j, divided by ‖y_i − y_j‖
-    projection = points @ step.transpose(-1, -2) - (points * step).sum(dim=-1)[..., None, :]
-    cosine = projection / _distances(points, detected).clamp(min=EPSILON)
+    projection = (points[..., :, None, 0] * step[..., None, :, 0] + points[..., :, None, 1] * step[..., None, :, 1]
+                  - (points * step).sum(dim=-1)[..., None, :])
+    cosine = (projection / _distances(points, detected).clamp(min=EPSILON)).clamp(-1.0, 1.0)
     valid = pair_mask(detected) & torch.roll(detected, shifts=-1, dims=2)[..., None, :]
     valid = valid & ~torch.eye(points.shape[2], dtype=torch.bool, device=points.device)  # û(0) = 0
-    return cosine.clamp(-1.0, 1.0) * valid
+    return cosine * valid
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
@@ -112,10 +118,8 @@ def _cross(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 
 def _distances(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
-    """Entry (i, j) = ‖y_i − y_j‖, by matrix products on points centred first (precision).
+    """Entry (i, j) = ‖y_i − y_j‖ (0 on the diagonal), by matrix products on points centred first (precision).
     Shape: (..., n, 2) -> (..., n, n)."""
     points = centred(points, detected)
-    squared = (points * points).sum(dim=-1)
-    gram = points @ points.transpose(-1, -2)
-    distance = (squared[..., :, None] + squared[..., None, :] - 2 * gram).clamp(min=0.0).sqrt()
-    return distance.diagonal_scatter(torch.zeros_like(squared), dim1=-2, dim2=-1)
+    distance = torch.cdist(points, points, compute_mode="use_mm_for_euclid_dist")
+    return distance.diagonal_scatter(torch.zeros_like(points[..., 0]), dim1=-2, dim2=-1)

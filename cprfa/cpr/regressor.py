@@ -32,11 +32,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cprfa._checks import check_recorded_sha256
 from cprfa.cpr.kernels import (
     gather_channels,
     rotation_xy_cpr,
     rotation_z_input,
-    scale_input,
+    scale_cpr,
+    scale_ratio,
     translation_step,
 )
 from cprfa.errors import ModelFileError
@@ -149,7 +151,8 @@ class CPRAligner(nn.Module):
         a list of 5·Q steps."""
         if params is None:
             params = self.layout.initial(len(observed), observed.dtype).to(observed.device)
-        rxy_observed = rotation_xy_cpr(observed, detected)
+        rxy_observed = rotation_xy_cpr(observed, detected)  # the observed CPRs do not change within a round
+        scale_observed = scale_cpr(observed, detected)
         states = dict.fromkeys(GROUPS)
         n_identity = self.layout.n_identity
         steps = []
@@ -162,7 +165,7 @@ class CPRAligner(nn.Module):
                 elif group == "rotation_z":
                     cpr = rotation_z_input(generated, observed, detected)
                 else:
-                    cpr = scale_input(generated, observed, detected)
+                    cpr = scale_ratio(scale_cpr(generated, detected), scale_observed)
                 delta, states[group] = self.regressors[group](cpr, states[group], stage)
                 if group == "alpha":
                     identity = params[:, self.layout.identity] + delta[:, :n_identity]
@@ -209,6 +212,7 @@ def load_aligner(path: str | Path | None = None, model: FaceModel | None = None)
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise ModelFileError(f"CPR aligner weights not found: {path}")
+    check_recorded_sha256(path, path.with_suffix(".record.json"))
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:

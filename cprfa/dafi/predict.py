@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from cprfa._checks import check_recorded_sha256
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
 from cprfa.data.crop import crop_box, crop_image
 from cprfa.errors import InvalidInputError, ModelFileError
@@ -51,6 +52,7 @@ def load_network(path: str | Path | None = None) -> tuple[HSUNet, HSUNetConfig]:
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise ModelFileError(f"HS-U-Net weights not found: {path}")
+    check_recorded_sha256(path, path.with_suffix(".record.json"))
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:

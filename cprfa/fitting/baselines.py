@@ -34,16 +34,18 @@ def pnp(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor, weight
 
 
 def online_optimization(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,
-                        weights: torch.Tensor | None = None, options: FitOptions | None = None) -> torch.Tensor:
+                        weights: torch.Tensor | None = None, options: FitOptions | None = None,
+                        initial: torch.Tensor | None = None) -> torch.Tensor:
     """Pose, identity and expression from 2D–3D correspondences (projected Levenberg–Marquardt, priors,
-    optional robust loss via ``options``). Shape: points (B, M, 2), vertex_ids (B, M) -> params (B, P)."""
-    return _fit(model, points, vertex_ids, weights, options or FitOptions())
+    optional robust loss via ``options``), from ``initial`` parameters (default: the mean face on the points'
+    box). Shape: points (B, M, 2), vertex_ids (B, M), initial (B, P) -> params (B, P)."""
+    return _fit(model, points, vertex_ids, weights, options or FitOptions(), initial)
 
 
-def _fit(model, points, vertex_ids, weights, options):
+def _fit(model, points, vertex_ids, weights, options, initial=None):
     vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long)
     check_shape("vertex_ids", vertex_ids, (points.shape[0], points.shape[1]))
-    return fit_points(model, points, lambda params: vertex_ids, weights, options)
+    return fit_points(model, points, lambda params: vertex_ids, weights, options, initial)
 
 
 def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,

@@ -24,6 +24,7 @@ it. The last epoch writes ``cpr.pt`` (float16, with its selection) and ``record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -257,6 +258,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         "final": history[-1] if history else {}, "history": history,
     }
     save_aligner(aligner.cpu(), out / "cpr.pt")
+    record = {"sha256": hashlib.sha256((out / "cpr.pt").read_bytes()).hexdigest(), **record}
     (out / "record.json").write_text(json.dumps(record, indent=1))
     return record
 

@@ -17,6 +17,7 @@ everything needed to resume. The last epoch also writes the weights (``hsunet.pt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -200,6 +201,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
         "final": history[-1] if history else {}, "history": history,
     }
     save_weights(network.cpu(), config, out / "hsunet.pt")
+    record = {"sha256": hashlib.sha256((out / "hsunet.pt").read_bytes()).hexdigest(), **record}
     (out / "record.json").write_text(json.dumps(record, indent=1))
     return record
 

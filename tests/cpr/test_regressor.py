@@ -110,3 +110,10 @@ def test_shipped_round_one_brings_the_model_onto_the_points(face_model):
     assert stages[-1].mean() < stages[0].mean()  # the later stages refine
     yaw_error = torch.rad2deg((steps[-1].params[:, 1] - sets.params[:, 1]).abs())
     assert yaw_error.median() < 10.0
+
+
+def test_a_weights_file_that_differs_from_its_record_is_refused(face_model, channels, tmp_path):
+    save_aligner(CPRAligner(face_model, channels, SMALL), tmp_path / "cpr.pt")
+    (tmp_path / "cpr.record.json").write_text('{"sha256": "' + "0" * 64 + '"}')
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_aligner(tmp_path / "cpr.pt", face_model)

@@ -1,14 +1,17 @@
 """The shipped HS-U-Net weights on the bundled example (no shared data needed)."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from cprfa.dafi.predict import DafiEstimator
+from cprfa.dafi.predict import DEFAULT_WEIGHTS, DafiEstimator, load_network
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.boxes import read_boxes
 from cprfa.data.crop import points_to_crop
 from cprfa.data.images import load_image
+from cprfa.errors import ModelFileError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -35,3 +38,15 @@ def test_shipped_weights_find_the_face_of_the_bundled_example(face_model):
     assert landmarks[36:48, 1].mean() < landmarks[48:68, 1].mean()
     observed = VertexRetriever(face_model)(prediction.dafi, prediction.mask)
     assert observed.detection_rate[0] > 0.15
+
+
+def test_shipped_weights_are_checked_against_their_record(tmp_path):
+    copy = tmp_path / "hsunet.pt"
+    shutil.copy(DEFAULT_WEIGHTS, copy)
+    shutil.copy(DEFAULT_WEIGHTS.with_suffix(".record.json"), tmp_path / "hsunet.record.json")
+    load_network(copy)  # the recorded sha256 matches
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_network(copy)
