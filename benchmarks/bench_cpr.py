@@ -26,6 +26,7 @@ Run: python benchmarks/bench_cpr.py [--faces 500] [--sets plain=/tmp/pgt occlude
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -42,7 +43,7 @@ from cprfa.fitting.baselines import online_optimization, online_optimization_wit
 from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
-from cprfa.model.projection import image_vertices, landmarks_3d
+from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d
 
 SYNTHETIC_SEED = 2_000_000  # training draws seeds below 10^6 per epoch batch; validation uses 10^6
 FUSED = ("on-line optimization + landmark head", "CPR, then on-line optimization + landmark head")
@@ -114,17 +115,10 @@ def _fitters(model, aligner):
     selected = torch.unique(aligner.channels[:2].reshape(-1))
     options = FitOptions(robust="geman-mcclure")
 
-    def correspondences(points, detected):
-        chosen = detected[:, selected]
-        return points[:, selected].double(), selected.expand(len(points), -1), chosen.double()
-
     def with_enough(fit):
         def run(points, detected):
-            observed, ids, weights = correspondences(points, detected)
-            few = weights.sum(dim=1) < 3  # too few points for a fit: the initial guess
-            weights[few, :3] = 1.0
-            params = fit(model, observed, ids, weights)
-            return params.float()
+            return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
+                                   fit(model, observed[keep], ids[keep], weights[keep]))
         return run
 
     def cpr(points, detected):
@@ -132,23 +126,38 @@ def _fitters(model, aligner):
 
     def cpr_then_online(points, detected):
         initial = cpr(points, detected).double()
-        return with_enough(lambda *a: online_optimization(*a, options=options, initial=initial))(points, detected)
+        return _where_fittable(model, points, detected, selected, lambda keep, *a: online_optimization(
+            model, *(value[keep] for value in a), options=options, initial=initial[keep]), initial.float())
 
     return {"PnP": with_enough(pnp),
             "on-line optimization": with_enough(lambda *a: online_optimization(*a, options=options)),
             "CPR": cpr, "CPR, then on-line optimization": cpr_then_online}
 
 
+def _where_fittable(model, points, detected, selected, fit, fallback=None):
+    """``fit(keep, points, ids, weights)`` on the faces with at least 3 detected selected vertices spanning a
+    box; the others keep ``fallback`` (default p0: nothing to fit). Returns params (B, P) float32."""
+    observed, weights = points[:, selected].double(), detected[:, selected].double()
+    ids = selected.expand(len(points), -1)
+    seen = detected[:, selected, None]
+    extent = (torch.where(seen, observed, -math.inf).amax(dim=1) - torch.where(seen, observed, math.inf).amin(dim=1))
+    keep = (weights.sum(dim=1) >= 3) & (extent.amin(dim=1) > 0)
+    params = fallback.clone() if fallback is not None else ParamLayout.of(model).initial(len(points))
+    if keep.any():
+        params[keep] = fit(keep, observed, ids, weights).float()
+    return params
+
+
 def _fused(model, aligner, points, detected, head, initial):
     """The on-line optimization over the selected vertices plus the landmark head (as cprfa align runs it),
     from the mean face or from ``initial``."""
     selected = torch.unique(aligner.channels[:2].reshape(-1))
-    weights = detected[:, selected].double()
-    weights[weights.sum(dim=1) < 3, :3] = 1.0
-    params = online_optimization_with_landmarks(
-        model, points[:, selected].double(), selected.expand(len(points), -1), weights, head.double(), 0.5,
-        FitOptions(robust="geman-mcclure"), None if initial is None else initial.double())
-    return params.float()
+    fallback = initial.float() if initial is not None else None
+    return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
+                           online_optimization_with_landmarks(
+                               model, observed[keep], ids[keep], weights[keep], head[keep].double(), 0.5,
+                               FitOptions(robust="geman-mcclure"),
+                               None if initial is None else initial[keep].double()), fallback)
 
 
 def _speed(aligner, model) -> None:

@@ -13,6 +13,7 @@ Two fitting stages (``method``):
   else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw points follow the
   silhouette.
 - ``"cpr"``: round one of the CPR aligner (cprfa.cpr.regressor) on the selected vertices.
+- ``"cpr+online"``: the on-line optimization started from round one's result instead of the frontal mean face.
 
 Which is more accurate on which set is measured by benchmarks/bench_cpr.py (README, "The CPR aligner").
 """
@@ -47,7 +48,7 @@ from cprfa.model.render import render_pncc
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
-METHODS = ("online", "cpr")
+METHODS = ("online", "cpr", "cpr+online")
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +116,7 @@ class FaceAligner:
         has_selection = selection is not None and Path(selection).is_file()
         self.selected = VertexSelection.load(selection).vertex_ids if has_selection else None
         self.method = method
-        self.cpr = load_aligner(cpr_weights, self.model) if method == "cpr" else None
+        self.cpr = load_aligner(cpr_weights, self.model) if method.startswith("cpr") else None
         self.detector: FaceDetector | None = None  # made on first use
 
     def align(self, image, boxes=None) -> list[FaceResult | None]:
@@ -151,16 +152,17 @@ class FaceAligner:
         faces = [i for i, found in enumerate(chosen) if found is not None]
         if not faces:
             return [None] * len(boxes)
+        crop_params = None
         if self.cpr is not None:
             frame = NormalizedFrame.for_crop(self.model, self.estimator.input_size)
             points = frame.points_to_frame(torch.from_numpy(observed.positions[faces]))
             normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[faces]))
             crop_params = frame.params_from_frame(normalized).double()
-        else:
+        if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[i] for i in faces])
             head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
-                                                             LANDMARK_SHARE, self.fit_options)
+                                                             LANDMARK_SHARE, self.fit_options, crop_params)
         params = torch.stack([params_from_crop(crop_params[k], crop_boxes[i], self.estimator.input_size)
                               for k, i in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start

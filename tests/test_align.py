@@ -55,5 +55,7 @@ def test_the_cpr_method_aligns_the_bundled_example(aligner):
     size = np.sqrt(np.prod(online.landmarks_2d.max(axis=0) - online.landmarks_2d.min(axis=0)))
     assert np.linalg.norm(face.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.1 * size
     assert abs(face.yaw - online.yaw) < 15 and abs(face.roll - online.roll) < 10
+    refined = FaceAligner(method="cpr+online").align(EXAMPLE, [BOX])[0]
+    assert np.linalg.norm(refined.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.03 * size
     with pytest.raises(InvalidInputError):
         FaceAligner(method="magic")

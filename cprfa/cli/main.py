@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--mesh", choices=("obj", "ply"), help="also write each face's mesh in image space")
     align.add_argument("--dafi", action="store_true", help="also write each face's predicted DAFI (crop) as PNG")
     align.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
-    align.add_argument("--method", choices=("online", "cpr"), default="online",
-                       help="model fit: on-line optimization over the DAFI and the landmark head (default), or "
-                       "the CPR aligner's round one")
+    align.add_argument("--method", choices=("online", "cpr", "cpr+online"), default="online",
+                       help="model fit: on-line optimization over the DAFI and the landmark head (default), the "
+                       "CPR aligner's round one, or the on-line optimization started from round one's result")
     align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
     align.set_defaults(run=run_align)
 
