@@ -36,26 +36,3 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 def _fmt(shape: tuple[int | str | None, ...]) -> str:
     return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
 
-
-def check_recorded_sha256(path, record_path) -> None:
-    """Raise ModelFileError when a weights file's sha256 differs from the ``"sha256"`` in its record (a JSON
-    file); a missing record or key is not checked."""
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from cprfa.errors import ModelFileError
-
-    record_path = Path(record_path)
-    if not record_path.is_file():
-        return
-    try:
-        expected = json.loads(record_path.read_text()).get("sha256")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-        raise ModelFileError(f"{record_path} is not a readable weights record ({type(error).__name__})") from None
-    if expected is None:
-        return
-    actual = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    if actual != expected:
-        raise ModelFileError(f"{path} has sha256 {actual}, but {record_path.name} records {expected}: the file is "
-                             "corrupt or not the one recorded")

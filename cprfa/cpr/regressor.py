@@ -24,15 +24,12 @@ In eval mode no layer depends on the batch, so a face gets the same result alone
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from cprfa._checks import check_recorded_sha256
 from cprfa.cpr.kernels import (
     gather_channels,
     rotation_xy_cpr,
@@ -44,6 +41,7 @@ from cprfa.cpr.kernels import (
 from cprfa.errors import ModelFileError
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, project
+from cprfa.weights import read_weights
 
 GROUPS = ("alpha", "rotation_xy", "rotation_z", "scale")
 
@@ -210,18 +208,7 @@ def save_aligner(aligner: CPRAligner, path: str | Path) -> None:
 def load_aligner(path: str | Path | None = None, model: FaceModel | None = None) -> CPRAligner:
     """The CPR aligner from a weights file (default: the shipped one), in eval mode on the CPU."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise ModelFileError(f"CPR aligner weights not found: {path}")
-    check_recorded_sha256(path, path.with_suffix(".record.json"))
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ModelFileError(f"{path} is not a cprfa CPR weights file ({type(error).__name__})") from None
-    if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
-        raise ModelFileError(f"{path} is not a cprfa CPR weights file")
-    if content.get("version") != WEIGHTS_VERSION:
-        raise ModelFileError(f"{path} has CPR weights format version {content.get('version')}; "
-                             f"this cprfa reads version {WEIGHTS_VERSION}")
+    content = read_weights(path, WEIGHTS_FORMAT, WEIGHTS_VERSION, "CPR")
     model = model or default_face_model()
     if content.get("n_vertices") != model.n_vertices:
         raise ModelFileError(f"{path} was trained for a face model of {content.get('n_vertices')} vertices, "

@@ -7,8 +7,6 @@ Weights are a ``torch.save`` dict {format, version, config, state_dict (float16)
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +14,10 @@ import cv2
 import numpy as np
 import torch
 
-from cprfa._checks import check_recorded_sha256
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
 from cprfa.data.crop import crop_box, crop_image
 from cprfa.errors import InvalidInputError, ModelFileError
+from cprfa.weights import read_weights
 
 WEIGHTS_FORMAT = "cprfa-hsunet"
 WEIGHTS_VERSION = 1
@@ -50,18 +48,7 @@ def save_weights(network: HSUNet, config: HSUNetConfig, path: str | Path) -> Non
 def load_network(path: str | Path | None = None) -> tuple[HSUNet, HSUNetConfig]:
     """The HS-U-Net from a weights file (default: the shipped weights), in eval mode on the CPU."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise ModelFileError(f"HS-U-Net weights not found: {path}")
-    check_recorded_sha256(path, path.with_suffix(".record.json"))
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ModelFileError(f"{path} is not a cprfa HS-U-Net weights file ({type(error).__name__})") from None
-    if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
-        raise ModelFileError(f"{path} is not a cprfa HS-U-Net weights file")
-    if content.get("version") != WEIGHTS_VERSION:
-        raise ModelFileError(f"{path} has weights format version {content.get('version')}; "
-                             f"this cprfa reads version {WEIGHTS_VERSION}")
+    content = read_weights(path, WEIGHTS_FORMAT, WEIGHTS_VERSION, "HS-U-Net")
     try:
         config = HSUNetConfig.from_dict(content["config"])
         network = HSUNet(config)

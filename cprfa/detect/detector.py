@@ -30,11 +30,8 @@ must match the value in the ``.json`` of the same name beside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +49,7 @@ from cprfa.detect.blazeface import (
     weighted_nms,
 )
 from cprfa.errors import InvalidInputError, ModelFileError
+from cprfa.weights import read_weights
 
 WEIGHTS_FORMAT = "cprfa-blazeface"
 WEIGHTS_VERSION = 1
@@ -110,29 +108,8 @@ def load_detector_network(path: str | Path | None = None) -> tuple[BlazeFace, di
     ``.json`` of the same name), after checking the file's sha256 against the record and its format."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     record_path = path.with_suffix(".json")
-    if not path.is_file():
-        raise ModelFileError(f"face detector weights not found: {path}")
-    if not record_path.is_file():
-        raise ModelFileError(f"face detector weights {path} need their record {record_path.name} beside them")
-    try:
-        record = json.loads(record_path.read_text())
-        expected = record["sha256"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ModelFileError(f"{record_path} is not a face detector record ({type(error).__name__})") from None
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise ModelFileError(f"{path} has sha256 {actual}, but {record_path.name} records {expected}: the file is "
-                             "corrupt or not the one recorded")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ModelFileError(f"{path} is not a cprfa face detector weights file ({type(error).__name__})") from None
-    if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
-        raise ModelFileError(f"{path} is not a cprfa face detector weights file (format {WEIGHTS_FORMAT!r})")
-    if content.get("version") != WEIGHTS_VERSION:
-        raise ModelFileError(f"{path} has weights format version {content.get('version')}; "
-                             f"this cprfa reads version {WEIGHTS_VERSION}")
+    content = read_weights(path, WEIGHTS_FORMAT, WEIGHTS_VERSION, "face detector", record_path, record_required=True)
+    record = json.loads(record_path.read_text())  # read and checked by read_weights
     network = BlazeFace()
     try:
         network.load_state_dict({key: value.float() for key, value in content["state_dict"].items()})
