@@ -32,8 +32,8 @@ from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
-from cprfa.data.boxes import check_box
-from cprfa.data.crop import params_from_crop
+from cprfa.data.boxes import check_box, check_landmarks, landmark_box
+from cprfa.data.crop import params_from_crop, points_to_crop
 from cprfa.data.images import load_image
 from cprfa.detect.detector import FaceDetector
 from cprfa.errors import InvalidInputError
@@ -119,14 +119,22 @@ class FaceAligner:
         self.cpr = load_aligner(cpr_weights, self.model) if method.startswith("cpr") else None
         self.detector: FaceDetector | None = None  # made on first use
 
-    def align(self, image, boxes=None) -> list[FaceResult | None]:
+    def align(self, image, boxes=None, landmarks=None) -> list[FaceResult | None]:
         """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
-        detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes) when given.
+        detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes), or those of
+        ``landmarks`` (F, 68, 2) (the user's own 68 points per face, 300-W order, pixels): their tight boxes
+        are the face boxes and the points replace the HS-U-Net's landmark head in the on-line fits.
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
         there). An image where the detector finds no face gives an empty list."""
         image = _as_rgb(image)
         scores: list[float | None]
+        given = None
+        if landmarks is not None:
+            if boxes is not None:
+                raise InvalidInputError("give boxes or landmarks, not both")
+            given = [check_landmarks(face, f"landmarks of face {i}") for i, face in enumerate(landmarks)]
+            boxes = [landmark_box(face) for face in given]
         if boxes is None:
             if self.detector is None:
                 self.detector = FaceDetector()
@@ -160,7 +168,11 @@ class FaceAligner:
             crop_params = frame.params_from_frame(normalized).double()
         if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[i] for i in faces])
-            head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
+            if given is None:
+                head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
+            else:
+                head = torch.from_numpy(np.stack([points_to_crop(given[i], crop_boxes[i], self.estimator.input_size)
+                                                  for i in faces]))
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
                                                              LANDMARK_SHARE, self.fit_options, crop_params)
         params = torch.stack([params_from_crop(crop_params[k], crop_boxes[i], self.estimator.input_size)

@@ -59,3 +59,21 @@ def test_the_cpr_method_aligns_the_bundled_example(aligner):
     assert np.linalg.norm(refined.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.03 * size
     with pytest.raises(InvalidInputError):
         FaceAligner(method="magic")
+
+
+def test_the_users_own_landmarks_give_the_box_and_replace_the_landmark_head(aligner):
+    reference = aligner.align(EXAMPLE, [BOX])[0]
+    points = reference.landmarks_2d
+    face = aligner.align(EXAMPLE, landmarks=[points])[0]
+    x0, y0 = points.min(axis=0)
+    x1, y1 = points.max(axis=0)
+    assert np.allclose(face.box, (x0, y0, x1, y1))
+    size = np.sqrt((x1 - x0) * (y1 - y0))
+    assert np.linalg.norm(face.landmarks_2d - points, axis=1).mean() < 0.03 * size
+    moved = points + [0.05 * size, 0.0]  # the fit follows the given points, not only the DAFI
+    shifted = aligner.align(EXAMPLE, landmarks=[moved])[0]
+    assert (shifted.landmarks_2d - face.landmarks_2d)[:, 0].mean() > 0.01 * size
+    with pytest.raises(InvalidInputError):
+        aligner.align(EXAMPLE, landmarks=[points[:60]])
+    with pytest.raises(InvalidInputError):
+        aligner.align(EXAMPLE, [BOX], landmarks=[points])

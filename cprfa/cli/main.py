@@ -64,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "<name>_face<k>.json (pose in degrees, coefficients, landmarks in both conventions, visibility, "
         "timings), per image <name>_overlay.png, and summary.csv for the batch.")
     align.add_argument("inputs", nargs="+", type=Path, help="images or folders of images (searched recursively)")
-    align.add_argument("--boxes", type=Path, help="CSV (image,x0,y0,x1,y1) or JSON file of face boxes: skips "
+    given = align.add_mutually_exclusive_group()
+    given.add_argument("--boxes", type=Path, help="CSV (image,x0,y0,x1,y1) or JSON file of face boxes: skips "
                        "the detector")
+    given.add_argument("--landmarks", type=Path, help="JSON file {image: [[[x, y] x 68], ...]} of your own 68 "
+                       "landmarks per face: skips the detector and replaces the landmark head in the fit")
     align.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out)")
     align.add_argument("--mesh", choices=("obj", "ply"), help="also write each face's mesh in image space")
     align.add_argument("--dafi", action="store_true", help="also write each face's predicted DAFI (crop) as PNG")
@@ -248,11 +251,12 @@ def run_align(args: argparse.Namespace) -> int:
     import json
 
     from cprfa.align import FaceAligner, draw_face_result
-    from cprfa.data.boxes import boxes_for, read_boxes
+    from cprfa.data.boxes import boxes_for, read_boxes, read_landmarks
     from cprfa.data.images import load_image, save_image
     from cprfa.model.mesh_io import write_obj, write_ply
 
     boxes = read_boxes(args.boxes) if args.boxes is not None else None
+    landmarks = read_landmarks(args.landmarks) if args.landmarks is not None else None
     images = find_images(args.inputs)
     if not images:
         print("error: no images to process", file=sys.stderr)
@@ -264,10 +268,11 @@ def run_align(args: argparse.Namespace) -> int:
     for path in images:
         try:
             image_boxes = boxes_for(boxes, path) if boxes is not None else None
-            if image_boxes == []:
-                raise CprfaError(f"{path}: no face box for this image in {args.boxes}")
+            image_landmarks = boxes_for(landmarks, path) if landmarks is not None else None
+            if image_boxes == [] or image_landmarks == []:
+                raise CprfaError(f"{path}: no face for this image in {args.boxes or args.landmarks}")
             image = load_image(path)
-            results = aligner.align(image, image_boxes)
+            results = aligner.align(image, image_boxes, image_landmarks)
             if not results:
                 raise CprfaError(f"{path}: no face found")
         except CprfaError as error:
@@ -279,7 +284,7 @@ def run_align(args: argparse.Namespace) -> int:
         for k, result in enumerate(results):
             if result is None:
                 failures += 1
-                where = f"box {image_boxes[k]}" if image_boxes else f"detected face {k}"
+                where = f"box {image_boxes[k]}" if image_boxes else f"face {k}"
                 print(f"error: {path}: no face recognised in {where}", file=sys.stderr)
                 summary.append(f"{path},{k},no face,,,,,,")
                 continue

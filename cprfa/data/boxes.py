@@ -1,6 +1,7 @@
-"""Face boxes given by the user: a CSV (``image,x0,y0,x1,y1`` with a header) or a JSON file.
+"""Face boxes given by the user: a CSV (``image,x0,y0,x1,y1`` with a header) or a JSON file; or 68 landmarks per
+face (a JSON file ``{"image.jpg": [[[x, y] × 68], ...], ...}``, pixels, 300-W order and 2D convention).
 
-JSON may be ``{"image.jpg": [[x0, y0, x1, y1], ...], ...}`` or a list of ``{"image": ..., "box": [...]}``.
+Boxes JSON may be ``{"image.jpg": [[x0, y0, x1, y1], ...], ...}`` or a list of ``{"image": ..., "box": [...]}``.
 Images are matched by file name (``photo.jpg``) or by the path as given; a name may have several boxes.
 Boxes are in pixels, (x0, y0) the top-left and (x1, y1) the bottom-right corner.
 """
@@ -11,6 +12,8 @@ import csv
 import json
 import math
 from pathlib import Path
+
+import numpy as np
 
 from cprfa.errors import InvalidInputError
 
@@ -35,8 +38,8 @@ def read_boxes(path: str | Path) -> dict[str, list[Box]]:
     return boxes
 
 
-def boxes_for(boxes: dict[str, list[Box]], image_path: str | Path) -> list[Box]:
-    """The boxes of one image, looked up by its path as given, then by its file name."""
+def boxes_for(boxes: dict[str, list], image_path: str | Path) -> list:
+    """The boxes (or landmarks) of one image, looked up by its path as given, then by its file name."""
     return boxes.get(str(image_path), boxes.get(Path(image_path).name, []))
 
 
@@ -74,3 +77,37 @@ def _parse_json(path: Path, text: str):
         return [(e["image"], e["box"]) for e in data]
     raise InvalidInputError(f"boxes file {path}: expected {{image: [[x0, y0, x1, y1], ...]}} or "
                             "[{\"image\": ..., \"box\": [...]}, ...]")
+
+
+def read_landmarks(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Read a landmarks file into ``{image name: [(68, 2) float64 array, ...]}``; a malformed file raises
+    InvalidInputError naming the entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"landmarks file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInputError(f"landmarks file {path} is not readable JSON: {error}") from None
+    if not isinstance(data, dict) or not data or not all(isinstance(v, list) for v in data.values()):
+        raise InvalidInputError(f"landmarks file {path}: expected {{image: [[[x, y] × 68], ...], ...}}")
+    return {str(image): [check_landmarks(face, f"{path}, {image}, face {k}") for k, face in enumerate(faces)]
+            for image, faces in data.items()}
+
+
+def check_landmarks(values, where: str) -> np.ndarray:
+    """68 finite (x, y) points spanning a box, else InvalidInputError naming ``where``. Shape: -> (68, 2)."""
+    try:
+        points = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{where}: landmarks must be 68 pairs of numbers") from None
+    if points.shape != (68, 2) or not np.isfinite(points).all():
+        raise InvalidInputError(f"{where}: landmarks must be 68 finite (x, y) pairs, got shape {points.shape}")
+    if (np.ptp(points, axis=0) <= 0).any():
+        raise InvalidInputError(f"{where}: the 68 landmarks do not span a box")
+    return points
+
+
+def landmark_box(points: np.ndarray) -> Box:
+    """The tight box (x0, y0, x1, y1) of (68, 2) landmarks."""
+    return (*(float(v) for v in points.min(axis=0)), *(float(v) for v in points.max(axis=0)))

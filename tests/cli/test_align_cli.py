@@ -42,3 +42,20 @@ def test_align_without_boxes_detects_the_faces(tmp_path, capsys):
     assert 0.5 < result["score"] <= 1.0 and abs((x0 + x1) / 2 - 220) < 15 and abs((y0 + y1) / 2 - 130) < 20
     assert main(["align", str(grey), "-o", str(out)]) == 1  # no face: reported, exit code 1
     assert "grey.png: no face found" in capsys.readouterr().err
+
+
+def test_align_with_the_users_landmarks(tmp_path, capsys):
+    shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "astronaut.jpg")
+    out = tmp_path / "out"
+    assert main(["align", str(tmp_path / "astronaut.jpg"), "--boxes", str(EXAMPLES / "astronaut.boxes.csv"),
+                 "-o", str(out)]) == 0
+    points = json.loads((out / "astronaut_face0.json").read_text())["landmarks_2d"]
+    landmarks = tmp_path / "landmarks.json"
+    landmarks.write_text(json.dumps({"astronaut.jpg": [points]}))
+    again = tmp_path / "again"
+    assert main(["align", str(tmp_path / "astronaut.jpg"), "--landmarks", str(landmarks), "-o", str(again)]) == 0
+    result = json.loads((again / "astronaut_face0.json").read_text())
+    assert np.abs(np.array(result["landmarks_2d"]) - np.array(points)).mean() < 3.0
+    landmarks.write_text(json.dumps({"astronaut.jpg": [points[:10]]}))
+    assert main(["align", str(tmp_path / "astronaut.jpg"), "--landmarks", str(landmarks), "-o", str(again)]) == 1
+    assert "68 finite" in capsys.readouterr().err
