@@ -197,7 +197,8 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "cpr.pt"
 
 def save_aligner(aligner: CPRAligner, path: str | Path) -> None:
     """Weights (float16), config and the vertex selection's channels in one file, written atomically."""
-    state = {key: value.half() for key, value in aligner.regressors.state_dict().items()}
+    state = {key: value.half() if value.is_floating_point() else value
+             for key, value in aligner.regressors.state_dict().items()}
     path = Path(path)
     torch.save({"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": aligner.config.to_dict(),
                 "channels": aligner.channels.cpu(), "n_vertices": aligner.n_vertices, "state_dict": state},
@@ -215,7 +216,8 @@ def load_aligner(path: str | Path | None = None, model: FaceModel | None = None)
                              f"not {model.n_vertices}")
     try:
         aligner = CPRAligner(model, content["channels"], CPRConfig.from_dict(content["config"]))
-        aligner.regressors.load_state_dict({key: value.float() for key, value in content["state_dict"].items()})
+        aligner.regressors.load_state_dict({key: value.float() if value.is_floating_point() else value
+                                            for key, value in content["state_dict"].items()})
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: weights do not match the CPR aligner ({error})") from None
     return aligner.eval()
