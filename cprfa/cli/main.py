@@ -18,6 +18,7 @@ from cprfa.errors import CprfaError
 from cprfa.train.settings import CPRTrainSettings, TrainSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model fit: on-line optimization over the DAFI and the landmark head (default), the "
                        "CPR aligner's round one, or the on-line optimization started from round one's result")
     align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
+    align.add_argument("--smoothing", type=float, default=0.5,
+                       help="videos: temporal smoothing of pose and landmarks in [0, 1), 0 = off (default 0.5)")
     align.set_defaults(run=run_align)
 
     build = commands.add_parser(
@@ -180,12 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def find_images(inputs: list[Path]) -> list[Path]:
-    """Files as given, and image files found recursively inside folders, in sorted order."""
+def find_images(inputs: list[Path], suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """Files as given, and files with one of ``suffixes`` (images by default) found recursively inside folders,
+    in sorted order."""
     images: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
             if not found:
                 print(f"warning: no images in folder {path}", file=sys.stderr)
             images.extend(found)
@@ -257,15 +261,27 @@ def run_align(args: argparse.Namespace) -> int:
 
     boxes = read_boxes(args.boxes) if args.boxes is not None else None
     landmarks = read_landmarks(args.landmarks) if args.landmarks is not None else None
-    images = find_images(args.inputs)
+    images = find_images(args.inputs, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if not images:
         print("error: no images to process", file=sys.stderr)
         return 1
+    if not 0 <= args.smoothing < 1:
+        raise CprfaError(f"--smoothing must lie in [0, 1), got {args.smoothing}")
     aligner = FaceAligner(weights=args.weights, method=args.method, cpr_weights=args.cpr_weights)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
     failures = 0
     for path in images:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            try:
+                count = align_video_file(aligner, path, args.out, args.smoothing)
+                summary.append(f"{path},,video: {count} frames,,,,,,")
+                print(f"{path}: {count} frames -> {args.out / (path.stem + '_annotated.mp4')}")
+            except CprfaError as error:
+                failures += 1
+                print(f"error: {error}", file=sys.stderr)
+                summary.append(f"{path},,error,,,,,,")
+            continue
         try:
             image_boxes = boxes_for(boxes, path) if boxes is not None else None
             image_landmarks = boxes_for(landmarks, path) if landmarks is not None else None
@@ -303,6 +319,39 @@ def run_align(args: argparse.Namespace) -> int:
         print(f"{path}: {sum(r is not None for r in results)} of {len(results)} face(s) aligned")
     (args.out / "summary.csv").write_text("\n".join(summary) + "\n")
     return 1 if failures else 0
+
+
+def align_video_file(aligner, path: Path, out: Path, smoothing: float) -> int:
+    """Align every frame of a video: writes OUT/<name>_annotated.mp4 and OUT/<name>_frames.csv (one row per
+    face and frame: pose and the 68 landmarks, 2D convention); returns the number of frames."""
+    import cv2
+
+    from cprfa.align import draw_face_result
+    from cprfa.video import align_video, video_fps
+
+    header = ["frame", "seconds", "face", "score", "pitch", "yaw", "roll", "scale", "tx", "ty"]
+    header += [f"{axis}{k}" for k in range(68) for axis in ("x", "y")]
+    rows, writer, count = [",".join(header)], None, 0
+    try:
+        for frame in align_video(aligner, path, smoothing):
+            overlay = frame.image
+            for k, face in enumerate(frame.faces):
+                overlay = draw_face_result(overlay, face, aligner.model)
+                values = [frame.index, f"{frame.seconds:.3f}", k, "" if face.score is None else f"{face.score:.3f}",
+                          *(f"{v:.2f}" for v in (face.pitch, face.yaw, face.roll)), f"{face.scale:.4f}",
+                          *(f"{v:.2f}" for v in face.translation), *(f"{v:.2f}" for v in face.landmarks_2d.ravel())]
+                rows.append(",".join(str(v) for v in values))
+            if writer is None:
+                height, width = overlay.shape[:2]
+                writer = cv2.VideoWriter(str(out / f"{path.stem}_annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                                         video_fps(path), (width, height))
+            writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            count += 1
+    finally:
+        if writer is not None:
+            writer.release()
+    (out / f"{path.stem}_frames.csv").write_text("\n".join(rows) + "\n")
+    return count
 
 
 def depth_to_gray(depth: np.ndarray) -> np.ndarray:

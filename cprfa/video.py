@@ -1,0 +1,114 @@
+"""Align the faces of a video frame by frame, with temporal smoothing (``align_video``).
+
+Each frame goes through ``FaceAligner.align`` (the detector finds the faces). Faces are followed from frame to
+frame by their box: a face takes the previous frame's face whose box overlaps it most (IoU ≥ ``MIN_IOU``,
+each previous face used once). With ``smoothing`` s in [0, 1), a followed face's 2D and 3D landmarks, mesh and
+pitch / yaw / roll become ``s · previous smoothed + (1 − s) · current`` — an exponential moving average that
+removes frame-to-frame jitter at the cost of a lag of about s / (1 − s) frames; 0 turns it off. A face seen
+for the first time, or after a frame without it, starts afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from cprfa.align import FaceAligner, FaceResult
+from cprfa.detect.blazeface import box_iou
+from cprfa.errors import ImageReadError, InvalidInputError
+from cprfa.model.projection import euler_to_rotation
+
+MIN_IOU = 0.3
+DEFAULT_SMOOTHING = 0.5
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VideoFrame:
+    """One frame: its index, time in seconds, the RGB image (H, W, 3) uint8, and its faces (smoothed)."""
+
+    index: int
+    seconds: float
+    image: np.ndarray
+    faces: list[FaceResult]
+
+
+def read_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, seconds, RGB frame) of every frame of a video file; ImageReadError when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such video file")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ImageReadError(f"{path}: not a readable video")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield index, index / fps if fps > 0 else 0.0, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+        if index == 0:
+            raise ImageReadError(f"{path}: the video has no readable frame")
+    finally:
+        capture.release()
+
+
+def video_fps(path: str | Path, default: float = 25.0) -> float:
+    """The frame rate a video file declares, or ``default``."""
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    capture.release()
+    return fps if fps and fps > 0 else default
+
+
+def align_video(aligner: FaceAligner, path: str | Path,
+                smoothing: float = DEFAULT_SMOOTHING) -> Iterator[VideoFrame]:
+    """Every frame of the video with its aligned faces (module docstring)."""
+    if not 0.0 <= smoothing < 1.0:
+        raise InvalidInputError(f"smoothing must lie in [0, 1), got {smoothing}")
+    previous: list[FaceResult] = []
+    for index, seconds, image in read_frames(path):
+        faces = [face for face in aligner.align(image) if face is not None]
+        faces = [_smoothed(face, match, smoothing) if match is not None else face
+                 for face, match in zip(faces, _matches(faces, previous), strict=True)]
+        previous = faces
+        yield VideoFrame(index, seconds, image, faces)
+
+
+def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[FaceResult | None]:
+    """For each face, the previous frame's face with the largest box overlap (IoU ≥ MIN_IOU), each used once."""
+    if not faces or not previous:
+        return [None] * len(faces)
+    overlaps = box_iou(torch.tensor([face.box for face in faces]), torch.tensor([old.box for old in previous]))
+    pairs = sorted(((float(overlaps[i, j]), i, j) for i in range(len(faces)) for j in range(len(previous))),
+                   reverse=True)
+    matched: list[FaceResult | None] = [None] * len(faces)
+    used = set()
+    for overlap, i, j in pairs:
+        if overlap < MIN_IOU:
+            break
+        if matched[i] is None and j not in used:
+            matched[i] = previous[j]
+            used.add(j)
+    return matched
+
+
+def _smoothed(face: FaceResult, previous: FaceResult, smoothing: float) -> FaceResult:
+    def blend(old, new):
+        return smoothing * np.asarray(old) + (1.0 - smoothing) * np.asarray(new)
+
+    pitch, yaw, roll = (float(blend(getattr(previous, name), getattr(face, name))) for name in ("pitch", "yaw", "roll"))
+    return dataclasses.replace(
+        face, landmarks_2d=blend(previous.landmarks_2d, face.landmarks_2d),
+        landmarks_3d=blend(previous.landmarks_3d, face.landmarks_3d),
+        vertices=blend(previous.vertices, face.vertices),
+        pitch=pitch, yaw=yaw, roll=roll,
+        rotation=euler_to_rotation(np.radians(np.array([[pitch, yaw, roll]])))[0])
+

@@ -1,0 +1,58 @@
+"""Videos: a short clip generated from the bundled example runs through alignment and the CLI."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cprfa.align import FaceAligner
+from cprfa.cli.main import main
+from cprfa.data.images import load_image
+from cprfa.errors import ImageReadError, InvalidInputError
+from cprfa.video import align_video
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
+
+
+def write_clip(path: Path, frames: int = 4) -> None:
+    """The example photo drifting right by 3 pixels a frame."""
+    image = cv2.cvtColor(load_image(EXAMPLE), cv2.COLOR_RGB2BGR)
+    height, width = image.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
+    for k in range(frames):
+        shift = np.float32([[1, 0, 3 * k], [0, 1, 0]])
+        writer.write(cv2.warpAffine(image, shift, (width, height), borderMode=cv2.BORDER_REPLICATE))
+    writer.release()
+
+
+def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
+    clip = tmp_path / "clip.avi"
+    write_clip(clip)
+    aligner = FaceAligner()
+    raw = list(align_video(aligner, clip, smoothing=0.0))
+    smooth = list(align_video(aligner, clip, smoothing=0.5))
+    assert [frame.index for frame in raw] == [0, 1, 2, 3] and all(len(frame.faces) >= 1 for frame in raw)
+    centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in raw]
+    assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # the faces follow the drift
+    lagged = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in smooth]
+    assert lagged[0] == pytest.approx(centres[0]) and lagged[3] < centres[3] - 1.0  # smoothing lags a moving face
+    with pytest.raises(InvalidInputError):
+        next(align_video(aligner, clip, smoothing=1.0))
+    (tmp_path / "fake.mp4").write_text("not a video")
+    with pytest.raises(ImageReadError):
+        next(align_video(aligner, tmp_path / "fake.mp4"))
+
+
+def test_the_cli_writes_an_annotated_video_and_a_frame_table(tmp_path, capsys):
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, frames=2)
+    out = tmp_path / "out"
+    assert main(["align", str(clip), "-o", str(out)]) == 0
+    rows = (out / "clip_frames.csv").read_text().splitlines()
+    assert rows[0].startswith("frame,seconds,face,score,pitch") and len(rows) == 3
+    assert len(rows[1].split(",")) == 10 + 136
+    capture = cv2.VideoCapture(str(out / "clip_annotated.mp4"))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    capture.release()
+    assert main(["align", str(clip), "-o", str(out), "--smoothing", "1.5"]) == 1
