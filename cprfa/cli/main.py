@@ -400,13 +400,10 @@ def run_data_build(args: argparse.Namespace) -> int:
 
 
 def run_train_dafi(args: argparse.Namespace) -> int:
-    import torch
 
     from cprfa.train.dafi import train_dafi
 
-    for name in ("epochs", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            raise CprfaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    _check_training_options(args, ("epochs", "batch_size", "threads"))
     if not 0 < args.lr < 1 or args.workers < 0 or args.limit < 0:
         raise CprfaError("--lr must lie in (0, 1); --workers and --limit must not be negative")
     if args.input_size < 32 or args.input_size % 16:
@@ -415,8 +412,6 @@ def run_train_dafi(args: argparse.Namespace) -> int:
         data=str(args.data), out=str(args.out), validation=str(args.validation), splits=tuple(args.splits),
         input_size=args.input_size, widths=tuple(args.widths), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, workers=args.workers, seed=args.seed, threads=args.threads, limit=args.limit)
-    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise CprfaError(f"--device {args.device} is not available here (use cpu)")
     record = train_dafi(settings, device=args.device)
     final = record["final"]
     print(f"wrote {args.out / 'hsunet.pt'} and record.json: validation landmark NME "
@@ -424,27 +419,35 @@ def run_train_dafi(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train_cpr(args: argparse.Namespace) -> int:
+def _check_training_options(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
+    """The options of the training commands that every one checks: counts of at least 1, an existing device."""
     import torch
+
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise CprfaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise CprfaError(f"--device {args.device} is not available here (use cpu)")
+
+
+def run_train_cpr(args: argparse.Namespace) -> int:
 
     from cprfa.train.cpr import train_cpr
 
-    for name in ("epochs", "batch_size", "threads", "hidden", "samples_per_epoch", "validation_faces"):
-        if getattr(args, name) < 1:
-            raise CprfaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    _check_training_options(args, ("epochs", "batch_size", "threads", "hidden", "samples_per_epoch",
+                                   "validation_faces"))
     if not 0 < args.lr < 1 or args.workers < 0 or not 0 <= args.real_share < 1:
         raise CprfaError("--lr must lie in (0, 1), --real-share in [0, 1); --workers must not be negative")
     if args.samples_per_epoch < args.batch_size:
         raise CprfaError("--samples-per-epoch must be at least --batch-size")
     if args.real is not None and not (args.real / "manifest.json").is_file():
         raise CprfaError(f"--real {args.real} is not a `cprfa data build` output (no manifest.json)")
-    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise CprfaError(f"--device {args.device} is not available here (use cpu)")
     settings = CPRTrainSettings(
         out=str(args.out), real=str(args.real or ""), splits=tuple(args.splits), real_share=args.real_share,
         dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
         hidden=args.hidden, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-        validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr, workers=args.workers, seed=args.seed, threads=args.threads)
+        validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
+        seed=args.seed, threads=args.threads)
     record = train_cpr(settings, device=args.device)
     final = record["final"]
     print(f"wrote {args.out / 'cpr.pt'} and record.json: synthetic 68-point NME "
