@@ -1,26 +1,35 @@
-"""The CPR aligner (round one) against the training-free baselines, on the same observed points.
+"""The ablation of the paper (§3.4, Fig. 5a): every method on the same observed points and the same landmarks.
 
-Every method gets exactly the same input: the observed positions of the C selected vertices (cprfa.cpr.
-selection) that are detected. "PnP" fits the mean shape's pose to them; "on-line optimization" fits pose,
-identity and expression (Levenberg–Marquardt, Gaussian priors, Geman–McClure robust loss, as cprfa align
-uses it); "CPR(C)" is round one of the CPR aligner (cprfa.cpr.regressor, shipped weights); "CPR, then
-on-line optimization" starts the on-line optimization from CPR's result instead of the frontal mean face.
+Inputs per face: the observed positions of the C selected vertices (cprfa.cpr.selection) that are detected,
+all retrieved vertices (for round two's error pool), and 68 sparse landmarks in the 2D convention. Rows:
+
+- PnP-68: the mean shape's pose from the 68 sparse landmarks, jaw points on the silhouette (the paper's
+  PnP-FAN3D-68, with the HS-U-Net's landmark head as the landmark detector);
+- PnP + DAFI(C): the mean shape's pose from the detected selected vertices;
+- on-line optimization: pose, identity and expression fitted to the detected selected vertices
+  (Levenberg–Marquardt, Gaussian priors, Geman–McClure robust loss);
+- CPR(C): round one of the CPR aligner with its sparse branch off;
+- CPR-H: round one fused with the landmarks (§2.5);
+- CPR-H + CAPU (CPRFA): both rounds, round two with consistency-aware updating (§2.4);
+- and what ``cprfa align`` can run: the on-line optimization over the vertices and the landmarks (``online``),
+  and that optimization started from CPRFA's result (``cpr+online``).
+
+All CPR rows come from the one shipped network (cprfa/cpr/assets/cpr.pt), switched between round one and
+both rounds, with or without the sparse source; the paper trains its rows separately.
 
 Sets:
 - synthetic, with known parameters (cprfa.data.point_sets; fixed seeds, never seen in training): the
   training distribution, and the occluded test distribution (30 % of the landmark box occluded, 5 % outliers,
-  30 % drop-out, 1 % noise). 68-point NME (3D convention), dense NME over all face vertices, mean absolute
-  pitch / yaw / roll error in degrees.
-- helen_test and its occluded and large-pose sets (built as in bench_dafi.py) through the shipped HS-U-Net
-  and vertex retrieval: 68-point NME in each set's own convention (2D silhouette jaw for plain and occluded,
-  3D for large-pose), by |yaw| bucket as DESIGN.md.
+  30 % drop-out, 1 % noise); the landmarks are the true 2D-convention ones with 3 % noise. 68-point NME (3D
+  convention), dense NME over all face vertices, mean absolute pitch / yaw / roll error in degrees.
+- helen_test and its occluded and large-pose sets (built as in bench_dafi.py) through the shipped HS-U-Net,
+  vertex retrieval and landmark head: 68-point NME in each set's own convention (2D silhouette jaw for plain
+  and occluded, 3D for large-pose), by |yaw| bucket as DESIGN.md, and CED curves (``--figures``).
 
-On the real sets two more rows add the HS-U-Net's 68 landmarks (2D convention, half the weight) to the
-on-line optimization, as ``cprfa align`` runs it: started from the mean face, and started from CPR's result.
+Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads.
 
-Speed: round one on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads.
-
-Run: python benchmarks/bench_cpr.py [--faces 500] [--sets plain=/tmp/pgt occluded=/tmp/occ large-pose=/tmp/lp]
+Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs]
+     [--sets plain=/tmp/pgt occluded=/tmp/occ large-pose=/tmp/lp]
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,18 +45,20 @@ from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
 
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
+from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.dafi.evaluate import observe
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.data.point_sets import OCCLUDED_TEST, PointSetSettings, synthetic_point_sets
 from cprfa.eval.metrics import FAILURE_NME, YAW_BUCKETS, nme, yaw_bucket
 from cprfa.fitting.baselines import online_optimization, online_optimization_with_landmarks, pnp
-from cprfa.fitting.optimize import FitOptions
-from cprfa.model.contour import landmarks_2d
+from cprfa.fitting.optimize import FitOptions, fit_points
+from cprfa.model.contour import landmarks_2d, silhouette_landmark_ids
 from cprfa.model.face_model import default_face_model
 from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d
 
 SYNTHETIC_SEED = 2_000_000  # training draws seeds below 10^6 per epoch batch; validation uses 10^6
-FUSED = ("on-line optimization + landmark head", "CPR, then on-line optimization + landmark head")
+SYNTHETIC_LANDMARKS = LandmarkSettings(absent=0.0, noise=(0.03, 0.03), missing=(0.0, 0.0))
+ROBUST = FitOptions(robust="geman-mcclure")
 
 
 def main() -> None:
@@ -55,22 +67,25 @@ def main() -> None:
     parser.add_argument("--cpr-weights", help="CPR aligner weights (default: the shipped ones)")
     parser.add_argument("--faces", type=int, default=500, help="faces per synthetic set")
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each real set")
+    parser.add_argument("--figures", type=Path, help="folder for the CED curves (ablation_ced_<set>.png)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
     aligner = load_aligner(args.cpr_weights, model)
-    fitters = _fitters(model, aligner)
-    label = f"CPR({2 * aligner.channels.shape[1]})"
-    print(f"## Speed of round one (C = {2 * aligner.channels.shape[1]}, {args.threads} torch threads)\n")
+    methods = _methods(model, aligner)
+    count = 2 * aligner.channels.shape[1]
+    print(f"## Speed (C = {count}, {args.threads} torch threads)\n")
     _speed(aligner, model)
     for offset, (name, settings) in enumerate((("synthetic", PointSetSettings()),
                                                ("synthetic, 30 % occluded + 5 % outliers", OCCLUDED_TEST))):
         sets = synthetic_point_sets(model, args.faces, SYNTHETIC_SEED + offset, settings)
         truth = sets.params
+        landmarks, _ = synthetic_landmarks(landmarks_2d(model, truth)[..., :2].float(), sets.face_size,
+                                           torch.Generator().manual_seed(SYNTHETIC_SEED + offset), SYNTHETIC_LANDMARKS)
         rows = {}
-        for method, fit in fitters.items():
+        for method, fit in methods.items():
             start = time.perf_counter()
-            params = fit(sets.points, sets.detected)
+            params = fit(sets.points, sets.detected, landmarks)
             seconds = time.perf_counter() - start
             dense = (image_vertices(model, params, model.face_area) - image_vertices(model, truth, model.face_area))
             rows[method] = {
@@ -80,58 +95,73 @@ def main() -> None:
                 "ms": 1000 * seconds / len(truth)}
         print(f"### {name}: {len(truth)} faces (seed {SYNTHETIC_SEED + offset}), "
               f"{sets.detected[:, aligner.channels[:2].reshape(-1)].float().mean() * 100:.0f} % of the selected "
-              "vertices detected\n")
-        bucket = yaw_bucket(np.degrees(truth[:, 1].numpy()))
-        _table(rows, bucket, label, extra=True)
-    for name, faces in evaluation_sets(args, DafiEstimator.from_file(args.weights).input_size, args.limit):
-        estimator = DafiEstimator.from_file(args.weights)
-        frame = NormalizedFrame.for_crop(model, estimator.input_size)
+              "vertices detected, landmarks with 3 % noise\n")
+        _table(rows, yaw_bucket(np.degrees(truth[:, 1].numpy())), count, extra=True)
+    estimator = DafiEstimator.from_file(args.weights)
+    frame = NormalizedFrame.for_crop(model, estimator.input_size)
+    for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
         convention = landmarks_3d if name == LARGE_POSE else landmarks_2d
-        rows = {method: {"nme": [], "ms": 0.0} for method in (*fitters, *FUSED)}
+        rows = {method: {"nme": [], "ms": 0.0} for method in methods}
         for batch in observe(estimator, faces, model):
             points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
             detected = torch.from_numpy(batch.observed.detected)
             head = frame.points_to_frame(torch.from_numpy(batch.prediction.landmarks))
             targets = faces.landmarks[batch.start:batch.stop]
-            for method in rows:
+            for method, fit in methods.items():
                 start = time.perf_counter()
-                if method in fitters:
-                    params = fitters[method](points, detected)
-                else:
-                    initial = fitters["CPR"](points, detected) if method == FUSED[1] else None
-                    params = _fused(model, aligner, points, detected, head, initial)
+                params = frame.params_from_frame(fit(points, detected, head))
                 rows[method]["ms"] += 1000 * (time.perf_counter() - start) / len(faces)
-                params = frame.params_from_frame(params)
                 rows[method]["nme"].append(nme(convention(model, params)[..., :2].numpy(), targets))
         for row in rows.values():
             row["nme"] = np.concatenate(row["nme"])
         print(f"### {name}: {len(faces)} faces of {args.split} through the HS-U-Net, landmarks in the "
               f"{'3D' if name == LARGE_POSE else '2D'} convention\n")
-        _table(rows, yaw_bucket(np.degrees(faces.params[:, 1])), label, extra=False)
+        _table(rows, yaw_bucket(np.degrees(faces.params[:, 1])), count, extra=False)
+        if args.figures:
+            _ced(rows, name, args.figures / f"ablation_ced_{name}.png", len(faces))
 
 
-def _fitters(model, aligner):
-    """method -> fit(points (B, N, 2) normalized frame, detected (B, N)) -> params (B, P), same inputs."""
+def _methods(model, aligner):
+    """row -> fit(points (B, N, 2) normalized frame, detected (B, N), landmarks (B, 68, 2)) -> params (B, P)."""
     selected = torch.unique(aligner.channels[:2].reshape(-1))
-    options = FitOptions(robust="geman-mcclure")
 
-    def with_enough(fit):
-        def run(points, detected):
+    def on_vertices(fit):
+        def run(points, detected, landmarks):
             return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                    fit(model, observed[keep], ids[keep], weights[keep]))
         return run
 
-    def cpr(points, detected):
-        return align_point_sets(aligner, points, detected)
+    def pnp_68(points, detected, landmarks):
+        options = FitOptions(pose_iterations=20, iterations=0, fit_identity=False, fit_expression=False)
+        return fit_points(model, landmarks.double(), lambda params: silhouette_landmark_ids(model, params), None,
+                          options).float()
 
-    def cpr_then_online(points, detected):
-        initial = cpr(points, detected).double()
-        return _where_fittable(model, points, detected, selected, lambda keep, *a: online_optimization(
-            model, *(value[keep] for value in a), options=options, initial=initial[keep]), initial.float())
+    def cpr(rounds, fused):
+        def run(points, detected, landmarks):
+            return align_point_sets(aligner, points, detected, landmarks if fused else None, rounds=rounds)
+        return run
 
-    return {"PnP": with_enough(pnp),
-            "on-line optimization": with_enough(lambda *a: online_optimization(*a, options=options)),
-            "CPR": cpr, "CPR, then on-line optimization": cpr_then_online}
+    def online_with_landmarks(initial_from=None):
+        def run(points, detected, landmarks):
+            initial = initial_from(points, detected, landmarks).double() if initial_from else None
+            return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
+                                   online_optimization_with_landmarks(
+                                       model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
+                                       0.5, ROBUST, None if initial is None else initial[keep]),
+                                   None if initial is None else initial.float())
+        return run
+
+    full = cpr(aligner.config.rounds, fused=True)
+    rows = {"PnP-68": pnp_68, "PnP + DAFI": on_vertices(pnp),
+            "on-line optimization": on_vertices(lambda *a: online_optimization(*a, options=ROBUST)),
+            "CPR": cpr(1, fused=False)}
+    if aligner.config.fusion:
+        rows["CPR-H"] = cpr(1, fused=True)
+    if aligner.config.rounds > 1:
+        rows["CPR-H + CAPU (CPRFA)" if aligner.config.fusion else "CPR + CAPU"] = full
+    rows["on-line optimization + landmarks (align --method online)"] = online_with_landmarks()
+    rows["CPRFA, then on-line + landmarks (align --method cpr+online)"] = online_with_landmarks(full)
+    return rows
 
 
 def _where_fittable(model, points, detected, selected, fit, fallback=None):
@@ -148,49 +178,69 @@ def _where_fittable(model, points, detected, selected, fit, fallback=None):
     return params
 
 
-def _fused(model, aligner, points, detected, head, initial):
-    """The on-line optimization over the selected vertices plus the landmark head (as cprfa align runs it),
-    from the mean face or from ``initial``."""
-    selected = torch.unique(aligner.channels[:2].reshape(-1))
-    fallback = initial.float() if initial is not None else None
-    return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
-                           online_optimization_with_landmarks(
-                               model, observed[keep], ids[keep], weights[keep], head[keep].double(), 0.5,
-                               FitOptions(robust="geman-mcclure"),
-                               None if initial is None else initial[keep].double()), fallback)
-
-
 def _speed(aligner, model) -> None:
     sets = synthetic_point_sets(model, 32, SYNTHETIC_SEED + 7)
-    for count in (1, 32):
-        points, detected = sets.points[:count], sets.detected[:count]
-        align_point_sets(aligner, points, detected)
-        timings = []
-        for _ in range(5 if count > 1 else 20):
-            start = time.perf_counter()
-            align_point_sets(aligner, points, detected)
-            timings.append(time.perf_counter() - start)
-        print(f"- batch of {count}: {1000 * np.median(timings) / count:.1f} ms per face (median of {len(timings)})")
+    landmarks = landmarks_2d(model, sets.params)[..., :2].float()
+    configurations = {"round one": (1, None)}
+    if aligner.config.rounds > 1 or aligner.config.fusion:
+        configurations["all rounds, with landmarks"] = (aligner.config.rounds, landmarks)
+    for label, (rounds, sparse) in configurations.items():
+        for count in (1, 32):
+            points, detected = sets.points[:count], sets.detected[:count]
+            source = None if sparse is None else sparse[:count]
+            align_point_sets(aligner, points, detected, source, rounds=rounds)
+            timings = []
+            for _ in range(5 if count > 1 else 20):
+                start = time.perf_counter()
+                align_point_sets(aligner, points, detected, source, rounds=rounds)
+                timings.append(time.perf_counter() - start)
+            print(f"- {label}, batch of {count}: {1000 * np.median(timings) / count:.1f} ms per face "
+                  f"(median of {len(timings)})")
     print()
 
 
-def _table(rows: dict, bucket: np.ndarray, label: str, extra: bool) -> None:
+def _table(rows: dict, bucket: np.ndarray, count: int, extra: bool) -> None:
     counts = [int((bucket == b).sum()) for b in range(len(YAW_BUCKETS))]
     header = "| method | " + " | ".join(f"[{lo:.0f}°, {hi:.0f}°] (n={n})" for (lo, hi), n in
-                                     zip(YAW_BUCKETS, counts, strict=True)) + " | balanced | mean | failure %"
+                                     zip(YAW_BUCKETS, counts, strict=True)) + " | balanced | std | mean | failure %"
     header += " | dense NME | pitch / yaw / roll error (°)" if extra else ""
     print(header + " | ms / face |")
     print("|---" * (header.count("|")) + "|")
     for method, row in rows.items():
         values = row["nme"]
         cells = [values[bucket == b].mean() if counts[b] else np.nan for b in range(len(YAW_BUCKETS))]
-        line = (f"| {label if method == 'CPR' else method} | "
-                + " | ".join("–" if np.isnan(c) else f"{c:.2f}" for c in cells)
-                + f" | {np.nanmean(cells):.2f} | {values.mean():.2f} | {100 * (values > FAILURE_NME).mean():.1f}")
+        label = method.replace("PnP + DAFI", f"PnP + DAFI({count})").replace("CPR", f"CPR({count})", 1) \
+            if method in ("PnP + DAFI", "CPR") else method
+        line = (f"| {label} | " + " | ".join("–" if np.isnan(c) else f"{c:.2f}" for c in cells)
+                + f" | {np.nanmean(cells):.2f} | {np.nanstd(cells):.2f} | {values.mean():.2f}"
+                + f" | {100 * (values > FAILURE_NME).mean():.1f}")
         if extra:
             line += f" | {row['dense'].mean():.2f} | " + " / ".join(f"{a:.1f}" for a in row["angles"])
         print(line + f" | {row['ms']:.1f} |")
     print()
+
+
+def _ced(rows: dict, name: str, path: Path, n_faces: int) -> None:
+    """Cumulative error distribution of the 68-point NME, one curve per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    thresholds = np.linspace(0, 15, 301)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for method, row in rows.items():
+        axes.plot(thresholds, [100 * (row["nme"] <= t).mean() for t in thresholds],
+                  label=f"{method} ({row['nme'].mean():.2f})")
+    axes.set(xlabel="68-point NME (%)", ylabel="faces (%)", xlim=(0, 15), ylim=(0, 100),
+             title=f"helen_test {name}: {n_faces} faces")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    print(f"(CED curves: {path})\n")
 
 
 if __name__ == "__main__":

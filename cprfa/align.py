@@ -12,8 +12,14 @@ Two fitting stages (``method``):
   of the shipped CPR vertex selection when enough of them are found (they are the best detected and placed),
   else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw points follow the
   silhouette.
-- ``"cpr"``: round one of the CPR aligner (cprfa.cpr.regressor) on the selected vertices.
-- ``"cpr+online"``: the on-line optimization started from round one's result instead of the frontal mean face.
+- ``"cpr"``: the CPR aligner (cprfa.cpr.regressor) with what its weights have: the shipped ones run both
+  rounds (round two with consistency-aware updating) fused with the landmarks (the head's, or the caller's).
+- ``"cpr+online"``: the on-line optimization started from the CPR aligner's result instead of the frontal
+  mean face.
+
+The 68 sparse landmarks (the on-line fits' landmark term, the CPR aligner's CPR-C2 source) are the
+HS-U-Net landmark head's, or the caller's (``align(landmarks=...)``), or those of any other detector passed as
+``FaceAligner(landmark_source=...)`` (``LandmarkSource``); the head fills the points a source does not give.
 
 Which is more accurate on which set is measured by benchmarks/bench_cpr.py (README, "The CPR aligner").
 """
@@ -21,6 +27,7 @@ Which is more accurate on which set is measured by benchmarks/bench_cpr.py (READ
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +56,9 @@ MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retriev
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
 METHODS = ("online", "cpr", "cpr+online")
+# Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
+# pixels in the 300-W order and 2D convention, NaN for a point it does not give.
+LandmarkSource = Callable[[np.ndarray, list], np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,13 +109,24 @@ class FaceResult:
         return result
 
 
+@dataclass(frozen=True, eq=False)
+class _ImageFaces:
+    """One image's faces before alignment: boxes, detector scores (None for given boxes) and the sparse
+    landmarks given for them ((68, 2) pixels per face, NaN where missing; None: the landmark head's)."""
+
+    image: np.ndarray
+    boxes: list
+    scores: list
+    landmarks: list[np.ndarray] | None
+
+
 class FaceAligner:
     """Align faces in photos: ``FaceAligner().align(image, boxes)``."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
                  selection: str | Path | None = DEFAULT_SELECTION, method: str = "online",
-                 cpr_weights: str | Path | None = None):
+                 cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None):
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}, got '{method}'")
         self.model = model or default_face_model()
@@ -117,18 +138,36 @@ class FaceAligner:
         self.selected = VertexSelection.load(selection).vertex_ids if has_selection else None
         self.method = method
         self.cpr = load_aligner(cpr_weights, self.model) if method.startswith("cpr") else None
+        self.landmark_source = landmark_source
         self.detector: FaceDetector | None = None  # made on first use
 
     def align(self, image, boxes=None, landmarks=None) -> list[FaceResult | None]:
         """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
         detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes), or those of
         ``landmarks`` (F, 68, 2) (the user's own 68 points per face, 300-W order, pixels): their tight boxes
-        are the face boxes and the points replace the HS-U-Net's landmark head in the on-line fits.
+        are the face boxes and the points replace the HS-U-Net's landmark head (in the on-line fits and as the
+        CPR aligner's sparse source).
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
         there). An image where the detector finds no face gives an empty list."""
+        return self._align_faces([self._faces_of(image, boxes, landmarks)])[0]
+
+    def align_batch(self, images, boxes=None, landmarks=None) -> list[list[FaceResult | None]]:
+        """``align`` for several images at once: the faces of all of them go through the networks and the fits
+        together, which is faster per face. ``boxes`` and ``landmarks``, when given, hold one entry per image
+        (None for an image: detect its faces). Returns one list per image, as ``align`` does (up to a
+        fraction of a pixel: the on-line fit runs batched)."""
+        images = list(images)
+        for name, values in (("boxes", boxes), ("landmarks", landmarks)):
+            if values is not None and len(values) != len(images):
+                raise InvalidInputError(f"{name} must hold one entry per image: {len(values)} for {len(images)}")
+        return self._align_faces([self._faces_of(image, None if boxes is None else boxes[k],
+                                                 None if landmarks is None else landmarks[k])
+                                  for k, image in enumerate(images)])
+
+    def _faces_of(self, image, boxes, landmarks) -> _ImageFaces:
+        """An image's face boxes (given, from the given landmarks, or detected), scores and sparse landmarks."""
         image = _as_rgb(image)
-        scores: list[float | None]
         given = None
         if landmarks is not None:
             if boxes is not None:
@@ -143,11 +182,21 @@ class FaceAligner:
         else:
             boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
             scores = [None] * len(boxes)
-        if not boxes:
-            return []
+        if given is None and self.landmark_source is not None and boxes:
+            given = _source_landmarks(self.landmark_source, image, boxes)
+        return _ImageFaces(image, boxes, scores, given)
+
+    def _align_faces(self, images: list[_ImageFaces]) -> list[list[FaceResult | None]]:
+        """The pipeline on every face of the images at once (module docstring)."""
+        owners = [(k, i) for k, faces in enumerate(images) for i in range(len(faces.boxes))]
+        results: list[list[FaceResult | None]] = [[None] * len(faces.boxes) for faces in images]
+        if not owners:
+            return results
+        size = self.estimator.input_size
         timings = {}
         start = time.perf_counter()
-        crops, crop_boxes = zip(*(self.estimator.crop(image, box) for box in boxes), strict=True)
+        crops, crop_boxes = zip(*(self.estimator.crop(images[k].image, images[k].boxes[i]) for k, i in owners),
+                                strict=True)
         timings["crop"] = time.perf_counter() - start
         start = time.perf_counter()
         prediction = self.estimator.predict(np.stack(crops))
@@ -157,51 +206,53 @@ class FaceAligner:
         timings["retrieval"] = time.perf_counter() - start
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)
-        faces = [i for i, found in enumerate(chosen) if found is not None]
+        faces = [j for j, found in enumerate(chosen) if found is not None]
         if not faces:
-            return [None] * len(boxes)
+            return results
+        head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
+        head_given = torch.ones(head.shape[:2], dtype=torch.bool)
+        for row, j in enumerate(faces):  # the caller's or the landmark source's points; the head fills gaps
+            k, i = owners[j]
+            if images[k].landmarks is not None:
+                source = torch.from_numpy(points_to_crop(images[k].landmarks[i], crop_boxes[j], size))
+                head_given[row] = torch.isfinite(source).all(dim=-1)
+                head[row] = torch.where(head_given[row, :, None], source, head[row])
         crop_params = None
         if self.cpr is not None:
-            frame = NormalizedFrame.for_crop(self.model, self.estimator.input_size)
+            frame = NormalizedFrame.for_crop(self.model, size)
             points = frame.points_to_frame(torch.from_numpy(observed.positions[faces]))
-            normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[faces]))
+            normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[faces]),
+                                          frame.points_to_frame(head).float(), head_given)
             crop_params = frame.params_from_frame(normalized).double()
         if self.method != "cpr":
-            points, ids, weights = _padded(observed, faces, [chosen[i] for i in faces])
-            if given is None:
-                head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
-            else:
-                head = torch.from_numpy(np.stack([points_to_crop(given[i], crop_boxes[i], self.estimator.input_size)
-                                                  for i in faces]))
+            points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
                                                              LANDMARK_SHARE, self.fit_options, crop_params)
-        params = torch.stack([params_from_crop(crop_params[k], crop_boxes[i], self.estimator.input_size)
-                              for k, i in enumerate(faces)])
+        params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()
         vertices = image_vertices(self.model, params)
-        size = self.estimator.input_size
         visible = render_pncc(self.model, image_vertices(self.model, crop_params).float(), size, size).visible
         points_2d = landmarks_2d(self.model, params)[..., :2]
         points_3d = landmarks_3d(self.model, params)
         rotation = euler_to_rotation(params[:, :3])
         timings["outputs"] = time.perf_counter() - start
-        per_face = {key: round(1000 * value / len(boxes), 2) for key, value in timings.items()}
+        per_face = {key: round(1000 * value / len(owners), 2) for key, value in timings.items()}
         layout = ParamLayout.of(self.model)
-        results: list[FaceResult | None] = [None] * len(boxes)
-        for k, i in enumerate(faces):
-            p = params[k].numpy()
-            results[i] = FaceResult(
-                box=boxes[i], score=scores[i],
+        for row, j in enumerate(faces):
+            k, i = owners[j]
+            p = params[row].numpy()
+            results[k][i] = FaceResult(
+                box=images[k].boxes[i], score=images[k].scores[i],
                 pitch=float(np.degrees(p[0])), yaw=float(np.degrees(p[1])), roll=float(np.degrees(p[2])),
-                scale=float(p[3]), translation=p[4:6].copy(), rotation=rotation[k].numpy(), params=p,
+                scale=float(p[3]), translation=p[4:6].copy(), rotation=rotation[row].numpy(), params=p,
                 identity=p[layout.identity].copy(),
                 expression={name: float(w) for name, w in zip(self.model.expression_names, p[layout.expression],
                                                               strict=True)},
-                landmarks_2d=points_2d[k].numpy(), landmarks_3d=points_3d[k].numpy(),
-                landmark_visible=visible[k].numpy()[np.asarray(self.model.landmarks68)],
-                vertices=vertices[k].numpy(), dafi=prediction.dafi[i], dafi_mask=prediction.mask[i],
-                crop_box=tuple(float(v) for v in crop_boxes[i]), observed_vertices=int(observed.detected[i].sum()),
+                landmarks_2d=points_2d[row].numpy(), landmarks_3d=points_3d[row].numpy(),
+                landmark_visible=visible[row].numpy()[np.asarray(self.model.landmarks68)],
+                vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
+                crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
                 timings=per_face)
         return results
 
@@ -222,6 +273,17 @@ class FaceAligner:
                 found = np.sort(rng.choice(found, self.max_points, replace=False))
             chosen.append(found)
         return chosen
+
+
+def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) -> list[np.ndarray]:
+    """A landmark source's points for the faces in ``boxes``, checked: (68, 2) per face, NaN where missing."""
+    try:
+        points = np.asarray(source(image, boxes), dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"the landmark source did not return 68 points per face ({error})") from None
+    if points.shape != (len(boxes), 68, 2):
+        raise InvalidInputError(f"the landmark source must return ({len(boxes)}, 68, 2) points, got {points.shape}")
+    return list(points)
 
 
 def _padded(observed, faces: list[int], chosen: list[np.ndarray]):

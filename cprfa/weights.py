@@ -18,10 +18,10 @@ import torch
 from cprfa.errors import ModelFileError
 
 
-def read_weights(path: str | Path, file_format: str, version: int, what: str, record: str | Path | None = None,
+def read_weights(path: str | Path, file_format: str, version: int | tuple[int, ...], what: str, record: str | Path | None = None,
                  record_required: bool = False) -> dict:
     """The content of a weights file after checking that it exists, that it matches the sha256 of its record,
-    that torch reads it safely, and its format and version. ``what`` names the network in messages."""
+    that torch reads it safely, and its format and version (one, or a tuple of those the reader accepts). ``what`` names the network in messages."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{what} weights not found: {path}")
@@ -35,9 +35,10 @@ def read_weights(path: str | Path, file_format: str, version: int, what: str, re
         raise ModelFileError(f"{path} is not a cprfa {what} weights file ({type(error).__name__})") from None
     if not isinstance(content, dict) or content.get("format") != file_format:
         raise ModelFileError(f"{path} is not a cprfa {what} weights file (format {file_format!r})")
-    if content.get("version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if content.get("version") not in versions:
         raise ModelFileError(f"{path} has {what} weights format version {content.get('version')}; "
-                             f"this cprfa reads version {version}")
+                             f"this cprfa reads version {' or '.join(map(str, versions))}")
     return content
 
 

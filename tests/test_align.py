@@ -77,3 +77,46 @@ def test_the_users_own_landmarks_give_the_box_and_replace_the_landmark_head(alig
         aligner.align(EXAMPLE, landmarks=[points[:60]])
     with pytest.raises(InvalidInputError):
         aligner.align(EXAMPLE, [BOX], landmarks=[points])
+
+
+def test_another_landmark_source_plugs_in_and_the_head_fills_its_gaps(aligner):
+    reference = aligner.align(EXAMPLE, [BOX])[0]
+    size = np.sqrt(np.prod(reference.landmarks_2d.max(axis=0) - reference.landmarks_2d.min(axis=0)))
+    moved = reference.landmarks_2d + [0.05 * size, 0.0]
+    calls = []
+
+    def detector(image, boxes):
+        calls.append(len(boxes))
+        return moved[None]
+
+    for method in ("online", "cpr"):
+        if method == "cpr" and not DEFAULT_CPR_WEIGHTS.is_file():
+            continue
+        plain = FaceAligner(method=method).align(EXAMPLE, [BOX])[0]
+        following = FaceAligner(method=method, landmark_source=detector)
+        shifted = following.align(EXAMPLE, [BOX])[0]
+        if following.cpr is None or following.cpr.config.fusion:  # (CPR weights without fusion have no branch)
+            assert (shifted.landmarks_2d - plain.landmarks_2d)[:, 0].mean() > 0.01 * size
+        nothing = FaceAligner(method=method, landmark_source=lambda image, boxes: np.full((1, 68, 2), np.nan))
+        assert np.allclose(nothing.align(EXAMPLE, [BOX])[0].params, plain.params, atol=1e-6)
+    assert calls and calls[0] == 1
+    wrong = FaceAligner(landmark_source=lambda image, boxes: np.zeros((1, 5, 2)))
+    with pytest.raises(InvalidInputError, match="landmark source"):
+        wrong.align(EXAMPLE, [BOX])
+
+
+def test_a_batch_of_images_gives_what_each_image_gives_alone(aligner):
+    image = load_image(EXAMPLE)
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    width = image.shape[1]
+    flipped_box = (width - BOX[2], BOX[1], width - BOX[0], BOX[3])
+    batch = aligner.align_batch([image, flipped, np.full((64, 64, 3), 128, np.uint8)],
+                                [[BOX], [flipped_box], []])
+    assert [len(faces) for faces in batch] == [1, 1, 0]
+    for faces, alone in zip(batch[:2], (aligner.align(image, [BOX]), aligner.align(flipped, [flipped_box])),
+                            strict=True):
+        distance = np.linalg.norm(faces[0].landmarks_2d - alone[0].landmarks_2d, axis=1)
+        assert distance.mean() < 0.1 and distance.max() < 0.5  # pixels: the fit runs batched
+    assert batch[1][0].yaw * batch[0][0].yaw <= 0 or abs(batch[0][0].yaw) < 5  # the mirror turns the other way
+    with pytest.raises(InvalidInputError, match="one entry per image"):
+        aligner.align_batch([image, image], [[BOX]])

@@ -75,9 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--dafi", action="store_true", help="also write each face's predicted DAFI (crop) as PNG")
     align.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     align.add_argument("--method", choices=("online", "cpr", "cpr+online"), default="online",
-                       help="model fit: on-line optimization over the DAFI and the landmark head (default), the "
-                       "CPR aligner's round one, or the on-line optimization started from round one's result")
+                       help="model fit: on-line optimization over the DAFI and the landmarks (default), the CPR "
+                       "aligner (both rounds, fused with the landmarks), or the on-line optimization started "
+                       "from the CPR aligner's result")
     align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
+    align.add_argument("--device", default="cpu", help="cpu or cuda: where the HS-U-Net runs (default cpu)")
+    align.add_argument("--batch-size", type=int, default=8,
+                       help="images aligned together: their faces share the network passes and fits (default 8)")
+    align.add_argument("--workers", type=int, default=2,
+                       help="threads that read and decode the next images meanwhile; 0 = none (default 2)")
     align.add_argument("--smoothing", type=float, default=0.5,
                        help="videos: temporal smoothing of pose and landmarks in [0, 1), 0 = off (default 0.5)")
     align.set_defaults(run=run_align)
@@ -154,10 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     select.set_defaults(run=run_select_vertices)
 
     cpr = train.add_parser(
-        "cpr", help="train the CPR aligner's regressors (round one) on synthetic and real point sets",
-        description="Train the CNN + recurrent regressors of round one on synthetic point sets drawn afresh "
-        "every batch (faces up to 90 deg of yaw, occluders, drop-out, noise, outliers), optionally mixed with "
-        "the HS-U-Net's point sets on a `cprfa data build` folder (--real). Resumable: rerun the same command. "
+        "cpr", help="train the CPR aligner (both rounds, fusion with sparse landmarks) on synthetic and real "
+        "point sets",
+        description="Train the CNN + recurrent regressors, the consistency-aware weights of round two and the "
+        "sparse-landmark branch on synthetic point sets drawn afresh every batch (faces up to 90 deg of yaw, "
+        "occluders, drop-out, noise, outliers, noisy or missing landmarks), optionally mixed with the "
+        "HS-U-Net's point sets and landmarks on a `cprfa data build` folder (--real). Resumable: rerun the "
+        "same command. "
         "The end writes OUT/cpr.pt and OUT/record.json (copy both into cprfa/cpr/assets/ to ship).")
     cpr_defaults = SimpleNamespace(**{field.name: field.default for field in fields(CPRTrainSettings)})
     cpr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, weights)")
@@ -169,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     cpr.add_argument("--selection", type=Path, help="vertex selection .npz (default: the shipped one)")
     cpr.add_argument("--widths", type=int, nargs=5, default=list(cpr_defaults.widths))
     cpr.add_argument("--hidden", type=int, default=cpr_defaults.hidden)
+    cpr.add_argument("--rounds", type=int, choices=(1, 2), default=cpr_defaults.rounds,
+                     help="1: round one alone; 2: with consistency-aware updating (default %(default)s)")
+    cpr.add_argument("--no-fusion", action="store_true", help="without the sparse-landmark branch (CPR-C2)")
+    cpr.add_argument("--kappa", type=float, default=cpr_defaults.kappa,
+                     help="share of detected DAFI vertices in round two's error pool (default %(default)s)")
+    cpr.add_argument("--init", type=Path, help="aligner weights to start from, e.g. a round-one run's cpr.pt")
     cpr.add_argument("--epochs", type=int, default=cpr_defaults.epochs)
     cpr.add_argument("--samples-per-epoch", type=int, default=cpr_defaults.samples_per_epoch)
     cpr.add_argument("--batch-size", type=int, default=cpr_defaults.batch_size)
@@ -252,12 +267,13 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    import json
+    import itertools
 
-    from cprfa.align import FaceAligner, draw_face_result
+    from tqdm import tqdm
+
+    from cprfa.align import FaceAligner
     from cprfa.data.boxes import boxes_for, read_boxes, read_landmarks
-    from cprfa.data.images import load_image, save_image
-    from cprfa.model.mesh_io import write_obj, write_ply
+    from cprfa.data.images import load_image
 
     boxes = read_boxes(args.boxes) if args.boxes is not None else None
     landmarks = read_landmarks(args.landmarks) if args.landmarks is not None else None
@@ -267,58 +283,125 @@ def run_align(args: argparse.Namespace) -> int:
         return 1
     if not 0 <= args.smoothing < 1:
         raise CprfaError(f"--smoothing must lie in [0, 1), got {args.smoothing}")
-    aligner = FaceAligner(weights=args.weights, method=args.method, cpr_weights=args.cpr_weights)
+    if args.batch_size < 1 or args.workers < 0:
+        raise CprfaError("--batch-size must be at least 1 and --workers not negative")
+    _check_device(args.device)
+    aligner = FaceAligner(weights=args.weights, device=args.device, method=args.method, cpr_weights=args.cpr_weights)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
     failures = 0
-    for path in images:
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            try:
-                count = align_video_file(aligner, path, args.out, args.smoothing)
-                summary.append(f"{path},,video: {count} frames,,,,,,")
-                print(f"{path}: {count} frames -> {args.out / (path.stem + '_annotated.mp4')}")
-            except CprfaError as error:
-                failures += 1
-                print(f"error: {error}", file=sys.stderr)
-                summary.append(f"{path},,error,,,,,,")
-            continue
+
+    def report(path: Path, error: CprfaError) -> None:
+        nonlocal failures
+        failures += 1
+        print(f"error: {error}", file=sys.stderr)
+        summary.append(f"{path},,error,,,,,,")
+
+    def read(path: Path):
+        """(path, image, boxes, landmarks) or (path, the error)."""
         try:
             image_boxes = boxes_for(boxes, path) if boxes is not None else None
             image_landmarks = boxes_for(landmarks, path) if landmarks is not None else None
             if image_boxes == [] or image_landmarks == []:
                 raise CprfaError(f"{path}: no face for this image in {args.boxes or args.landmarks}")
-            image = load_image(path)
-            results = aligner.align(image, image_boxes, image_landmarks)
-            if not results:
-                raise CprfaError(f"{path}: no face found")
+            return path, load_image(path), image_boxes, image_landmarks
         except CprfaError as error:
-            failures += 1
-            print(f"error: {error}", file=sys.stderr)
-            summary.append(f"{path},,error,,,,,,")
-            continue
-        overlay = image
-        for k, result in enumerate(results):
-            if result is None:
-                failures += 1
-                where = f"box {image_boxes[k]}" if image_boxes else f"face {k}"
-                print(f"error: {path}: no face recognised in {where}", file=sys.stderr)
-                summary.append(f"{path},{k},no face,,,,,,")
-                continue
-            stem = args.out / f"{path.stem}_face{k}"
-            (stem.parent / f"{stem.name}.json").write_text(json.dumps(result.to_dict(), indent=1))
-            if args.mesh:
-                writer = write_obj if args.mesh == "obj" else write_ply
-                writer(f"{stem}.{args.mesh}", result.vertices, aligner.model.triangles)
-            if args.dafi:
-                save_image(f"{stem}_dafi.png", (result.dafi * result.dafi_mask[..., None] * 255).round().astype(np.uint8))
-            overlay = draw_face_result(overlay, result, aligner.model)
-            score = "" if result.score is None else f"{result.score:.3f}"
-            summary.append(f"{path},{k},ok,{score},{result.pitch:.2f},{result.yaw:.2f},{result.roll:.2f},{result.scale:.4f},"
-                           f"{result.observed_vertices}")
-        save_image(args.out / f"{path.stem}_overlay.png", overlay)
-        print(f"{path}: {sum(r is not None for r in results)} of {len(results)} face(s) aligned")
+            return path, error
+
+    for path in (p for p in images if p.suffix.lower() in VIDEO_SUFFIXES):
+        try:
+            count = align_video_file(aligner, path, args.out, args.smoothing)
+            summary.append(f"{path},,video: {count} frames,,,,,,")
+            print(f"{path}: {count} frames -> {args.out / (path.stem + '_annotated.mp4')}")
+        except CprfaError as error:
+            report(path, error)
+    stills = [p for p in images if p.suffix.lower() not in VIDEO_SUFFIXES]
+    loaded = prefetched(read, stills, args.workers, ahead=2 * args.batch_size)
+    with tqdm(total=len(stills), desc="align", unit="image", disable=len(stills) < 2, file=sys.stderr) as bar:
+        while batch := list(itertools.islice(loaded, args.batch_size)):
+            ready = [item for item in batch if len(item) == 4]
+            for path, error in (item for item in batch if len(item) == 2):
+                report(path, error)
+            for item, outcome in zip(ready, _align_batch(aligner, ready), strict=True):
+                if isinstance(outcome, CprfaError):
+                    report(item[0], outcome)
+                elif not outcome:
+                    report(item[0], CprfaError(f"{item[0]}: no face found"))
+                else:
+                    failures += _write_faces(aligner, args, *item[:3], outcome, summary)
+            bar.update(len(batch))
     (args.out / "summary.csv").write_text("\n".join(summary) + "\n")
     return 1 if failures else 0
+
+
+def prefetched(function, items: list, workers: int, ahead: int):
+    """``map(function, items)`` with ``workers`` threads running at most ``ahead`` items in advance (bounded
+    memory however many items there are); in order."""
+    if workers < 1:
+        yield from map(function, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _align_batch(aligner, ready: list) -> list:
+    """Per loaded image its results, or the error that refused it: the batch at once, and image by image when
+    one of them is refused (so that one bad image never stops the others)."""
+    try:
+        return aligner.align_batch([item[1] for item in ready], [item[2] for item in ready],
+                                   [item[3] for item in ready])
+    except CprfaError:
+        outcomes = []
+        for _, image, image_boxes, image_landmarks in ready:
+            try:
+                outcomes.append(aligner.align(image, image_boxes, image_landmarks))
+            except CprfaError as error:
+                outcomes.append(error)
+        return outcomes
+
+
+def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarray, image_boxes, results: list,
+                 summary: list[str]) -> int:
+    """The per-face files and summary rows of one image; returns how many of its boxes held no face."""
+    import json
+
+    from tqdm import tqdm
+
+    from cprfa.align import draw_face_result
+    from cprfa.data.images import save_image
+    from cprfa.model.mesh_io import write_obj, write_ply
+
+    missing, overlay = 0, image
+    for k, result in enumerate(results):
+        if result is None:
+            missing += 1
+            where = f"box {image_boxes[k]}" if image_boxes else f"face {k}"
+            print(f"error: {path}: no face recognised in {where}", file=sys.stderr)
+            summary.append(f"{path},{k},no face,,,,,,")
+            continue
+        stem = args.out / f"{path.stem}_face{k}"
+        (stem.parent / f"{stem.name}.json").write_text(json.dumps(result.to_dict(), indent=1))
+        if args.mesh:
+            writer = write_obj if args.mesh == "obj" else write_ply
+            writer(f"{stem}.{args.mesh}", result.vertices, aligner.model.triangles)
+        if args.dafi:
+            save_image(f"{stem}_dafi.png", (result.dafi * result.dafi_mask[..., None] * 255).round().astype(np.uint8))
+        overlay = draw_face_result(overlay, result, aligner.model)
+        score = "" if result.score is None else f"{result.score:.3f}"
+        summary.append(f"{path},{k},ok,{score},{result.pitch:.2f},{result.yaw:.2f},{result.roll:.2f},{result.scale:.4f},"
+                       f"{result.observed_vertices}")
+    save_image(args.out / f"{path.stem}_overlay.png", overlay)
+    tqdm.write(f"{path}: {sum(r is not None for r in results)} of {len(results)} face(s) aligned", file=sys.stdout)
+    return missing
 
 
 def align_video_file(aligner, path: Path, out: Path, smoothing: float) -> int:
@@ -421,13 +504,17 @@ def run_train_dafi(args: argparse.Namespace) -> int:
 
 def _check_training_options(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
     """The options of the training commands that every one checks: counts of at least 1, an existing device."""
-    import torch
-
     for name in positive:
         if getattr(args, name) < 1:
             raise CprfaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise CprfaError(f"--device {args.device} is not available here (use cpu)")
+    _check_device(args.device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise CprfaError(f"--device {device} is not available here (use cpu)")
 
 
 def run_train_cpr(args: argparse.Namespace) -> int:
@@ -440,12 +527,17 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         raise CprfaError("--lr must lie in (0, 1), --real-share in [0, 1); --workers must not be negative")
     if args.samples_per_epoch < args.batch_size:
         raise CprfaError("--samples-per-epoch must be at least --batch-size")
+    if not 0 < args.kappa <= 1:
+        raise CprfaError(f"--kappa must lie in (0, 1], got {args.kappa}")
+    if args.init is not None and not args.init.is_file():
+        raise CprfaError(f"--init {args.init} not found")
     if args.real is not None and not (args.real / "manifest.json").is_file():
         raise CprfaError(f"--real {args.real} is not a `cprfa data build` output (no manifest.json)")
     settings = CPRTrainSettings(
         out=str(args.out), real=str(args.real or ""), splits=tuple(args.splits), real_share=args.real_share,
         dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
-        hidden=args.hidden, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
+        hidden=args.hidden, rounds=args.rounds, fusion=not args.no_fusion, kappa=args.kappa,
+        init=str(args.init or ""), epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
         validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
         seed=args.seed, threads=args.threads)
     record = train_cpr(settings, device=args.device)

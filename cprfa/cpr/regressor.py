@@ -1,8 +1,9 @@
-"""The CPR aligner's regressors (paper §2.3, Eq. 4; Fig. 4b) and round one of parameter updating.
+"""The CPR aligner (paper §2.3–2.5; Eq. 4, 5, 8; Fig. 4b, 4c): regressors, both rounds of parameter updating
+and the fusion with sparse landmarks.
 
 Per parameter group a ``CPRRegressor``: a CNN reads the group's CPR difference (3 channels of C/2 × C/2),
-its sixth layer (a fully connected layer: the crossing point of the fusion of Fig. 4c) feeds a GRU cell whose
-hidden state persists across the Q stages of a round, and a linear layer gives the group's update Δ.
+its sixth layer (a fully connected layer) feeds a GRU cell whose hidden state persists across the stages,
+and a linear layer gives the group's update Δ.
 
 A stage updates, in the order of the weak-perspective projection (DESIGN.md), each step rebuilding Y^G from
 the current parameters:
@@ -10,13 +11,22 @@ the current parameters:
 | group | network input | update |
 | --- | --- | --- |
 | α (identity and expression) | Λrxy^G − Λrxy^O | α += Δ (expression weights clamped to [0, 1]) |
-| [rx, ry] | Λrxy^G − Λrxy^O | += Δ (radians) |
-| rz | ``rotation_z_input`` (cprfa.cpr.kernels: the tabled Λrz cannot see in-plane turns) | += Δ |
-| s | Λs^G / Λs^O | s ← s · exp(Δ) |
+| [rx, ry] | Λrxy^G − Λrxy^O | += β·Δ (radians) |
+| rz | ``rotation_z_input`` (cprfa.cpr.kernels: the tabled Λrz cannot see in-plane turns) | += β·Δ |
+| s | Λs^G / Λs^O | s ← s · exp(β·Δ) |
 | [tx, ty] | closed form | += mean of Λt's entries over observed pairs (paper §3.2) |
 
 The scale step is multiplicative, a choice the paper leaves open: it is Eq. 4's additive step to first order
-around s = 1 and makes the network's task independent of the face's size. Round one has β = 1.
+around s = 1 and makes the network's task independent of the face's size.
+
+Rounds: round one runs Q stages with β = 1; round two runs Q more stages of the pose groups (α stays), the
+same regressors going on with their GRU states (each stage has its own batch-norm statistics), and β from
+consistency-aware updating (cprfa.cpr.consistency), one β network per pose group and branch.
+
+Fusion (``CPRConfig.fusion``): every group has a second regressor on the 68 sparse landmarks (CPR-C2,
+cprfa.cpr.sparse); the two CNNs exchange features at their sixth layer (``Crossing``), each branch predicts
+its own Δ (and in round two its own β), and the update is β_C1·Δ_C1 + β_C2·Δ_C2 (Eq. 8). A face without a
+sparse source gets nothing from that branch.
 
 Everything happens in the normalized frame (cprfa.cpr.frame), starting from p0 = [0, 0, 0, 1, 0, 0], α0 = 0.
 In eval mode no layer depends on the batch, so a face gets the same result alone or in a batch.
@@ -24,12 +34,13 @@ In eval mode no layer depends on the batch, so a face gets the same result alone
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from cprfa.cpr.consistency import ConsistencyWeight, error_pool, path_multipliers, pool_order, residual_error
 from cprfa.cpr.kernels import (
     gather_channels,
     rotation_xy_cpr,
@@ -38,28 +49,46 @@ from cprfa.cpr.kernels import (
     scale_ratio,
     translation_step,
 )
-from cprfa.errors import ModelFileError
+from cprfa.cpr.sparse import N_LANDMARKS, landmark_channels
+from cprfa.errors import InvalidInputError, ModelFileError
+from cprfa.model.contour import silhouette_landmark_ids
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.model.projection import ParamLayout, project
+from cprfa.model.projection import ParamLayout, image_vertices, model_shape, project
 from cprfa.weights import read_weights
 
 GROUPS = ("alpha", "rotation_xy", "rotation_z", "scale")
+POSE_GROUPS = GROUPS[1:]  # round two leaves α alone (paper §2.3)
 
 
 @dataclass(frozen=True)
 class CPRConfig:
-    """Network sizes: conv widths of the CNN, the width of its sixth (fully connected) layer and of the GRU."""
+    """Network sizes and the method's settings.
+
+    widths: conv widths of the DAFI branch's CNN; hidden: width of the sixth (fully connected) layer and of
+    the GRU; stages: Q per round; rounds: 1 (β = 1) or 2 (round two with consistency-aware updating);
+    fusion: a CPR-C2 branch on 68 sparse landmarks (cprfa.cpr.sparse) with CNN widths ``sparse_widths``;
+    path_samples: M of CAPU's path; kappa: the share of detected DAFI vertices in CAPU's error pool."""
 
     widths: tuple[int, ...] = (8, 16, 32, 64, 128)
     hidden: int = 256
     stages: int = 3
+    rounds: int = 1
+    fusion: bool = False
+    sparse_widths: tuple[int, ...] = (16, 32, 64)
+    path_samples: int = 5
+    kappa: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> CPRConfig:
-        return cls(tuple(values["widths"]), int(values["hidden"]), int(values["stages"]))
+        defaults = cls()
+        return cls(tuple(values["widths"]), int(values["hidden"]), int(values["stages"]),
+                   int(values.get("rounds", defaults.rounds)), bool(values.get("fusion", defaults.fusion)),
+                   tuple(values.get("sparse_widths", defaults.sparse_widths)),
+                   int(values.get("path_samples", defaults.path_samples)),
+                   float(values.get("kappa", defaults.kappa)))
 
 
 class CPRRegressor(nn.Module):
@@ -72,20 +101,19 @@ class CPRRegressor(nn.Module):
     normalization (group norm) erases the magnitudes that carry scale, roll and shape. In eval mode the
     normalization is a fixed affine map, so a face gets the same result alone or in a batch."""
 
-    def __init__(self, outputs: int, config: CPRConfig = CPRConfig()):
+    def __init__(self, outputs: int, widths: tuple[int, ...], hidden: int, stages: int):
         super().__init__()
         convolutions, channels = [], 3
-        for index, width in enumerate(config.widths):
+        for index, width in enumerate(widths):
             kernel, stride, padding = (4, 4, 0) if index == 0 else (3, 2, 1)
             convolutions.append(nn.Conv2d(channels, width, kernel, stride, padding, bias=False))
             channels = width
         self.convolutions = nn.ModuleList(convolutions)
-        self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(width) for width in config.widths)
-                                   for _ in range(config.stages))
+        self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(width) for width in widths) for _ in range(stages))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        self.sixth = nn.Sequential(nn.Linear(16 * channels, config.hidden), nn.ReLU(inplace=True))
-        self.cell = nn.GRUCell(config.hidden, config.hidden)
-        self.out = nn.Linear(config.hidden, outputs)
+        self.sixth = nn.Sequential(nn.Linear(16 * channels, hidden), nn.ReLU(inplace=True))
+        self.cell = nn.GRUCell(hidden, hidden)
+        self.out = nn.Linear(hidden, outputs)
         nn.init.zeros_(self.out.bias)
 
     def features(self, cpr: torch.Tensor, stage: int) -> torch.Tensor:
@@ -95,30 +123,111 @@ class CPRRegressor(nn.Module):
             x = torch.relu(norm(convolution(x)))
         return self.sixth(self.pool(x))
 
-    def forward(self, cpr: torch.Tensor, state: torch.Tensor | None, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Δ and the next hidden state at ``stage`` (0-based). Shape: cpr (B, 3, n, n), state (B, hidden) or
-        None -> (B, outputs), (B, hidden)."""
-        state = self.cell(self.features(cpr, stage), state)
+    def recur(self, features: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Δ and the next hidden state. Shape: features (B, hidden), state (B, hidden) or None -> (B, outputs),
+        (B, hidden)."""
+        state = self.cell(features, state)
         return self.out(state), state
+
+
+class Crossing(nn.Module):
+    """Fig. 4c: the sixth layers of CPR-C1 (DAFI) and CPR-C2 (sparse landmarks) exchange features; each
+    branch adds a learned linear map of the other's. The maps start at zero (the branches start independent)
+    and the sparse side has no bias, so a face without a sparse source (its features zeroed) gets nothing
+    from it."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.from_sparse = nn.Linear(hidden, hidden, bias=False)
+        self.from_dense = nn.Linear(hidden, hidden)
+        for layer in (self.from_sparse, self.from_dense):
+            nn.init.zeros_(layer.weight)
+        nn.init.zeros_(self.from_dense.bias)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor, present: torch.Tensor):
+        """Shape: dense, sparse (B, hidden), present (B,) -> (B, hidden) twice."""
+        sparse = sparse * present[:, None]
+        return dense + self.from_sparse(sparse), (sparse + self.from_dense(dense)) * present[:, None]
+
+
+@dataclass(frozen=True, eq=False)
+class AlignerInput:
+    """What the aligner reads, in the normalized frame (make it with ``aligner_input``).
+
+    observed (B, K, n, 2), detected (B, K, n): the selected DAFI vertices in channel order;
+    pool_ids (B, E), pool_points (B, E, 2), pool_weight (B, E): CAPU's error pool (cprfa.cpr.consistency);
+    landmarks (B, 3, 68, 2), landmark_given (B, 3, 68): the sparse source in its channels (all False for a face
+    without one)."""
+
+    observed: torch.Tensor
+    detected: torch.Tensor
+    pool_ids: torch.Tensor
+    pool_points: torch.Tensor
+    pool_weight: torch.Tensor
+    landmarks: torch.Tensor
+    landmark_given: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.observed)
+
+    def __getitem__(self, index) -> AlignerInput:
+        return AlignerInput(*(value[index] for value in _fields_of(self)))
+
+    def to(self, device) -> AlignerInput:
+        return AlignerInput(*(value.to(device) for value in _fields_of(self)))
+
+    @property
+    def present(self) -> torch.Tensor:
+        """(B,) whether a face has a sparse source."""
+        return self.landmark_given.flatten(1).any(dim=1)
+
+
+def _fields_of(value) -> tuple:
+    return tuple(getattr(value, item.name) for item in fields(value))
+
+
+def aligner_input(points: torch.Tensor, detected: torch.Tensor, channels: torch.Tensor, kappa: float = 0.1,
+                  landmarks: torch.Tensor | None = None, landmark_given: torch.Tensor | None = None,
+                  order: torch.Tensor | None = None) -> AlignerInput:
+    """The aligner's input from per-vertex observations and an optional sparse source.
+
+    Shape: points (B, N, 2), detected (B, N) over all model vertices, channels (K, n); landmarks (B, 68, 2),
+    landmark_given (B, 68) (None: no source; given defaults to all points) -> AlignerInput."""
+    points = points.float()
+    observed, seen = select_observed(points, detected, channels)
+    order = pool_order(points.shape[1]) if order is None else order
+    pool = error_pool(points, detected, kappa, order)
+    if landmarks is None:
+        landmarks = points.new_zeros(len(points), N_LANDMARKS, 2)
+        landmark_given = torch.zeros(len(points), N_LANDMARKS, dtype=torch.bool)
+    elif landmark_given is None:
+        landmark_given = torch.ones(landmarks.shape[:2], dtype=torch.bool)
+    sparse_channels = landmark_channels()
+    return AlignerInput(observed, seen, *pool, gather_channels(landmarks.float(), sparse_channels),
+                        gather_channels(landmark_given.bool(), sparse_channels))
 
 
 @dataclass(frozen=True)
 class Step:
-    """One update of a round: which group, and the parameters after it (B, P), normalized frame."""
+    """One update: which group, in which round (1 or 2), the parameters after it (B, P) in the normalized frame,
+    and the weights β of its branches (B, 1 or 2: DAFI, then sparse; 1 in round one; None for translation)."""
 
     group: str
     params: torch.Tensor
+    round: int = 1
+    beta: torch.Tensor | None = None
 
 
 class CPRAligner(nn.Module):
-    """The four regressors of round one with the face model's selected vertices.
+    """The CPR aligner: per group a regressor on the DAFI's selected vertices (CPR-C1) and, with fusion, one on
+    the sparse landmarks (CPR-C2) crossing it at the sixth layer; with two rounds, CAPU's β networks.
 
-    ``forward(observed, detected)`` runs round one from p0 and returns every step, so training can put a loss
-    on each. Observed points are the selected vertices' positions in the normalized frame."""
+    ``forward(inputs)`` runs the rounds from p0 and returns every step, so training can put a loss on each."""
 
     def __init__(self, model: FaceModel, channels: torch.Tensor, config: CPRConfig = CPRConfig()):
         super().__init__()
         self.config = config
+        self.model = model
         self.layout = ParamLayout.of(model)
         self.n_vertices = model.n_vertices
         channels = torch.as_tensor(channels, dtype=torch.long)
@@ -127,11 +236,25 @@ class CPRAligner(nn.Module):
         ids = channels.reshape(-1)
         self.register_buffer("mean", tensors["mean"][ids], persistent=False)  # (K·n, 3)
         self.register_buffer("basis", tensors["basis"][ids], persistent=False)  # (K·n, 3, |α|)
-        n_alpha = self.layout.n_identity + self.layout.n_expression
-        self.regressors = nn.ModuleDict({"alpha": CPRRegressor(n_alpha, config),
-                                         "rotation_xy": CPRRegressor(2, config),
-                                         "rotation_z": CPRRegressor(1, config),
-                                         "scale": CPRRegressor(1, config)})
+        self.register_buffer("sparse_channels", landmark_channels(), persistent=False)
+        self.register_buffer("multipliers", path_multipliers(config.path_samples), persistent=False)
+        outputs = {"alpha": self.layout.n_identity + self.layout.n_expression, "rotation_xy": 2, "rotation_z": 1,
+                   "scale": 1}
+        stages = config.rounds * config.stages
+        self.regressors = nn.ModuleDict({group: CPRRegressor(outputs[group], config.widths, config.hidden, stages)
+                                         for group in GROUPS})
+        if config.rounds > 1:
+            self.consistency = nn.ModuleDict({group: ConsistencyWeight(config.path_samples)
+                                              for group in POSE_GROUPS})
+        if config.fusion:
+            self.sparse_regressors = nn.ModuleDict({
+                group: CPRRegressor(outputs[group], config.sparse_widths, config.hidden, stages) for group in GROUPS})
+            for regressor in self.sparse_regressors.values():  # the sparse branch starts with no say
+                nn.init.zeros_(regressor.out.weight)
+            self.crossings = nn.ModuleDict({group: Crossing(config.hidden) for group in GROUPS})
+            if config.rounds > 1:
+                self.sparse_consistency = nn.ModuleDict({group: ConsistencyWeight(config.path_samples)
+                                                         for group in POSE_GROUPS})
 
     def generated(self, params: torch.Tensor) -> torch.Tensor:
         """Y^G of the selected vertices. Shape: params (B, P) -> (B, K, n, 2)."""
@@ -140,47 +263,119 @@ class CPRAligner(nn.Module):
         points = project(shape, params[:, :6])[..., :2]
         return points.reshape(len(params), *self.channels.shape, 2)
 
-    def forward(self, observed: torch.Tensor, detected: torch.Tensor, params: torch.Tensor | None = None,
-                detach: bool = True) -> list[Step]:
-        """Round one (β = 1): Q stages of α → [rx, ry] → rz → s → t.
+    def generated_landmarks(self, params: torch.Tensor) -> torch.Tensor:
+        """Y^G of the sparse source: the 68 landmarks, jaw on the silhouette, in their channels.
+        Shape: params (B, P) -> (B, 3, 68, 2)."""
+        ids = silhouette_landmark_ids(self.model, params)
+        return gather_channels(image_vertices(self.model, params, ids)[..., :2], self.sparse_channels)
 
+    def forward(self, inputs: AlignerInput, params: torch.Tensor | None = None, detach: bool = True,
+                rounds: int | None = None, fuse: bool = True) -> list[Step]:
+        """``rounds`` (default: the config's) of Q stages of α → [rx, ry] → rz → s → t (α in round one only).
+
+        ``fuse=False`` switches the sparse branch off for every face (the CPR(C) row of the ablation).
         ``detach`` stops gradients between steps (training: each regressor learns from its own step; the GRU
-        states still carry gradients across stages). Shape: observed (B, K, n, 2), detected (B, K, n) ->
-        a list of 5·Q steps."""
+        states still carry gradients across stages). Returns (4 + 1)·Q steps in round one, (3 + 1)·Q in two."""
+        rounds = self.config.rounds if rounds is None else rounds
+        if not 1 <= rounds <= self.config.rounds:
+            raise InvalidInputError(f"these weights run 1 to {self.config.rounds} rounds, not {rounds}")
         if params is None:
-            params = self.layout.initial(len(observed), observed.dtype).to(observed.device)
-        rxy_observed = rotation_xy_cpr(observed, detected)  # the observed CPRs do not change within a round
-        scale_observed = scale_cpr(observed, detected)
-        states = dict.fromkeys(GROUPS)
-        n_identity = self.layout.n_identity
+            params = self.layout.initial(len(inputs), inputs.observed.dtype).to(inputs.observed.device)
+        present = inputs.present
+        fusion = self.config.fusion and fuse and bool(present.any())  # without any source: the DAFI branch alone
+        present = present.to(params.dtype) if fusion else None
+        observed_cprs = {"dense": _observed_cprs(inputs.observed, inputs.detected)}
+        if fusion:
+            observed_cprs["sparse"] = _observed_cprs(inputs.landmarks, inputs.landmark_given)
+        states: dict[str, torch.Tensor | None] = {}
         steps = []
-        for stage in range(self.config.stages):
-            for group in GROUPS:
-                params = params.detach() if detach else params
-                generated = self.generated(params)
-                if group in ("alpha", "rotation_xy"):
-                    cpr = rotation_xy_cpr(generated, detected) - rxy_observed
-                elif group == "rotation_z":
-                    cpr = rotation_z_input(generated, observed, detected)
-                else:
-                    cpr = scale_ratio(scale_cpr(generated, detected), scale_observed)
-                delta, states[group] = self.regressors[group](cpr, states[group], stage)
-                if group == "alpha":
-                    identity = params[:, self.layout.identity] + delta[:, :n_identity]
-                    expression = (params[:, self.layout.expression] + delta[:, n_identity:]).clamp(0.0, 1.0)
-                    updated = torch.cat([params[:, :6], identity, expression], dim=1)
-                elif group == "rotation_xy":
-                    updated = torch.cat([params[:, :2] + delta, params[:, 2:]], dim=1)
-                elif group == "rotation_z":
-                    updated = torch.cat([params[:, :2], params[:, 2:3] + delta, params[:, 3:]], dim=1)
-                else:
-                    updated = torch.cat([params[:, :3], params[:, 3:4] * torch.exp(delta), params[:, 4:]], dim=1)
-                steps.append(Step(group, updated))
-                params = updated
-            shift = translation_step(observed, self.generated(params.detach() if detach else params), detected)
-            params = torch.cat([params[:, :4], params[:, 4:6] + shift, params[:, 6:]], dim=1)
-            steps.append(Step("translation", params))
+        for round_index in range(rounds):
+            pool_shape = None
+            if round_index:
+                pool_shape = model_shape(self.model, params.detach(), inputs.pool_ids)
+            for stage in range(self.config.stages):
+                for group in GROUPS if round_index == 0 else POSE_GROUPS:
+                    params = params.detach() if detach else params
+                    deltas = self._deltas(group, params, inputs, observed_cprs, states,
+                                          round_index * self.config.stages + stage, present)
+                    if round_index == 0:
+                        betas = [torch.ones_like(delta[:, :1]) for delta in deltas]
+                    else:
+                        nets = [self.consistency[group]] + ([self.sparse_consistency[group]] if fusion else [])
+                        betas = [net(*self._path_errors(group, params, delta, pool_shape, inputs))
+                                 for net, delta in zip(nets, deltas, strict=True)]
+                    update = sum(beta * delta for beta, delta in zip(betas, deltas, strict=True))
+                    params = self._updated(group, params, update)
+                    steps.append(Step(group, params, round_index + 1, torch.cat(betas, dim=1)))
+                params = self._translate(params.detach() if detach else params, inputs, fusion)
+                steps.append(Step("translation", params, round_index + 1))
         return steps
+
+    def _deltas(self, group, params, inputs, observed_cprs, states, stage, present) -> list[torch.Tensor]:
+        """Δ of the DAFI branch and, with fusion, of the sparse branch (zero for faces without a source)."""
+        cpr = _cpr_input(group, self.generated(params), inputs.observed, inputs.detected, observed_cprs["dense"])
+        features = self.regressors[group].features(cpr, stage)
+        if present is None:
+            delta, states[group] = self.regressors[group].recur(features, states.get(group))
+            return [delta]
+        sparse_cpr = _cpr_input(group, self.generated_landmarks(params), inputs.landmarks, inputs.landmark_given,
+                                observed_cprs["sparse"])
+        sparse_features = self.sparse_regressors[group].features(sparse_cpr, stage)
+        features, sparse_features = self.crossings[group](features, sparse_features, present)
+        delta, states[group] = self.regressors[group].recur(features, states.get(group))
+        sparse_delta, states[f"sparse {group}"] = self.sparse_regressors[group].recur(
+            sparse_features, states.get(f"sparse {group}"))
+        return [delta, sparse_delta * present[:, None]]
+
+    def _updated(self, group: str, params: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The parameters after a step Δ of ``group``. Shape: (B, P), (B, d) -> (B, P)."""
+        if group == "alpha":
+            n_identity = self.layout.n_identity
+            identity = params[:, self.layout.identity] + delta[:, :n_identity]
+            expression = (params[:, self.layout.expression] + delta[:, n_identity:]).clamp(0.0, 1.0)
+            return torch.cat([params[:, :6], identity, expression], dim=1)
+        if group == "rotation_xy":
+            return torch.cat([params[:, :2] + delta, params[:, 2:]], dim=1)
+        if group == "rotation_z":
+            return torch.cat([params[:, :2], params[:, 2:3] + delta, params[:, 3:]], dim=1)
+        return torch.cat([params[:, :3], params[:, 3:4] * torch.exp(delta), params[:, 4:]], dim=1)
+
+    @torch.no_grad()
+    def _path_errors(self, group: str, params: torch.Tensor, delta: torch.Tensor, pool_shape: torch.Tensor,
+                     inputs: AlignerInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """CAPU's errors along the path (cprfa.cpr.consistency) and before the step.
+        Shape: params (B, P), delta (B, d), pool_shape (B, E, 3) -> (B, 2M), (B,)."""
+        samples, batch = len(self.multipliers), len(params)
+        path = (self.multipliers[:, None, None] * delta).reshape(samples * batch, -1)
+        poses = torch.cat([params[:, :6], self._updated(group, params.repeat(samples, 1), path)[:, :6]])
+        points = project(pool_shape.repeat(samples + 1, 1, 1), poses)[..., :2]
+        errors = residual_error(points.reshape(samples + 1, batch, -1, 2), inputs.pool_points, inputs.pool_weight)
+        return errors[1:].T, errors[0]
+
+    def _translate(self, params: torch.Tensor, inputs: AlignerInput, fusion: bool) -> torch.Tensor:
+        """The closed-form translation step over every observed point (DAFI vertices and, with fusion, the
+        sparse landmarks)."""
+        observed, detected, generated = inputs.observed, inputs.detected, self.generated(params)
+        if fusion:
+            observed = torch.cat([observed, inputs.landmarks], dim=2)
+            detected = torch.cat([detected, inputs.landmark_given], dim=2)
+            generated = torch.cat([generated, self.generated_landmarks(params)], dim=2)
+        shift = translation_step(observed, generated, detected)
+        return torch.cat([params[:, :4], params[:, 4:6] + shift, params[:, 6:]], dim=1)
+
+
+def _observed_cprs(points: torch.Tensor, detected: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The observed set's CPRs, which do not change during the alignment."""
+    return {"rxy": rotation_xy_cpr(points, detected), "scale": scale_cpr(points, detected)}
+
+
+def _cpr_input(group: str, generated, observed, detected, observed_cprs) -> torch.Tensor:
+    """A group's network input (module docstring). Shape: points (B, K, n, 2) -> (B, K, n, n)."""
+    if group in ("alpha", "rotation_xy"):
+        return rotation_xy_cpr(generated, detected) - observed_cprs["rxy"]
+    if group == "rotation_z":
+        return rotation_z_input(generated, observed, detected)
+    return scale_ratio(scale_cpr(generated, detected), observed_cprs["scale"])
 
 
 def select_observed(points: torch.Tensor, detected: torch.Tensor, channels: torch.Tensor):
@@ -191,14 +386,14 @@ def select_observed(points: torch.Tensor, detected: torch.Tensor, channels: torc
 
 
 WEIGHTS_FORMAT = "cprfa-cpr"
-WEIGHTS_VERSION = 1
+WEIGHTS_VERSION = 2  # version 1: round one alone, the regressors' state without the "regressors." prefix
 DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "cpr.pt"
 
 
 def save_aligner(aligner: CPRAligner, path: str | Path) -> None:
     """Weights (float16), config and the vertex selection's channels in one file, written atomically."""
     state = {key: value.half() if value.is_floating_point() else value
-             for key, value in aligner.regressors.state_dict().items()}
+             for key, value in aligner.state_dict().items()}
     path = Path(path)
     torch.save({"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "config": aligner.config.to_dict(),
                 "channels": aligner.channels.cpu(), "n_vertices": aligner.n_vertices, "state_dict": state},
@@ -209,24 +404,29 @@ def save_aligner(aligner: CPRAligner, path: str | Path) -> None:
 def load_aligner(path: str | Path | None = None, model: FaceModel | None = None) -> CPRAligner:
     """The CPR aligner from a weights file (default: the shipped one), in eval mode on the CPU."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    content = read_weights(path, WEIGHTS_FORMAT, WEIGHTS_VERSION, "CPR")
+    content = read_weights(path, WEIGHTS_FORMAT, (1, WEIGHTS_VERSION), "CPR")
     model = model or default_face_model()
     if content.get("n_vertices") != model.n_vertices:
         raise ModelFileError(f"{path} was trained for a face model of {content.get('n_vertices')} vertices, "
                              f"not {model.n_vertices}")
     try:
+        state = content["state_dict"]
+        if content["version"] == 1:
+            state = {f"regressors.{key}": value for key, value in state.items()}
         aligner = CPRAligner(model, content["channels"], CPRConfig.from_dict(content["config"]))
-        aligner.regressors.load_state_dict({key: value.float() if value.is_floating_point() else value
-                                            for key, value in content["state_dict"].items()})
+        aligner.load_state_dict({key: value.float() if value.is_floating_point() else value
+                                 for key, value in state.items()})
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: weights do not match the CPR aligner ({error})") from None
     return aligner.eval()
 
 
 @torch.inference_mode()
-def align_point_sets(aligner: CPRAligner, points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
-    """Round one on observed point sets over all model vertices, normalized frame.
-
-    Shape: points (B, N, 2), detected (B, N) -> params (B, P)."""
-    observed, seen = select_observed(points.float(), detected, aligner.channels)
-    return aligner(observed, seen)[-1].params
+def align_point_sets(aligner: CPRAligner, points: torch.Tensor, detected: torch.Tensor,
+                     landmarks: torch.Tensor | None = None, landmark_given: torch.Tensor | None = None,
+                     rounds: int | None = None) -> torch.Tensor:
+    """The aligner on observed point sets over all model vertices and an optional sparse source, normalized
+    frame. Shape: points (B, N, 2), detected (B, N), landmarks (B, 68, 2), landmark_given (B, 68) -> params
+    (B, P)."""
+    inputs = aligner_input(points, detected, aligner.channels, aligner.config.kappa, landmarks, landmark_given)
+    return aligner(inputs, rounds=rounds)[-1].params

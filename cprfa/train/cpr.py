@@ -1,25 +1,32 @@
-"""Train the CPR aligner's regressors (``cprfa train cpr``), round one (paper §2.3).
+"""Train the CPR aligner (``cprfa train cpr``): both rounds and the fusion with sparse landmarks (paper §2.3–2.5).
 
 Data: synthetic point sets drawn afresh for every batch (cprfa.data.point_sets: random faces and poses up to
 ±90° of yaw, visibility from the renderer, occluders, drop-out, noise, outliers), deterministic from the seed,
 the epoch and the batch index. With ``--real``, a share of each batch is real: the HS-U-Net's retrieved
 vertices on the faces of a ``cprfa data build`` folder, with their pseudo ground-truth parameters (computed
-once and cached in the output folder), further thinned by random occluders and drop-out.
+once and cached in the output folder), further thinned by random occluders and drop-out. The sparse source
+of fusion is, for synthetic faces, the true 2D-convention landmarks with noise and missing points drawn by
+cprfa.cpr.sparse (some faces get none); for real faces, the landmark head's own points on them.
 
-Loss — on the reprojected vertices, one term per regressor step, each with the other groups at their true
-values: after the step of group g, its parameters replace g's in the true parameter vector, and the loss is
-the mean 2D distance between a fixed set of vertices (the 68 landmarks and every 10th face vertex) posed by
-that vector and by the truth, in % of the face size. Why vertices and not parameters: one unit means the
-same on every group (an angle counts by how far it moves the face, so yaw errors of a profile and a frontal
-face weigh what they show), and identity or expression modes count by their visible effect rather than by
-coefficient distance. Why the other groups at their truth: each regressor is judged on its own group, the
-disentanglement of the paper's sequential updates; the order still matters through the inputs, which are
-built from the parameters as the previous steps left them (gradients stop there, and flow through the
-GRU states across stages). The translation step is the closed form and has nothing to learn.
+Loss — on the reprojected vertices, one term per regressor step (both rounds), each with the other groups at
+their true values: after the step of group g, its parameters replace g's in the true parameter vector, and
+the loss is the mean 2D distance between a fixed set of vertices (the 68 landmarks and every 10th face
+vertex) posed by that vector and by the truth, in % of the face size. Why vertices and not parameters: one
+unit means the same on every group (an angle counts by how far it moves the face, so yaw errors of a profile
+and a frontal face weigh what they show), and identity or expression modes count by their visible effect
+rather than by coefficient distance. Why the other groups at their truth: each regressor is judged on its own
+group, the disentanglement of the paper's sequential updates; the order still matters through the inputs,
+which are built from the parameters as the previous steps left them (gradients stop there, and flow through
+the GRU states across stages). The translation step is the closed form and has nothing to learn. In round
+two the step is β·Δ, so the same loss trains the β networks jointly with the regressors (paper §2.4).
+
+``--init`` starts from another aligner's weights (round one's, say): training both rounds from scratch on
+two CPU cores takes many hours, and round one's regressors are what round two goes on with.
 
 Each epoch ends with a validation on fixed synthetic sets (the training distribution and the occluded test
-distribution of the benchmark), a line in ``history.jsonl`` and ``checkpoint.pt``; the command resumes from
-it. The last epoch writes ``cpr.pt`` (float16, with its selection) and ``record.json`` to ship.
+distribution of the benchmark, with a sparse source, and the occluded one without), a line in
+``history.jsonl`` and ``checkpoint.pt``; the command resumes from it. The last epoch writes ``cpr.pt``
+(float16, with its selection) and ``record.json`` to ship.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -37,12 +45,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cprfa.cpr.consistency import pool_order
 from cprfa.cpr.frame import NormalizedFrame
-from cprfa.cpr.regressor import CPRAligner, CPRConfig, Step, save_aligner, select_observed
+from cprfa.cpr.regressor import CPRAligner, CPRConfig, Step, aligner_input, load_aligner, save_aligner
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
+from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.data.point_sets import OCCLUDED_TEST, PointSetSettings, corrupt, synthetic_point_sets
 from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
+from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, landmarks_3d, project
 from cprfa.train.settings import CPRTrainSettings
@@ -50,6 +61,8 @@ from cprfa.train.settings import CPRTrainSettings
 LOSS_VERTEX_STRIDE = 10
 REAL_THINNING = PointSetSettings(occlusion_probability=0.3, occlusion=(0.1, 0.4), dropout=(0.0, 0.3),
                                  noise=(0.0, 0.0), outliers=(0.0, 0.0))
+REAL_LANDMARKS = LandmarkSettings(noise=(0.0, 0.01))  # the landmark head's own errors are there already
+VALIDATION_LANDMARKS = LandmarkSettings(absent=0.0, noise=(0.03, 0.03), missing=(0.0, 0.0))
 VALIDATION_SEED = 1_000_000
 
 
@@ -94,18 +107,17 @@ def step_losses(steps: list[Step], truth: torch.Tensor, posed: PosedVertices, si
 
 
 class RealPointSets:
-    """The HS-U-Net's point sets on built faces, channel order, normalized frame: observed (F, K, n, 2),
-    detected (F, K, n), params (F, P)."""
+    """The HS-U-Net's point sets on built faces, normalized frame: points (F, N, 2) float16 over all model
+    vertices, detected (F, N), the landmark head's points (F, 68, 2), params (F, P)."""
 
-    def __init__(self, observed: torch.Tensor, detected: torch.Tensor, params: torch.Tensor):
-        self.observed, self.detected, self.params = observed, detected, params
+    def __init__(self, points: torch.Tensor, detected: torch.Tensor, landmarks: torch.Tensor, params: torch.Tensor):
+        self.points, self.detected, self.landmarks, self.params = points, detected, landmarks, params
 
     @classmethod
-    def build(cls, folder: str, splits: tuple[str, ...], weights: str, model: FaceModel,
-              channels: torch.Tensor, cache: Path) -> RealPointSets:
+    def build(cls, folder: str, splits: tuple[str, ...], weights: str, model: FaceModel, cache: Path) -> RealPointSets:
         if cache.is_file():
             content = torch.load(cache, weights_only=True)
-            return cls(content["observed"], content["detected"], content["params"])
+            return cls(content["points"], content["detected"], content["landmarks"], content["params"])
         from cprfa.dafi.evaluate import observe
         from cprfa.dafi.predict import DafiEstimator
         from cprfa.train.dafi import load_faces
@@ -113,16 +125,16 @@ class RealPointSets:
         estimator = DafiEstimator.from_file(weights or None)
         faces = load_faces(folder, splits, estimator.input_size)
         frame = NormalizedFrame.for_crop(model, estimator.input_size)
-        observed, detected = [], []
+        points, detected, landmarks = [], [], []
         for batch in tqdm(observe(estimator, faces, model), total=math.ceil(len(faces) / 32),
                           desc="HS-U-Net point sets", unit="batch"):
-            points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
-            chosen = select_observed(points, torch.from_numpy(batch.observed.detected), channels)
-            observed.append(chosen[0])
-            detected.append(chosen[1])
+            points.append(frame.points_to_frame(torch.from_numpy(batch.observed.positions)).half())
+            detected.append(torch.from_numpy(batch.observed.detected))
+            landmarks.append(frame.points_to_frame(torch.from_numpy(batch.prediction.landmarks)))
         params = frame.params_to_frame(torch.from_numpy(faces.params).float())
-        result = cls(torch.cat(observed), torch.cat(detected), params)
-        torch.save({"observed": result.observed, "detected": result.detected, "params": result.params}, cache)
+        result = cls(torch.cat(points), torch.cat(detected), torch.cat(landmarks), params)
+        torch.save({"points": result.points, "detected": result.detected, "landmarks": result.landmarks,
+                    "params": result.params}, cache)
         return result
 
     def __len__(self) -> int:
@@ -130,7 +142,8 @@ class RealPointSets:
 
 
 class TrainingBatches(Dataset):
-    """Batch ``i`` of an epoch: synthetic point sets plus, with real ones, a thinned real share."""
+    """Batch ``i`` of an epoch: synthetic point sets plus, with real ones, a thinned real share, each with a
+    sparse source (module docstring); returns the aligner's input and the true parameters."""
 
     def __init__(self, model: FaceModel, channels: torch.Tensor, settings: CPRTrainSettings,
                  real: RealPointSets | None):
@@ -142,44 +155,70 @@ class TrainingBatches(Dataset):
 
     def __getitem__(self, index: int):
         seed = (self.settings.seed * 1_000_003 + self.epoch) * 100_003 + index
+        generator = torch.Generator().manual_seed(seed)
         n_real = round(self.settings.real_share * self.settings.batch_size) if self.real is not None else 0
         sets = synthetic_point_sets(self.model, self.settings.batch_size - n_real, seed)
-        observed, detected = select_observed(sets.points, sets.detected, self.channels)
-        params = sets.params
+        truth = landmarks_2d(self.model, sets.params)[..., :2]
+        landmarks, given = synthetic_landmarks(truth, sets.face_size, generator)
+        points, detected, params = sets.points, sets.detected, sets.params
         if n_real:
-            generator = torch.Generator().manual_seed(seed)
             pick = torch.randint(len(self.real), (n_real,), generator=generator)
-            real_observed, real_detected = self.real.observed[pick], self.real.detected[pick]
-            landmarks = landmarks_3d(self.model, self.real.params[pick])[..., :2]
-            flat, flat_detected = corrupt(real_observed.reshape(n_real, -1, 2), real_detected.reshape(n_real, -1),
-                                          landmarks.amin(dim=1), landmarks.amax(dim=1), generator, REAL_THINNING)
-            observed = torch.cat([observed, flat.reshape(real_observed.shape)])
-            detected = torch.cat([detected, flat_detected.reshape(real_detected.shape)])
+            box = landmarks_3d(self.model, self.real.params[pick])[..., :2]
+            low, high = box.amin(dim=1), box.amax(dim=1)
+            real_points, real_detected = corrupt(self.real.points[pick].float(), self.real.detected[pick], low, high,
+                                                 generator, REAL_THINNING)
+            real_landmarks, real_given = synthetic_landmarks(self.real.landmarks[pick], (high - low).prod(dim=1).sqrt(),
+                                                             generator, REAL_LANDMARKS)
+            points, detected = torch.cat([points, real_points]), torch.cat([detected, real_detected])
+            landmarks, given = torch.cat([landmarks, real_landmarks]), torch.cat([given, real_given])
             params = torch.cat([params, self.real.params[pick]])
-        return observed, detected, params
+        order = pool_order(self.model.n_vertices, generator)
+        return aligner_input(points, detected, self.channels, self.settings.kappa, landmarks, given, order), params
 
 
-def validation_sets(model: FaceModel, channels: torch.Tensor, count: int) -> dict:
-    """Fixed synthetic sets: the training distribution and the occluded test distribution."""
+def validation_sets(model: FaceModel, channels: torch.Tensor, count: int, kappa: float) -> dict:
+    """Fixed synthetic sets: the training distribution and the occluded test distribution, with a sparse
+    source of 3 % noise, and the occluded one without a sparse source."""
     sets = {}
     for offset, (name, settings) in enumerate((("synthetic", PointSetSettings()), ("occluded", OCCLUDED_TEST))):
         point_sets = synthetic_point_sets(model, count, VALIDATION_SEED + offset, settings)
-        sets[name] = (*select_observed(point_sets.points, point_sets.detected, channels), point_sets.params)
+        truth = landmarks_2d(model, point_sets.params)[..., :2]
+        landmarks, given = synthetic_landmarks(truth, point_sets.face_size,
+                                               torch.Generator().manual_seed(VALIDATION_SEED + offset),
+                                               VALIDATION_LANDMARKS)
+        sets[name] = (aligner_input(point_sets.points, point_sets.detected, channels, kappa, landmarks, given),
+                      point_sets.params)
+        if name == "occluded":
+            sets["occluded_no_landmarks"] = (aligner_input(point_sets.points, point_sets.detected, channels, kappa),
+                                             point_sets.params)
     return sets
 
 
 @torch.no_grad()
 def evaluate_aligner(aligner: CPRAligner, model: FaceModel, sets: dict, batch_size: int = 64) -> dict:
-    """Per set: the 68-landmark NME (%, 3D convention) after round one and the mean absolute angle errors."""
+    """Per set: the 68-landmark NME (%, 3D convention) after all rounds and the mean absolute angle errors."""
     metrics = {}
-    for name, (observed, detected, truth) in sets.items():
-        params = torch.cat([aligner(observed[i:i + batch_size], detected[i:i + batch_size])[-1].params
-                            for i in range(0, len(truth), batch_size)])
+    for name, (inputs, truth) in sets.items():
+        params = torch.cat([aligner(inputs[i:i + batch_size])[-1].params for i in range(0, len(truth), batch_size)])
         errors = nme(landmarks_3d(model, params)[..., :2].numpy(), landmarks_3d(model, truth)[..., :2].numpy())
         angles = torch.rad2deg((params[:, :3] - truth[:, :3]).abs()).mean(dim=0)
         metrics[f"{name}_nme"] = float(errors.mean())
         metrics[f"{name}_angle_error"] = [round(float(value), 3) for value in angles]
     return metrics
+
+
+def initialize_from(aligner: CPRAligner, path: str) -> None:
+    """Start from another aligner's weights (e.g. round one's): every tensor of the same name and shape; the
+    batch norms of stages the source does not have take its last stage's."""
+    source = load_aligner(path, aligner.model)
+    source_state, state = source.state_dict(), aligner.state_dict()
+    last = source.config.rounds * source.config.stages - 1
+    for key, value in state.items():
+        match = re.fullmatch(r"(.*\.norms\.)(\d+)(\..*)", key)
+        origin = key if key in source_state or match is None else f"{match[1]}{last}{match[3]}"
+        if origin in source_state and source_state[origin].shape == value.shape:
+            state[key] = source_state[origin]
+    aligner.load_state_dict(state)
 
 
 def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "cpu") -> dict:
@@ -191,9 +230,13 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
     model = default_face_model()
     selection = VertexSelection.load(settings.selection or DEFAULT_SELECTION)
     channels = torch.from_numpy(selection.channels)
-    aligner = CPRAligner(model, channels, CPRConfig(tuple(settings.widths), settings.hidden, settings.stages))
+    config = CPRConfig(tuple(settings.widths), settings.hidden, settings.stages, settings.rounds, settings.fusion,
+                       kappa=settings.kappa)
+    aligner = CPRAligner(model, channels, config)
+    if settings.init:
+        initialize_from(aligner, settings.init)
     aligner.to(device)
-    optimizer = torch.optim.Adam(aligner.regressors.parameters(), lr=settings.lr)
+    optimizer = torch.optim.Adam(aligner.parameters(), lr=settings.lr)
     decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
     checkpoint_path = out / "checkpoint.pt"
@@ -202,16 +245,16 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["settings"] != asdict(settings):
             raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
-        aligner.regressors.load_state_dict(state["regressors"])
+        aligner.load_state_dict(state["aligner"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds, history = state["epoch"] + 1, state["seconds"], state["history"][:state["epoch"] + 1]
         print(f"resuming {out} after epoch {start_epoch}")
     real = None
     if settings.real:
-        real = RealPointSets.build(settings.real, tuple(settings.splits), settings.dafi_weights, model, channels,
-                                   out / "real_point_sets.pt")
-    validation = validation_sets(model, channels, settings.validation_faces)
+        real = RealPointSets.build(settings.real, tuple(settings.splits), settings.dafi_weights, model,
+                                   out / "real_point_sets_full.pt")
+    validation = validation_sets(model, channels, settings.validation_faces, settings.kappa)
     posed, columns = PosedVertices(model), group_columns(ParamLayout.of(model))
     dataset = TrainingBatches(model, channels, settings, real)
     for epoch in range(start_epoch, settings.epochs):
@@ -222,14 +265,14 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         aligner.train()
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
-        for observed, detected, truth in bar:
-            observed, detected, truth = observed.to(device), detected.to(device), truth.to(device)
-            steps = aligner(observed, detected)
+        for inputs, truth in bar:
+            inputs, truth = inputs.to(device), truth.to(device)
+            steps = aligner(inputs)
             losses = step_losses(steps, truth, posed, face_size(model, truth), columns)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(aligner.regressors.parameters(), 10.0)
+            torch.nn.utils.clip_grad_norm_(aligner.parameters(), 10.0)
             optimizer.step()
             for key, value in {"loss": loss, **losses}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
@@ -243,14 +286,14 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         history.append(entry)
         print(f"epoch {epoch + 1}: loss {entry.get('train_loss', math.nan):.3f}, validation 68-point NME "
               f"{metrics['synthetic_nme']:.2f} % (occluded {metrics['occluded_nme']:.2f} %)", flush=True)
-        torch.save({"settings": asdict(settings), "regressors": aligner.regressors.state_dict(),
+        torch.save({"settings": asdict(settings), "aligner": aligner.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                     "seconds": seconds, "history": history}, checkpoint_path.with_suffix(".tmp"))
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
         (out / "history.jsonl").write_text("".join(json.dumps(item) + "\n" for item in history))
     record = {
         "weights": "cpr.pt", "network": aligner.config.to_dict(), "settings": asdict(settings),
-        "parameters": sum(parameter.numel() for parameter in aligner.regressors.parameters()),
+        "parameters": sum(parameter.numel() for parameter in aligner.parameters()),
         "selection": selection.reference, "selection_seed": selection.seed, "vertices": selection.count,
         "real_faces": len(real) if real is not None else 0, "train_seconds": round(seconds, 1),
         "machine": f"{platform.processor() or platform.machine()}, {settings.threads} torch threads, "

@@ -37,6 +37,10 @@ class CPRTrainSettings:
     widths: tuple[int, ...] = (8, 16, 32, 64, 128)
     hidden: int = 256
     stages: int = 3
+    rounds: int = 2  # 1: round one alone; 2: with consistency-aware updating
+    fusion: bool = True  # a CPR-C2 branch on the sparse landmarks
+    kappa: float = 0.1  # share of detected DAFI vertices in CAPU's error pool
+    init: str = ""  # aligner weights to start from ("": random)
     epochs: int = 12
     samples_per_epoch: int = 4096
     validation_faces: int = 256

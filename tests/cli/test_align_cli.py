@@ -4,8 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cprfa.cli.main import main
+from cprfa.cli.main import _align_batch, main, prefetched
 from cprfa.data.images import save_image
+from cprfa.errors import CprfaError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -42,6 +43,8 @@ def test_align_without_boxes_detects_the_faces(tmp_path, capsys):
     assert 0.5 < result["score"] <= 1.0 and abs((x0 + x1) / 2 - 220) < 15 and abs((y0 + y1) / 2 - 130) < 20
     assert main(["align", str(grey), "-o", str(out)]) == 1  # no face: reported, exit code 1
     assert "grey.png: no face found" in capsys.readouterr().err
+    assert main(["align", str(grey), "-o", str(out), "--device", "tpu"]) == 1
+    assert "--device tpu is not available" in capsys.readouterr().err
 
 
 def test_align_with_the_users_landmarks(tmp_path, capsys):
@@ -59,3 +62,36 @@ def test_align_with_the_users_landmarks(tmp_path, capsys):
     landmarks.write_text(json.dumps({"astronaut.jpg": [points[:10]]}))
     assert main(["align", str(tmp_path / "astronaut.jpg"), "--landmarks", str(landmarks), "-o", str(again)]) == 1
     assert "68 finite" in capsys.readouterr().err
+
+
+def test_align_batches_images_and_goes_on_past_a_bad_one(tmp_path, capsys):
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / name)
+    (tmp_path / "c.jpg").write_text("not an image")
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,x0,y0,x1,y1\na.jpg,178,80,262,180\nb.jpg,178,80,262,180\nc.jpg,178,80,262,180\n")
+    inputs = [str(tmp_path / name) for name in ("a.jpg", "c.jpg", "b.jpg")]
+    batched, single = tmp_path / "batched", tmp_path / "single"
+    assert main(["align", *inputs, "--boxes", str(boxes), "-o", str(batched), "--batch-size", "3"]) == 1
+    assert "c.jpg" in capsys.readouterr().err
+    assert main(["align", *inputs, "--boxes", str(boxes), "-o", str(single), "--batch-size", "1", "--workers", "0"]) == 1
+    for name in ("a", "b"):
+        together = json.loads((batched / f"{name}_face0.json").read_text())["landmarks_2d"]
+        alone = json.loads((single / f"{name}_face0.json").read_text())["landmarks_2d"]
+        assert np.allclose(together, alone, atol=1e-3)
+    assert main(["align", inputs[0], "-o", str(single), "--batch-size", "0"]) == 1
+
+
+def test_an_image_the_batch_refuses_is_reported_alone():
+    class Aligner:  # refuses the batch because of one image, as FaceAligner does for a bad box
+        def align_batch(self, images, boxes, landmarks):
+            raise CprfaError("batch refused")
+
+        def align(self, image, boxes, landmarks):
+            if image == "bad":
+                raise CprfaError("bad image")
+            return ["face"]
+
+    outcomes = _align_batch(Aligner(), [("a", "good", None, None), ("b", "bad", None, None)])
+    assert outcomes[0] == ["face"] and str(outcomes[1]) == "bad image"
+    assert list(prefetched(str.upper, ["a", "b", "c"], workers=2, ahead=1)) == ["A", "B", "C"]

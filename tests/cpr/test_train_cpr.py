@@ -4,7 +4,9 @@ import numpy as np
 import torch
 
 from cprfa.cli.main import main
-from cprfa.cpr.regressor import load_aligner
+from cprfa.cpr.regressor import CPRAligner, CPRConfig, load_aligner
+from cprfa.model.face_model import default_face_model
+from cprfa.train.cpr import initialize_from
 
 
 def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, capsys):
@@ -13,17 +15,19 @@ def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, 
             "--real-share", "0.5", "--widths", "4", "8", "8", "8", "8", "--hidden", "16", "--epochs", "2",
             "--samples-per-epoch", "8", "--batch-size", "4", "--validation-faces", "4", "--workers", "0"]
     assert main(args) == 0
-    assert {"cpr.pt", "record.json", "checkpoint.pt", "history.jsonl", "real_point_sets.pt"} <= {
+    assert {"cpr.pt", "record.json", "checkpoint.pt", "history.jsonl", "real_point_sets_full.pt"} <= {
         p.name for p in out.iterdir()}
     record = json.loads((out / "record.json").read_text())
     assert record["real_faces"] == 6 and record["final"]["epoch"] == 2 and record["vertices"] == 512
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert history[1]["lr"] < history[0]["lr"] and np.isfinite(history[-1]["train_loss"])
-    assert np.isfinite(history[-1]["val_occluded_nme"])
-    real = torch.load(out / "real_point_sets.pt", weights_only=True)
-    assert real["observed"].shape == (6, 3, 256, 2) and real["detected"].any()
+    assert np.isfinite(history[-1]["val_occluded_nme"]) and np.isfinite(history[-1]["val_occluded_no_landmarks_nme"])
+    real = torch.load(out / "real_point_sets_full.pt", weights_only=True)
+    n_vertices = default_face_model().n_vertices
+    assert real["points"].shape == (6, n_vertices, 2) and real["detected"].any()
+    assert real["landmarks"].shape == (6, 68, 2) and torch.isfinite(real["landmarks"]).all()
     aligner = load_aligner(out / "cpr.pt")
-    assert aligner.config.hidden == 16
+    assert aligner.config.hidden == 16 and aligner.config.rounds == 2 and aligner.config.fusion
     capsys.readouterr()
     assert main(args) == 0  # finished: rerunning resumes after the last epoch
     assert "resuming" in capsys.readouterr().out
@@ -31,3 +35,26 @@ def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, 
     assert "other settings" in capsys.readouterr().err
     assert main([*args[:-2], "--workers", "-1"]) == 1
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--real", str(tmp_path)]) == 1  # not a build
+    assert main([*args[:2], "--out", str(tmp_path / "x"), "--kappa", "0"]) == 1
+
+
+def test_train_cpr_starts_from_round_one_weights(tmp_path, capsys):
+    first = tmp_path / "first"
+    common = ["--widths", "4", "8", "8", "8", "8", "--hidden", "16", "--epochs", "1", "--samples-per-epoch", "4",
+              "--batch-size", "4", "--validation-faces", "4", "--workers", "0"]
+    assert main(["train", "cpr", "--out", str(first), "--rounds", "1", "--no-fusion", *common]) == 0
+    one = load_aligner(first / "cpr.pt")
+    assert one.config.rounds == 1 and not one.config.fusion
+    two = CPRAligner(default_face_model(), one.channels, CPRConfig(one.config.widths, 16, 3, rounds=2, fusion=True))
+    initialize_from(two, str(first / "cpr.pt"))
+    source, state = one.state_dict(), two.state_dict()
+    for key, value in source.items():  # round one's regressors carried over
+        assert torch.equal(state[key], value), key
+    for stage in (3, 4, 5):  # round two's batch norms start as round one's last stage
+        norm = "regressors.scale.norms.{}.0.running_var"
+        assert torch.equal(state[norm.format(stage)], source[norm.format(2)])
+    second = tmp_path / "second"
+    assert main(["train", "cpr", "--out", str(second), "--init", str(first / "cpr.pt"), *common]) == 0
+    assert json.loads((second / "record.json").read_text())["settings"]["init"] == str(first / "cpr.pt")
+    assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none.pt")]) == 1
+    capsys.readouterr()
