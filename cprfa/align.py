@@ -210,19 +210,17 @@ class FaceAligner:
         if not faces:
             return results
         head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
-        head_given = torch.ones(head.shape[:2], dtype=torch.bool)
         for row, j in enumerate(faces):  # the caller's or the landmark source's points; the head fills gaps
             k, i = owners[j]
             if images[k].landmarks is not None:
                 source = torch.from_numpy(points_to_crop(images[k].landmarks[i], crop_boxes[j], size))
-                head_given[row] = torch.isfinite(source).all(dim=-1)
-                head[row] = torch.where(head_given[row, :, None], source, head[row])
+                head[row] = torch.where(torch.isfinite(source), source, head[row])
         crop_params = None
         if self.cpr is not None:
             frame = NormalizedFrame.for_crop(self.model, size)
             points = frame.points_to_frame(torch.from_numpy(observed.positions[faces]))
             normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[faces]),
-                                          frame.points_to_frame(head).float(), head_given)
+                                          frame.points_to_frame(head).float())
             crop_params = frame.params_from_frame(normalized).double()
         if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])

@@ -541,9 +541,10 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
         seed=args.seed, threads=args.threads)
     record = train_cpr(settings, device=args.device)
-    final = record["final"]
-    print(f"wrote {args.out / 'cpr.pt'} and record.json: synthetic 68-point NME "
-          f"{final.get('val_synthetic_nme', float('nan')):.2f} %, occluded {final.get('val_occluded_nme', float('nan')):.2f} %")
+    shipped = record["shipped"]
+    print(f"wrote {args.out / 'cpr.pt'} (epoch {record['shipped_epoch']}) and record.json: synthetic 68-point NME "
+          f"{shipped.get('val_synthetic_nme', float('nan')):.2f} %, occluded "
+          f"{shipped.get('val_occluded_nme', float('nan')):.2f} %")
     return 0
 
 

@@ -34,9 +34,10 @@ In eval mode no layer depends on the batch, so a face gets the same result alone
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,9 +52,9 @@ from cprfa.cpr.kernels import (
 )
 from cprfa.cpr.sparse import N_LANDMARKS, landmark_channels
 from cprfa.errors import InvalidInputError, ModelFileError
-from cprfa.model.contour import silhouette_landmark_ids
+from cprfa.model.contour import contour_lines, silhouette_choice
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.model.projection import ParamLayout, image_vertices, model_shape, project
+from cprfa.model.projection import ParamLayout, model_shape, project
 from cprfa.weights import read_weights
 
 GROUPS = ("alpha", "rotation_xy", "rotation_z", "scale")
@@ -171,19 +172,15 @@ class AlignerInput:
         return len(self.observed)
 
     def __getitem__(self, index) -> AlignerInput:
-        return AlignerInput(*(value[index] for value in _fields_of(self)))
+        return AlignerInput(*(value[index] for value in vars(self).values()))
 
     def to(self, device) -> AlignerInput:
-        return AlignerInput(*(value.to(device) for value in _fields_of(self)))
+        return AlignerInput(*(value.to(device) for value in vars(self).values()))
 
     @property
     def present(self) -> torch.Tensor:
         """(B,) whether a face has a sparse source."""
         return self.landmark_given.flatten(1).any(dim=1)
-
-
-def _fields_of(value) -> tuple:
-    return tuple(getattr(value, item.name) for item in fields(value))
 
 
 def aligner_input(points: torch.Tensor, detected: torch.Tensor, channels: torch.Tensor, kappa: float = 0.1,
@@ -237,6 +234,15 @@ class CPRAligner(nn.Module):
         self.register_buffer("mean", tensors["mean"][ids], persistent=False)  # (K·n, 3)
         self.register_buffer("basis", tensors["basis"][ids], persistent=False)  # (K·n, 3, |α|)
         self.register_buffer("sparse_channels", landmark_channels(), persistent=False)
+        # the 68 landmark vertices and the jaw's contour candidates, as rows of one small vertex set
+        self.contours = contour_lines(model)
+        sparse_ids = np.unique(np.concatenate([model.landmarks68, self.contours.vertex_ids.ravel()]))
+        self.register_buffer("sparse_mean", tensors["mean"][sparse_ids], persistent=False)
+        self.register_buffer("sparse_basis", tensors["basis"][sparse_ids], persistent=False)
+        self.register_buffer("landmark_rows", torch.from_numpy(np.searchsorted(sparse_ids, model.landmarks68)),
+                             persistent=False)
+        self.register_buffer("contour_rows", torch.from_numpy(np.searchsorted(sparse_ids, self.contours.vertex_ids)),
+                             persistent=False)
         self.register_buffer("multipliers", path_multipliers(config.path_samples), persistent=False)
         outputs = {"alpha": self.layout.n_identity + self.layout.n_expression, "rotation_xy": 2, "rotation_z": 1,
                    "scale": 1}
@@ -264,10 +270,15 @@ class CPRAligner(nn.Module):
         return points.reshape(len(params), *self.channels.shape, 2)
 
     def generated_landmarks(self, params: torch.Tensor) -> torch.Tensor:
-        """Y^G of the sparse source: the 68 landmarks, jaw on the silhouette, in their channels.
-        Shape: params (B, P) -> (B, 3, 68, 2)."""
-        ids = silhouette_landmark_ids(self.model, params)
-        return gather_channels(image_vertices(self.model, params, ids)[..., :2], self.sparse_channels)
+        """Y^G of the sparse source: the 68 landmarks, jaw on the silhouette (cprfa.model.contour), in their
+        channels. Shape: params (B, P) -> (B, 3, 68, 2)."""
+        shape = self.sparse_mean + torch.einsum("vck,bk->bvc", self.sparse_basis, params[:, self.layout.alpha])
+        best = silhouette_choice(shape[:, self.contour_rows], params, self.contours)  # (B, 16)
+        rows = self.landmark_rows.repeat(len(params), 1)
+        rows[:, torch.as_tensor(self.contours.landmarks)] = torch.gather(
+            self.contour_rows.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
+        landmarks = torch.gather(shape, 1, rows[..., None].expand(-1, -1, 3))
+        return gather_channels(project(landmarks, params[:, :6])[..., :2], self.sparse_channels)
 
     def forward(self, inputs: AlignerInput, params: torch.Tensor | None = None, detach: bool = True,
                 rounds: int | None = None, fuse: bool = True) -> list[Step]:

@@ -185,7 +185,7 @@ def test_a_weights_file_that_differs_from_its_record_is_refused(face_model, chan
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped CPR weights")
-@pytest.mark.parametrize("group", POSE_GROUPS)
+@pytest.mark.parametrize("group", ["rotation_xy", "scale"])  # rz: README, "What this says"
 def test_shipped_beta_moves_an_overshooting_or_undershooting_step_towards_the_minimum(face_model, group):
     aligner = load_aligner(model=face_model)
     if aligner.config.rounds < 2:
@@ -194,8 +194,7 @@ def test_shipped_beta_moves_an_overshooting_or_undershooting_step_towards_the_mi
                                 outliers=(0.0, 0.0))
     sets = synthetic_point_sets(face_model, 32, seed=11, settings=settings)
     inputs = aligner_input(sets.points, sets.detected, aligner.channels)
-    correction = {"rotation_xy": torch.tensor([0.0, 0.2]), "rotation_z": torch.tensor([0.15]),
-                  "scale": torch.tensor([0.15])}[group].expand(32, -1)  # radians; log scale
+    correction = {"rotation_xy": torch.tensor([0.0, 0.2]), "scale": torch.tensor([0.15])}[group].expand(32, -1)
     start = aligner._updated(group, sets.params, -correction)  # the truth, moved away along the group
     pool_shape = model_shape(face_model, start, inputs.pool_ids)
     for factor in (0.5, 1.7):  # a step that undershoots the minimum, and one that overshoots it
