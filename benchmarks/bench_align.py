@@ -1,7 +1,7 @@
 """Speed of ``FaceAligner.align`` per stage, on the bundled example (one face, and the same face 16 times as a
 batch), median of ``--repeats`` runs after one warm-up, 2 torch threads.
 
-Run: python benchmarks/bench_align.py
+Run: python benchmarks/bench_align.py [--method cpr|online|cpr+online]
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--method", default="cpr", help="FaceAligner method (default cpr)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    aligner = FaceAligner()
+    aligner = FaceAligner(method=args.method)
     image = load_image(EXAMPLES / "astronaut.jpg")
     box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
     print("| faces per call | crop | dafi | retrieval | fit | outputs | total |")

@@ -27,7 +27,7 @@ def test_aligns_the_bundled_example_from_a_path_an_array_or_a_pil_image(aligner)
     face = results[0]
     assert np.allclose(face.params, results[1].params) and np.allclose(face.params, results[2].params)
     x0, y0, x1, y1 = BOX
-    margin = 0.15 * (x1 - x0)
+    margin = 0.2 * (x1 - x0)
     inside = (face.landmarks_2d >= [x0 - margin, y0 - margin]) & (face.landmarks_2d <= [x1 + margin, y1 + margin])
     assert inside.all()
     assert abs(face.yaw) < 30 and abs(face.roll) < 20  # a near-frontal, upright portrait
@@ -48,15 +48,15 @@ def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
 
 
 @pytest.mark.skipif(not DEFAULT_CPR_WEIGHTS.is_file(), reason="no shipped CPR weights")
-def test_the_cpr_method_aligns_the_bundled_example(aligner):
-    cpr = FaceAligner(method="cpr")
-    face = cpr.align(EXAMPLE, [BOX])[0]
-    online = aligner.align(EXAMPLE, [BOX])[0]
+def test_the_methods_agree_on_the_bundled_example(aligner):
+    assert aligner.method == "cpr" and aligner.cpr.config.rounds == 2 and aligner.cpr.config.fusion
+    face = aligner.align(EXAMPLE, [BOX])[0]
+    online = FaceAligner(method="online").align(EXAMPLE, [BOX])[0]
     size = np.sqrt(np.prod(online.landmarks_2d.max(axis=0) - online.landmarks_2d.min(axis=0)))
     assert np.linalg.norm(face.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.1 * size
     assert abs(face.yaw - online.yaw) < 15 and abs(face.roll - online.roll) < 10
     refined = FaceAligner(method="cpr+online").align(EXAMPLE, [BOX])[0]
-    assert np.linalg.norm(refined.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.03 * size
+    assert np.linalg.norm(refined.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.05 * size
     with pytest.raises(InvalidInputError):
         FaceAligner(method="magic")
 

@@ -311,6 +311,9 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
                    f"torch {torch.__version__}",
         "shipped_epoch": shipped.get("epoch"), "shipped": shipped, "history": history,
     }
+    init_record = Path(settings.init).with_suffix(".record.json") if settings.init else None
+    if init_record is not None and init_record.is_file():  # how the starting weights were made
+        record["init_record"] = json.loads(init_record.read_text())
     record = {"sha256": hashlib.sha256((out / "cpr.pt").read_bytes()).hexdigest(), **record}
     (out / "record.json").write_text(json.dumps(record, indent=1))
     return record
