@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     cpr.add_argument("--no-fusion", action="store_true", help="without the sparse-landmark branch (CPR-C2)")
     cpr.add_argument("--kappa", type=float, default=cpr_defaults.kappa,
                      help="share of detected DAFI vertices in round two's error pool (default %(default)s)")
+    cpr.add_argument("--path-samples", type=int, default=cpr_defaults.path_samples,
+                     help="M: round two tries 2M points along each step (default %(default)s)")
     cpr.add_argument("--init", type=Path, help="aligner weights to start from, e.g. a round-one run's cpr.pt")
     cpr.add_argument("--epochs", type=int, default=cpr_defaults.epochs)
     cpr.add_argument("--samples-per-epoch", type=int, default=cpr_defaults.samples_per_epoch)
@@ -522,7 +524,7 @@ def run_train_cpr(args: argparse.Namespace) -> int:
     from cprfa.train.cpr import train_cpr
 
     _check_training_options(args, ("epochs", "batch_size", "threads", "hidden", "samples_per_epoch",
-                                   "validation_faces"))
+                                   "validation_faces", "path_samples"))
     if not 0 < args.lr < 1 or args.workers < 0 or not 0 <= args.real_share < 1:
         raise CprfaError("--lr must lie in (0, 1), --real-share in [0, 1); --workers must not be negative")
     if args.samples_per_epoch < args.batch_size:
@@ -537,6 +539,7 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         out=str(args.out), real=str(args.real or ""), splits=tuple(args.splits), real_share=args.real_share,
         dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
         hidden=args.hidden, rounds=args.rounds, fusion=not args.no_fusion, kappa=args.kappa,
+        path_samples=args.path_samples,
         init=str(args.init or ""), epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
         validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
         seed=args.seed, threads=args.threads)

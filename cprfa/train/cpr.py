@@ -39,7 +39,7 @@ import platform
 import re
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +233,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
     selection = VertexSelection.load(settings.selection or DEFAULT_SELECTION)
     channels = torch.from_numpy(selection.channels)
     config = CPRConfig(tuple(settings.widths), settings.hidden, settings.stages, settings.rounds, settings.fusion,
-                       kappa=settings.kappa)
+                       path_samples=settings.path_samples, kappa=settings.kappa)
     aligner = CPRAligner(model, channels, config)
     if settings.init:
         initialize_from(aligner, settings.init)
@@ -245,7 +245,8 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
     start_epoch, seconds, history = 0, 0.0, []
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["settings"] != asdict(settings):
+        defaults = {item.name: item.default for item in fields(CPRTrainSettings) if item.default is not MISSING}
+        if {**defaults, **state["settings"]} != asdict(settings):  # (settings added since: their defaults)
             raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
         aligner.load_state_dict(state["aligner"])
         optimizer.load_state_dict(state["optimizer"])

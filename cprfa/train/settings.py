@@ -40,6 +40,7 @@ class CPRTrainSettings:
     rounds: int = 2  # 1: round one alone; 2: with consistency-aware updating
     fusion: bool = True  # a CPR-C2 branch on the sparse landmarks
     kappa: float = 0.1  # share of detected DAFI vertices in CAPU's error pool
+    path_samples: int = 5  # M: CAPU tries 2M points along each step
     init: str = ""  # aligner weights to start from ("": random)
     epochs: int = 12
     samples_per_epoch: int = 4096
