@@ -33,6 +33,7 @@ def main() -> None:
     add_set_arguments(parser)
     parser.add_argument("--selection", type=Path, default=DEFAULT_SELECTION,
                         help="CPR vertex selection for the 'C selected' row (cprfa train select-vertices)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     estimator = DafiEstimator.from_file(args.weights)
@@ -43,13 +44,17 @@ def main() -> None:
         vertex_sets[f"{selection.count} for CPR"] = selection.vertex_ids
     print(f"HS-U-Net {args.weights or 'shipped'}: input {estimator.input_size}², widths {estimator.config.widths}, "
           f"{sum(p.numel() for p in estimator.network.parameters()):,} parameters; {args.threads} threads\n")
-    for name, faces in evaluation_sets(args, estimator.input_size):
+    for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
         errors = dafi_errors(estimator, faces, model=model, vertex_sets=vertex_sets)
         convention = "3D" if name == LARGE_POSE else "2D (300-W annotation)"
         print(f"### {name}: {len(faces)} faces of {args.split}; landmark ground truth in the {convention} convention\n")
         print(format_table(bucket_table(errors, list(vertex_sets))) + "\n")
 
-    crops = load_faces(args.sets[0].partition("=")[2], (args.split,), estimator.input_size, limit=32).images
+    first = Path(args.sets[0].partition("=")[2])
+    if not (first / args.split).is_dir():
+        print(f"(speed: {first}/{args.split} not built, skipped)")
+        return
+    crops = load_faces(str(first), (args.split,), estimator.input_size, limit=32).images
     one = 1000 * median_seconds(lambda: estimator.predict(crops[:1]), 50)
     batch = 1000 * median_seconds(lambda: estimator.predict(crops), 5) / len(crops)
     prediction = estimator.predict(crops)

@@ -106,7 +106,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/300w")
     parser.add_argument("--large-pose", type=Path, default=Path("/tmp/lp"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
     args = parser.parse_args()
+    limit = args.limit or None
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     detectors = {"default": FaceDetector(), "letterbox only": FaceDetector(tiles=False)}
@@ -118,7 +120,7 @@ def main() -> None:
     print("### 300-W photos (found: face_box IoU ≥ 0.5 with the tight landmark box)\n")
     print(header)
     for split in ("helen_test", "afw"):
-        faces = list(iter_300w(args.data, (split,)))
+        faces = list(iter_300w(args.data, (split,)))[:limit]
         images = [read_rgb(face.image) for face in faces]
         for name, detector in detectors.items():
             tally = Tally()
@@ -147,13 +149,15 @@ def main() -> None:
         tally, found, detected, yaws = Tally(), [], [], []
         for shard in shards:
             with np.load(shard) as content:
-                images, landmarks, yaw = content["images"], content["landmarks"], content["yaw"]
+                images, landmarks, yaw = (content[key][:limit] for key in ("images", "landmarks", "yaw"))
             for image, points in zip(images, landmarks, strict=True):
                 box = landmark_box(points)
                 found.append(tally.add(detector, np.ascontiguousarray(image), [box])[0] >= 0)
                 detected.append(any(box[0] <= (d.box[0] + d.box[2]) / 2 <= box[2]
                                     and box[1] <= (d.box[1] + d.box[3]) / 2 <= box[3] for d in tally.last))
             yaws += np.abs(yaw).tolist()
+            if limit and len(yaws) >= limit:
+                break
         yaws = np.array(yaws)
         for criterion, hits in (("found", np.array(found)), ("detected", np.array(detected))):
             cells = []

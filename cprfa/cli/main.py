@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from cprfa.errors import CprfaError
+from cprfa.eval.report import DEFAULT_SETS
 from cprfa.train.settings import CPRTrainSettings, TrainSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -87,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--smoothing", type=float, default=0.5,
                        help="videos: temporal smoothing of pose and landmarks in [0, 1), 0 = off (default 0.5)")
     align.set_defaults(run=run_align)
+
+    bench = commands.add_parser(
+        "bench", help="run the benchmarks and write a Markdown report with their tables and figures",
+        description="Run the repository's benchmarks (face detection, the paper's Table 1, the paper's ablation "
+        "with NME by yaw bucket and CED curves, speed per stage and memory) on the data sets that are built, "
+        "and write OUT/report.md with the PNG figures beside it. A benchmark that fails is reported; the others "
+        "run. Needs a source checkout.")
+    bench.add_argument("-o", "--out", type=Path, default=Path("bench_report"),
+                       help="report folder (default: bench_report)")
+    bench.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), metavar="NAME=FOLDER",
+                       help="the helen_test evaluation sets (cprfa data build outputs)")
+    bench.add_argument("--data", type=Path, help="300-W folder for the detection benchmark "
+                       "(default: ../shared/data/300w beside the repository)")
+    bench.add_argument("--only", nargs="+", choices=("detection", "dafi", "ablation", "speed"),
+                       help="run only these benchmarks")
+    bench.add_argument("--quick", action="store_true", help="a handful of faces each: a smoke run in minutes")
+    bench.set_defaults(run=run_bench)
 
     build = commands.add_parser(
         "build-model",
@@ -549,6 +567,14 @@ def run_train_cpr(args: argparse.Namespace) -> int:
           f"{shipped.get('val_synthetic_nme', float('nan')):.2f} %, occluded "
           f"{shipped.get('val_occluded_nme', float('nan')):.2f} %")
     return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from cprfa.eval.report import run_report
+
+    succeeded = run_report(args.out, tuple(args.sets), args.data, args.quick, tuple(args.only or ()))
+    print(f"wrote {args.out / 'report.md'}")
+    return 0 if succeeded else 1
 
 
 def run_select_vertices(args: argparse.Namespace) -> int:

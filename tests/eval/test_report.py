@@ -1,0 +1,32 @@
+import pytest
+
+from cprfa.cli.main import main
+from cprfa.errors import CprfaError
+from cprfa.eval import report
+
+
+def test_bench_writes_a_report_of_the_end_to_end_benchmark(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["bench", "--quick", "--only", "speed", "-o", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## End to end: speed per stage and memory" in text and "python benchmarks/bench_align.py --repeats 2" in text
+    assert "| 16 |" in text and "peak resident memory" in text
+
+
+def test_a_failing_benchmark_is_reported_and_the_others_run(tmp_path, monkeypatch):
+    scripts = tmp_path / "benchmarks"
+    scripts.mkdir()
+    (scripts / "bench_dafi.py").write_text("import sys\nprint('partial')\nsys.exit('no data here')\n")
+    (scripts / "bench_align.py").write_text("print('| table |')\n")
+    (scripts / "bench_cpr.py").write_text(
+        "import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--figures') + 1])\n"
+        "(out / 'ablation_ced_plain.png').write_bytes(b'png')\nprint('ablation')\n")
+    monkeypatch.setattr(report, "BENCHMARKS_DIR", scripts)
+    out = tmp_path / "out"
+    assert not report.run_report(out, only=("dafi", "ablation", "speed"), progress=lambda line: None)
+    text = (out / "report.md").read_text()
+    assert "**Failed** (exit code 1)" in text and "no data here" in text and "partial" in text
+    assert "| table |" in text and "![ablation_ced_plain](ablation_ced_plain.png)" in text
+    monkeypatch.setattr(report, "BENCHMARKS_DIR", tmp_path / "absent")
+    with pytest.raises(CprfaError, match="source checkout"):
+        report.run_report(out)
