@@ -2,7 +2,7 @@
 batch), median of ``--repeats`` runs after one warm-up, 2 torch threads; then the process's peak resident
 memory once it has also aligned a batch of 32 faces.
 
-Run: python benchmarks/bench_align.py [--method cpr|online|cpr+online]
+Run: python benchmarks/bench_align.py [--method cpr|online|cpr+online] [--runtime torch|onnx]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="cpr", help="FaceAligner method (default cpr)")
+    parser.add_argument("--runtime", default="torch", help="what runs the HS-U-Net: torch (default) or onnx")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    aligner = FaceAligner(method=args.method)
+    aligner = FaceAligner(method=args.method, runtime=args.runtime)
     image = load_image(EXAMPLES / "astronaut.jpg")
     box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
     print("| faces per call | crop | dafi | retrieval | fit | outputs | total |")

@@ -128,11 +128,14 @@ class FaceAligner:
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
                  selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr",
-                 cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None):
+                 cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None,
+                 runtime: str = "torch"):
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}, got '{method}'")
         self.model = model or default_face_model()
-        self.estimator = DafiEstimator.from_file(weights, device=device)
+        if runtime == "onnx" and device != "cpu":
+            raise InvalidInputError("runtime 'onnx' runs on the CPU; use device='cpu'")
+        self.estimator = DafiEstimator.from_file(weights, device=device, runtime=runtime)
         self.retriever = VertexRetriever(self.model)
         self.max_points = max_points
         self.fit_options = fit_options or FitOptions(robust="geman-mcclure")

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "from the CPR aligner's result")
     align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
     align.add_argument("--device", default="cpu", help="cpu or cuda: where the HS-U-Net runs (default cpu)")
+    align.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                       help="what runs the HS-U-Net: torch (default) or onnxruntime (pip install -e \".[onnx]\")")
     align.add_argument("--batch-size", type=int, default=8,
                        help="images aligned together: their faces share the network passes and fits (default 8)")
     align.add_argument("--workers", type=int, default=2,
@@ -88,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--smoothing", type=float, default=0.5,
                        help="videos: temporal smoothing of pose and landmarks in [0, 1), 0 = off (default 0.5)")
     align.set_defaults(run=run_align)
+
+    export = commands.add_parser(
+        "export-onnx", help="write the HS-U-Net as an ONNX graph",
+        description="Export the HS-U-Net (input: (B, 3, S, S) float32, RGB / 255 - 0.5 as "
+        "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and foreground logit) and the landmark "
+        "heatmaps) to OUT/hsunet.onnx, with a dynamic batch size. Needs pip install -e \".[onnx]\".")
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+    export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    export.set_defaults(run=run_export_onnx)
 
     bench = commands.add_parser(
         "bench", help="run the benchmarks and write a Markdown report with their tables and figures",
@@ -306,7 +317,8 @@ def run_align(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 0:
         raise CprfaError("--batch-size must be at least 1 and --workers not negative")
     _check_device(args.device)
-    aligner = FaceAligner(weights=args.weights, device=args.device, method=args.method, cpr_weights=args.cpr_weights)
+    aligner = FaceAligner(weights=args.weights, device=args.device, method=args.method, cpr_weights=args.cpr_weights,
+                          runtime=args.runtime)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
     failures = 0
@@ -566,6 +578,17 @@ def run_train_cpr(args: argparse.Namespace) -> int:
     print(f"wrote {args.out / 'cpr.pt'} (epoch {record['shipped_epoch']}) and record.json: synthetic 68-point NME "
           f"{shipped.get('val_synthetic_nme', float('nan')):.2f} %, occluded "
           f"{shipped.get('val_occluded_nme', float('nan')):.2f} %")
+    return 0
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from cprfa.dafi.onnx import export_hsunet
+    from cprfa.dafi.predict import load_network
+
+    network, config = load_network(args.weights)
+    args.out.mkdir(parents=True, exist_ok=True)
+    export_hsunet(network, config.input_size, args.out / "hsunet.onnx")
+    print(f"wrote {args.out / 'hsunet.onnx'} (input {config.input_size}², dynamic batch)")
     return 0
 
 

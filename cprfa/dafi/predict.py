@@ -69,8 +69,18 @@ class DafiEstimator:
         self.network, self.config, self.device = network.to(device).eval(), config, torch.device(device)
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> DafiEstimator:
-        return cls(*load_network(path), device=device)
+    def from_file(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+                  runtime: str = "torch") -> DafiEstimator:
+        """The network of a weights file (default: the shipped one) run by torch on ``device``, or by
+        onnxruntime (``runtime="onnx"``, CPU; cprfa.dafi.onnx)."""
+        network, config = load_network(path)
+        if runtime == "onnx":
+            from cprfa.dafi.onnx import OnnxNetwork
+
+            return cls(OnnxNetwork(network, config.input_size), config)
+        if runtime != "torch":
+            raise InvalidInputError(f"runtime must be 'torch' or 'onnx', got '{runtime}'")
+        return cls(network, config, device=device)
 
     @property
     def input_size(self) -> int:

@@ -1,0 +1,73 @@
+"""The HS-U-Net through ONNX: export it (``cprfa export-onnx``) and run it with onnxruntime (``--runtime onnx``).
+
+The exported graph takes the network's input (B, 3, S, S) and returns its full-resolution output group
+(B, 4, S, S: DAFI codes and foreground logit) and the landmark heatmaps (B, 68, h, w); the batch size is
+dynamic. ``OnnxNetwork`` stands in for the torch network inside ``DafiEstimator``, so crops, retrieval and
+everything after are shared. onnx and onnxruntime are optional (``pip install -e ".[onnx]"``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cprfa.dafi.network import HSUNet
+from cprfa.errors import CprfaError
+
+OPSET = 17
+
+
+class _Exported(nn.Module):
+    """The network with the outputs the estimator uses (the last group and the heatmaps)."""
+
+    def __init__(self, network: HSUNet):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        groups, heatmaps = self.network(images)
+        return groups[-1], heatmaps
+
+
+def export_hsunet(network: HSUNet, input_size: int, target: str | Path | io.BytesIO) -> None:
+    """Write the network as an ONNX graph to a file or a buffer."""
+    _require("onnx")
+    example = torch.zeros(1, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, still supported
+        torch.onnx.export(_Exported(network.eval()), (example,), target, input_names=["image"],
+                          output_names=["full", "heatmaps"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={name: {0: "batch"} for name in ("image", "full", "heatmaps")})
+
+
+class OnnxNetwork:
+    """An onnxruntime session that answers like ``HSUNet.forward``: ([full], heatmaps) as torch tensors."""
+
+    def __init__(self, network: HSUNet, input_size: int, threads: int | None = None):
+        ort = _require("onnxruntime")
+        buffer = io.BytesIO()
+        export_hsunet(network, input_size, buffer)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        full, heatmaps = self.session.run(None, {"image": images.detach().cpu().float().numpy()})
+        return [torch.from_numpy(full)], torch.from_numpy(heatmaps)
+
+    def to(self, _device) -> OnnxNetwork:
+        return self  # onnxruntime's CPU provider
+
+    def eval(self) -> OnnxNetwork:
+        return self
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise CprfaError(f"the ONNX runtime needs the '{module}' package: pip install -e \".[onnx]\"") from None
