@@ -16,7 +16,7 @@ from cprfa.cpr.regressor import (
     save_aligner,
 )
 from cprfa.cpr.selection import select_vertices
-from cprfa.cpr.sparse import synthetic_landmarks
+from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.data.point_sets import PointSetSettings, synthetic_point_sets
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.model.contour import landmarks_2d
@@ -204,3 +204,25 @@ def test_shipped_beta_moves_an_overshooting_or_undershooting_step_towards_the_mi
         closer = ((beta * delta - correction).norm(dim=1) < (delta - correction).norm(dim=1)).float().mean()
         assert closer >= 0.8, (group, factor, beta.squeeze(1))
 
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped CPR weights")
+def test_shipped_fusion_and_round_two_each_lower_the_error(face_model):
+    aligner = load_aligner(model=face_model)
+    if aligner.config.rounds < 2 or not aligner.config.fusion:
+        pytest.skip("the shipped weights have no round two or no fusion")
+    sets = synthetic_point_sets(face_model, 32, seed=21)
+    truth = landmarks_2d(face_model, sets.params)[..., :2].float()
+    landmarks, _ = synthetic_landmarks(truth, sets.face_size, torch.Generator().manual_seed(21),
+                                       LandmarkSettings(absent=0.0, noise=(0.03, 0.03), missing=(0.0, 0.0)))
+
+    def error(params):  # 68-point NME, 3D convention, %
+        from cprfa.model.projection import landmarks_3d
+
+        distance = (landmarks_3d(face_model, params) - landmarks_3d(face_model, sets.params))[..., :2].norm(dim=-1)
+        return float((100 * distance.mean(dim=1) / sets.face_size).mean())
+
+    alone = error(align_point_sets(aligner, sets.points, sets.detected, rounds=1))
+    fused = error(align_point_sets(aligner, sets.points, sets.detected, landmarks, rounds=1))
+    both = error(align_point_sets(aligner, sets.points, sets.detected, landmarks))
+    assert both < fused < alone and both < 5.0, (alone, fused, both)
