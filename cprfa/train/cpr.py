@@ -20,8 +20,8 @@ which are built from the parameters as the previous steps left them (gradients s
 the GRU states across stages). The translation step is the closed form and has nothing to learn. In round
 two the step is β·Δ, so the same loss trains the β networks jointly with the regressors (paper §2.4).
 
-``--init`` starts from another aligner's weights (round one's, say): training both rounds from scratch on
-two CPU cores takes many hours, and round one's regressors are what round two goes on with.
+``--init`` starts from another aligner's weights (round one's, say): round two goes on with round one's
+regressors, so a trained round one is a head start (the shipped weights were made that way).
 
 Each epoch ends with a validation on fixed synthetic sets (the training distribution and the occluded test
 distribution of the benchmark, with a sparse source, and the occluded one without), a line in
@@ -224,7 +224,7 @@ def initialize_from(aligner: CPRAligner, path: str) -> None:
 
 
 def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "cpu") -> dict:
-    """Train (or resume) round one's regressors and return the record of the run."""
+    """Train (or resume) the aligner and return the record of the run."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     out = Path(settings.out)
