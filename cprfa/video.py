@@ -1,6 +1,7 @@
 """Align the faces of a video frame by frame, with temporal smoothing (``align_video``).
 
-Each frame goes through ``FaceAligner.align`` (the detector finds the faces). Faces are followed from frame to
+Frames go through ``FaceAligner.align_batch`` ``batch_size`` at a time (the detector finds the faces; the
+frames of a batch share the network passes and fits). Faces are followed from frame to
 frame by their box: a face takes the previous frame's face whose box overlaps it most (IoU ≥ ``MIN_IOU``,
 each previous face used once). With ``smoothing`` s in [0, 1), a followed face's 2D and 3D landmarks, mesh and
 pitch / yaw / roll become ``s · previous smoothed + (1 − s) · current`` — an exponential moving average that
@@ -11,6 +12,7 @@ for the first time, or after a frame without it, starts afresh.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,18 +70,23 @@ def video_fps(path: str | Path, default: float = 25.0) -> float:
     return fps if fps and fps > 0 else default
 
 
-def align_video(aligner: FaceAligner, path: str | Path,
-                smoothing: float = DEFAULT_SMOOTHING) -> Iterator[VideoFrame]:
+def align_video(aligner: FaceAligner, path: str | Path, smoothing: float = DEFAULT_SMOOTHING,
+                batch_size: int = 8) -> Iterator[VideoFrame]:
     """Every frame of the video with its aligned faces (module docstring)."""
     if not 0.0 <= smoothing < 1.0:
         raise InvalidInputError(f"smoothing must lie in [0, 1), got {smoothing}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
     previous: list[FaceResult] = []
-    for index, seconds, image in read_frames(path):
-        faces = [face for face in aligner.align(image) if face is not None]
-        faces = [_smoothed(face, match, smoothing) if match is not None else face
-                 for face, match in zip(faces, _matches(faces, previous), strict=True)]
-        previous = faces
-        yield VideoFrame(index, seconds, image, faces)
+    frames = read_frames(path)
+    while chunk := list(itertools.islice(frames, batch_size)):
+        aligned = aligner.align_batch([image for _, _, image in chunk])
+        for (index, seconds, image), results in zip(chunk, aligned, strict=True):
+            faces = [face for face in results if face is not None]
+            faces = [_smoothed(face, match, smoothing) if match is not None else face
+                     for face, match in zip(faces, _matches(faces, previous), strict=True)]
+            previous = faces
+            yield VideoFrame(index, seconds, image, faces)
 
 
 def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[FaceResult | None]:

@@ -30,8 +30,11 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     clip = tmp_path / "clip.avi"
     write_clip(clip)
     aligner = FaceAligner()
-    raw = list(align_video(aligner, clip, smoothing=0.0))
-    smooth = list(align_video(aligner, clip, smoothing=0.5))
+    raw = list(align_video(aligner, clip, smoothing=0.0))  # batches of 8: the whole clip at once
+    smooth = list(align_video(aligner, clip, smoothing=0.5, batch_size=3))  # a batch of 3, then 1
+    one_by_one = list(align_video(aligner, clip, smoothing=0.0, batch_size=1))
+    for frame, alone in zip(raw, one_by_one, strict=True):
+        assert np.abs(frame.faces[0].landmarks_2d - alone.faces[0].landmarks_2d).max() < 0.5
     assert [frame.index for frame in raw] == [0, 1, 2, 3] and all(len(frame.faces) >= 1 for frame in raw)
     centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in raw]
     assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # the faces follow the drift
@@ -39,6 +42,8 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     assert lagged[0] == pytest.approx(centres[0]) and lagged[3] < centres[3] - 1.0  # smoothing lags a moving face
     with pytest.raises(InvalidInputError):
         next(align_video(aligner, clip, smoothing=1.0))
+    with pytest.raises(InvalidInputError):
+        next(align_video(aligner, clip, batch_size=0))
     (tmp_path / "fake.mp4").write_text("not a video")
     with pytest.raises(ImageReadError):
         next(align_video(aligner, tmp_path / "fake.mp4"))

@@ -342,7 +342,7 @@ def run_align(args: argparse.Namespace) -> int:
 
     for path in (p for p in images if p.suffix.lower() in VIDEO_SUFFIXES):
         try:
-            count = align_video_file(aligner, path, args.out, args.smoothing)
+            count = align_video_file(aligner, path, args.out, args.smoothing, args.batch_size)
             summary.append(f"{path},,video: {count} frames,,,,,,")
             print(f"{path}: {count} frames -> {args.out / (path.stem + '_annotated.mp4')}")
         except CprfaError as error:
@@ -436,7 +436,7 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
     return missing
 
 
-def align_video_file(aligner, path: Path, out: Path, smoothing: float) -> int:
+def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_size: int = 8) -> int:
     """Align every frame of a video: writes OUT/<name>_annotated.mp4 and OUT/<name>_frames.csv (one row per
     face and frame: pose and the 68 landmarks, 2D convention); returns the number of frames."""
     import cv2
@@ -448,7 +448,7 @@ def align_video_file(aligner, path: Path, out: Path, smoothing: float) -> int:
     header += [f"{axis}{k}" for k in range(68) for axis in ("x", "y")]
     rows, writer, count = [",".join(header)], None, 0
     try:
-        for frame in align_video(aligner, path, smoothing):
+        for frame in align_video(aligner, path, smoothing, batch_size):
             overlay = frame.image
             for k, face in enumerate(frame.faces):
                 overlay = draw_face_result(overlay, face, aligner.model)
