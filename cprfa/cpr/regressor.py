@@ -311,10 +311,12 @@ class CPRAligner(nn.Module):
                                           round_index * self.config.stages + stage, present)
                     if round_index == 0:
                         betas = [torch.ones_like(delta[:, :1]) for delta in deltas]
-                    else:
+                    else:  # the branches' paths in one batch
                         nets = [self.consistency[group]] + ([self.sparse_consistency[group]] if fusion else [])
-                        betas = [net(*self._path_errors(group, params, delta, pool_shape, inputs))
-                                 for net, delta in zip(nets, deltas, strict=True)]
+                        errors, before = self._path_errors(group, params.repeat(len(deltas), 1), torch.cat(deltas),
+                                                           pool_shape.repeat(len(deltas), 1, 1), inputs)
+                        betas = [net(e, b) for net, e, b in zip(nets, errors.chunk(len(deltas)),
+                                                                before.chunk(len(deltas)), strict=True)]
                     update = sum(beta * delta for beta, delta in zip(betas, deltas, strict=True))
                     params = self._updated(group, params, update)
                     steps.append(Step(group, params, round_index + 1, torch.cat(betas, dim=1)))
@@ -354,13 +356,15 @@ class CPRAligner(nn.Module):
     @torch.no_grad()
     def _path_errors(self, group: str, params: torch.Tensor, delta: torch.Tensor, pool_shape: torch.Tensor,
                      inputs: AlignerInput) -> tuple[torch.Tensor, torch.Tensor]:
-        """CAPU's errors along the path (cprfa.cpr.consistency) and before the step.
-        Shape: params (B, P), delta (B, d), pool_shape (B, E, 3) -> (B, 2M), (B,)."""
+        """CAPU's errors along the path (cprfa.cpr.consistency) and before the step, for k copies of the batch
+        (one per branch). Shape: params (k·B, P), delta (k·B, d), pool_shape (k·B, E, 3) -> (k·B, 2M), (k·B,)."""
         samples, batch = len(self.multipliers), len(params)
         path = (self.multipliers[:, None, None] * delta).reshape(samples * batch, -1)
         poses = torch.cat([params[:, :6], self._updated(group, params.repeat(samples, 1), path)[:, :6]])
         points = project(pool_shape.repeat(samples + 1, 1, 1), poses)[..., :2]
-        errors = residual_error(points.reshape(samples + 1, batch, -1, 2), inputs.pool_points, inputs.pool_weight)
+        copies = batch // len(inputs)  # one per branch
+        errors = residual_error(points.reshape(samples + 1, batch, -1, 2), inputs.pool_points.repeat(copies, 1, 1),
+                                inputs.pool_weight.repeat(copies, 1))
         return errors[1:].T, errors[0]
 
     def _translate(self, params: torch.Tensor, inputs: AlignerInput, fusion: bool) -> torch.Tensor:
