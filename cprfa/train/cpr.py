@@ -37,7 +37,6 @@ import json
 import math
 import platform
 import re
-import shutil
 import time
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
@@ -298,7 +297,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         (out / "history.jsonl").write_text("".join(json.dumps(item) + "\n" for item in history))
     best = out / "best.pt"
     if best.is_file() and history:
-        shutil.copyfile(best, out / "cpr.pt")
+        save_aligner(load_aligner(best, model), out / "cpr.pt")  # in the current file format
         shipped = min(history, key=selection_score)
     else:
         save_aligner(aligner.cpu(), out / "cpr.pt")

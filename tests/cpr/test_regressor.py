@@ -226,3 +226,16 @@ def test_shipped_fusion_and_round_two_each_lower_the_error(face_model):
     fused = error(align_point_sets(aligner, sets.points, sets.detected, landmarks, rounds=1))
     both = error(align_point_sets(aligner, sets.points, sets.detected, landmarks))
     assert both < fused < alone and both < 5.0, (alone, fused, both)
+
+
+def test_weight_matrices_are_stored_as_int8_within_half_a_step(face_model, channels, tmp_path):
+    torch.manual_seed(5)
+    aligner = CPRAligner(face_model, channels, CPRConfig(widths=(4, 8, 8, 8, 8), hidden=64))
+    save_aligner(aligner, tmp_path / "cpr.pt")
+    stored = torch.load(tmp_path / "cpr.pt", weights_only=True)["state_dict"]
+    assert isinstance(stored["regressors.alpha.cell.weight_ih"], dict)  # a large matrix
+    loaded = load_aligner(tmp_path / "cpr.pt", face_model).state_dict()
+    for key, value in aligner.state_dict().items():
+        if isinstance(stored[key], dict):
+            step = stored[key]["scale"].reshape(-1, *[1] * (value.dim() - 1))
+            assert ((loaded[key] - value).abs() <= step / 2 + 1e-6).all(), key
