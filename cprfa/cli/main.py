@@ -11,6 +11,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -94,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export-onnx", help="write the HS-U-Net as an ONNX graph",
         description="Export the HS-U-Net (input: (B, 3, S, S) float32, RGB / 255 - 0.5 as "
-        "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and foreground logit) and the landmark "
-        "heatmaps) to OUT/hsunet.onnx, with a dynamic batch size. Needs pip install -e \".[onnx]\".")
+        "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and "
+        "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, with a dynamic batch size. Needs "
+        "pip install -e \".[onnx]\".")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     export.set_defaults(run=run_export_onnx)
@@ -329,16 +331,15 @@ def run_align(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         summary.append(f"{path},,error,,,,,,")
 
-    def read(path: Path):
-        """(path, image, boxes, landmarks) or (path, the error)."""
+    def read(path: Path) -> LoadedImage:
         try:
             image_boxes = boxes_for(boxes, path) if boxes is not None else None
             image_landmarks = boxes_for(landmarks, path) if landmarks is not None else None
             if image_boxes == [] or image_landmarks == []:
                 raise CprfaError(f"{path}: no face for this image in {args.boxes or args.landmarks}")
-            return path, load_image(path), image_boxes, image_landmarks
+            return LoadedImage(path, load_image(path), image_boxes, image_landmarks)
         except CprfaError as error:
-            return path, error
+            return LoadedImage(path, error=error)
 
     for path in (p for p in images if p.suffix.lower() in VIDEO_SUFFIXES):
         try:
@@ -351,16 +352,17 @@ def run_align(args: argparse.Namespace) -> int:
     loaded = prefetched(read, stills, args.workers, ahead=2 * args.batch_size)
     with tqdm(total=len(stills), desc="align", unit="image", disable=len(stills) < 2, file=sys.stderr) as bar:
         while batch := list(itertools.islice(loaded, args.batch_size)):
-            ready = [item for item in batch if len(item) == 4]
-            for path, error in (item for item in batch if len(item) == 2):
-                report(path, error)
+            ready = [item for item in batch if item.error is None]
+            for item in batch:
+                if item.error is not None:
+                    report(item.path, item.error)
             for item, outcome in zip(ready, _align_batch(aligner, ready), strict=True):
                 if isinstance(outcome, CprfaError):
-                    report(item[0], outcome)
+                    report(item.path, outcome)
                 elif not outcome:
-                    report(item[0], CprfaError(f"{item[0]}: no face found"))
+                    report(item.path, CprfaError(f"{item.path}: no face found"))
                 else:
-                    failures += _write_faces(aligner, args, *item[:3], outcome, summary)
+                    failures += _write_faces(aligner, args, item.path, item.image, item.boxes, outcome, summary)
             bar.update(len(batch))
     (args.out / "summary.csv").write_text("\n".join(summary) + "\n")
     return 1 if failures else 0
@@ -385,17 +387,27 @@ def prefetched(function, items: list, workers: int, ahead: int):
             yield pending.popleft().result()
 
 
-def _align_batch(aligner, ready: list) -> list:
+class LoadedImage(NamedTuple):
+    """An input image of ``cprfa align`` as read: the image with its given boxes or landmarks, or the error."""
+
+    path: Path
+    image: np.ndarray | None = None
+    boxes: list | None = None
+    landmarks: list | None = None
+    error: CprfaError | None = None
+
+
+def _align_batch(aligner, ready: list[LoadedImage]) -> list:
     """Per loaded image its results, or the error that refused it: the batch at once, and image by image when
     one of them is refused (so that one bad image never stops the others)."""
     try:
-        return aligner.align_batch([item[1] for item in ready], [item[2] for item in ready],
-                                   [item[3] for item in ready])
+        return aligner.align_batch([item.image for item in ready], [item.boxes for item in ready],
+                                   [item.landmarks for item in ready])
     except CprfaError:
         outcomes = []
-        for _, image, image_boxes, image_landmarks in ready:
+        for item in ready:
             try:
-                outcomes.append(aligner.align(image, image_boxes, image_landmarks))
+                outcomes.append(aligner.align(item.image, item.boxes, item.landmarks))
             except CprfaError as error:
                 outcomes.append(error)
         return outcomes

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cprfa.cli.main import _align_batch, main, prefetched
+from cprfa.cli.main import LoadedImage, _align_batch, main, prefetched
 from cprfa.data.images import save_image
 from cprfa.errors import CprfaError
 
@@ -92,6 +92,6 @@ def test_an_image_the_batch_refuses_is_reported_alone():
                 raise CprfaError("bad image")
             return ["face"]
 
-    outcomes = _align_batch(Aligner(), [("a", "good", None, None), ("b", "bad", None, None)])
+    outcomes = _align_batch(Aligner(), [LoadedImage("a", "good"), LoadedImage("b", "bad")])
     assert outcomes[0] == ["face"] and str(outcomes[1]) == "bad image"
     assert list(prefetched(str.upper, ["a", "b", "c"], workers=2, ahead=1)) == ["A", "B", "C"]
