@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="cpr", help="FaceAligner method (default cpr)")
-    parser.add_argument("--runtime", default="torch", help="what runs the HS-U-Net: torch (default) or onnx")
+    parser.add_argument("--runtime", default="torch", help="what runs the networks: torch (default) or onnx")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     aligner = FaceAligner(method=args.method, runtime=args.runtime)

@@ -26,7 +26,8 @@ Sets:
   vertex retrieval and landmark head: 68-point NME in each set's own convention (2D silhouette jaw for plain
   and occluded, 3D for large-pose), by |yaw| bucket as DESIGN.md, and CED curves (``--figures``).
 
-Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads.
+Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads; again
+with the networks run by onnxruntime (cprfa.cpr.onnx) when it is installed.
 
 Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only]
      [--sets plain=/tmp/pgt occluded=/tmp/occ large-pose=/tmp/lp]
@@ -35,6 +36,7 @@ Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -77,6 +79,13 @@ def main() -> None:
     count = 2 * aligner.channels.shape[1]
     print(f"## Speed (C = {count}, {args.threads} torch threads)\n")
     _speed(aligner, model)
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        from cprfa.cpr.onnx import OnnxStepNetworks
+
+        print("With the networks run by onnxruntime (--runtime onnx), the rest in torch:\n")
+        aligner.runtime = OnnxStepNetworks(aligner)
+        _speed(aligner, model)
+        aligner.runtime = None
     if args.speed_only:
         return
     for offset, (name, settings) in enumerate((("synthetic", PointSetSettings()),

@@ -143,6 +143,10 @@ class FaceAligner:
         self.selected = VertexSelection.load(selection).vertex_ids if has_selection else None
         self.method = method
         self.cpr = load_aligner(cpr_weights, self.model) if method.startswith("cpr") else None
+        if self.cpr is not None and runtime == "onnx":
+            from cprfa.cpr.onnx import OnnxStepNetworks
+
+            self.cpr.runtime = OnnxStepNetworks(self.cpr)
         self.landmark_source = landmark_source
         self.detector: FaceDetector | None = None  # made on first use
 

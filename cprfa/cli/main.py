@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
     align.add_argument("--device", default="cpu", help="cpu or cuda: where the HS-U-Net runs (default cpu)")
     align.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                       help="what runs the HS-U-Net: torch (default) or onnxruntime (pip install -e \".[onnx]\")")
+                       help="what runs the networks (HS-U-Net, CPR aligner): torch (default) or onnxruntime "
+                       "(pip install -e \".[onnx]\")")
     align.add_argument("--batch-size", type=int, default=8,
                        help="images aligned together: their faces share the network passes and fits (default 8)")
     align.add_argument("--workers", type=int, default=2,
@@ -93,13 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     align.set_defaults(run=run_align)
 
     export = commands.add_parser(
-        "export-onnx", help="write the HS-U-Net as an ONNX graph",
+        "export-onnx", help="write the HS-U-Net and the CPR aligner's networks as ONNX graphs",
         description="Export the HS-U-Net (input: (B, 3, S, S) float32, RGB / 255 - 0.5 as "
         "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and "
-        "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, with a dynamic batch size. Needs "
-        "pip install -e \".[onnx]\".")
+        "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, and the networks of each step of the "
+        "CPR aligner (cprfa.cpr.onnx: CPRs and GRU states in, the step and the next states out) to "
+        "OUT/cpr/<group>_<stage>.onnx, all with a dynamic batch size. Needs pip install -e \".[onnx]\".")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    export.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
     export.set_defaults(run=run_export_onnx)
 
     bench = commands.add_parser(
@@ -170,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     dafi.add_argument("--epochs", type=int, default=defaults.epochs)
     dafi.add_argument("--batch-size", type=int, default=defaults.batch_size)
     dafi.add_argument("--lr", type=float, default=defaults.lr)
+    dafi.add_argument("--final-lr-ratio", type=float, default=defaults.final_lr_ratio,
+                      help="the learning rate decays exponentially to lr × this at the last epoch")
+    dafi.add_argument("--landmark-weight", type=float, default=defaults.landmark_weight,
+                      help="weight of the landmark head's loss against the DAFI losses")
+    dafi.add_argument("--init", type=Path, help="HS-U-Net weights to start from (default: random)")
     dafi.add_argument("--workers", type=int, default=defaults.workers, help="augmentation processes")
     dafi.add_argument("--threads", type=int, default=defaults.threads, help="torch threads")
     dafi.add_argument("--device", default="cpu", help="cpu or cuda (only the speed changes; default cpu)")
@@ -531,14 +539,20 @@ def run_train_dafi(args: argparse.Namespace) -> int:
     from cprfa.train.dafi import train_dafi
 
     _check_training_options(args, ("epochs", "batch_size", "threads"))
-    if not 0 < args.lr < 1 or args.workers < 0 or args.limit < 0:
-        raise CprfaError("--lr must lie in (0, 1); --workers and --limit must not be negative")
+    if not 0 < args.lr < 1 or not 0 < args.final_lr_ratio <= 1 or args.landmark_weight < 0:
+        raise CprfaError("--lr must lie in (0, 1), --final-lr-ratio in (0, 1], --landmark-weight not be negative")
+    if args.workers < 0 or args.limit < 0:
+        raise CprfaError("--workers and --limit must not be negative")
+    if args.init is not None and not args.init.is_file():
+        raise CprfaError(f"--init {args.init}: no such file")
     if args.input_size < 32 or args.input_size % 16:
         raise CprfaError(f"--input-size must be a multiple of 16 and at least 32, got {args.input_size}")
     settings = TrainSettings(
         data=str(args.data), out=str(args.out), validation=str(args.validation), splits=tuple(args.splits),
         input_size=args.input_size, widths=tuple(args.widths), epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, workers=args.workers, seed=args.seed, threads=args.threads, limit=args.limit)
+        lr=args.lr, final_lr_ratio=args.final_lr_ratio, landmark_weight=args.landmark_weight,
+        workers=args.workers, seed=args.seed, threads=args.threads, limit=args.limit,
+        init=str(args.init) if args.init else "")
     record = train_dafi(settings, device=args.device)
     final = record["final"]
     print(f"wrote {args.out / 'hsunet.pt'} and record.json: validation landmark NME "
@@ -594,13 +608,20 @@ def run_train_cpr(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
+    from cprfa.cpr.onnx import export_step, step_keys
+    from cprfa.cpr.regressor import load_aligner
     from cprfa.dafi.onnx import export_hsunet
     from cprfa.dafi.predict import load_network
 
     network, config = load_network(args.weights)
-    args.out.mkdir(parents=True, exist_ok=True)
+    aligner = load_aligner(args.cpr_weights)
+    (args.out / "cpr").mkdir(parents=True, exist_ok=True)
     export_hsunet(network, config.input_size, args.out / "hsunet.onnx")
     print(f"wrote {args.out / 'hsunet.onnx'} (input {config.input_size}², dynamic batch)")
+    keys = step_keys(aligner)
+    for group, stage in keys:
+        export_step(aligner, group, stage, args.out / "cpr" / f"{group}_{stage}.onnx")
+    print(f"wrote {len(keys)} graphs of the CPR aligner's steps to {args.out / 'cpr'}")
     return 0
 
 

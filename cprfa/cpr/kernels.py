@@ -61,9 +61,10 @@ def translation_step(observed: torch.Tensor, generated: torch.Tensor, detected: 
     return ((observed - generated) * weight).sum(dim=(1, 2)) / count
 
 
-def scale_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
-    """Λs: entry (i, j) = ‖y_i − y_j‖. Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
-    return _distances(points, detected) * pair_mask(detected)
+def scale_cpr(points: torch.Tensor, detected: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """Λs: entry (i, j) = ‖y_i − y_j‖. ``pairs``: ``pair_mask(detected)`` when the caller has it.
+    Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
+    return _distances(points, detected) * (pair_mask(detected) if pairs is None else pairs)
 
 
 def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
@@ -85,26 +86,32 @@ def rotation_z_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor
     return _cross(unit, unit) * pair_mask(detected)
 
 
-def rotation_z_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+def rotation_z_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor,
+                     pairs: torch.Tensor | None = None) -> torch.Tensor:
     """The rz regressor's input (module docstring): ŷ^G_i × ŷ^O_j − ŷ^G_i × ŷ^G_j on unit vectors of points
     centred on their own set's observed centroid. Shape: points (B, K, n, 2) twice -> (B, K, n, n)."""
     unit_g = _unit(centred(generated, detected))
     unit_o = _unit(centred(observed, detected))
-    return (_cross(unit_g, unit_o) - _cross(unit_g, unit_g)) * pair_mask(detected)
+    # one product: ŷ^G_i × (ŷ^O_j − ŷ^G_j)
+    return _cross(unit_g, unit_o - unit_g) * (pair_mask(detected) if pairs is None else pairs)
 
 
-def rotation_xy_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+def rotation_xy_cpr(points: torch.Tensor, detected: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Λrxy: entry (i, j) = û(y_i − y_j) · û(y_j − y_k), k the vertex after j in channel order (cyclic); 0 when
-    i, j or k is not observed. Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
+    i, j or k is not observed. ``valid``: ``rotation_xy_mask(detected)`` when the caller has it.
+    Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
     points = centred(points, detected)
     step = _unit(points - torch.roll(points, shifts=-1, dims=2))  # û(y_j − y_k), (B, K, n, 2)
     # (y_i − y_j) · û_j = y_i · û_j − y_j · û_j, divided by ‖y_i − y_j‖
-    projection = (points[..., :, None, 0] * step[..., None, :, 0] + points[..., :, None, 1] * step[..., None, :, 1]
-                  - (points * step).sum(dim=-1)[..., None, :])
+    projection = points @ step.transpose(-1, -2) - (points * step).sum(dim=-1)[..., None, :]
     cosine = (projection / _distances(points, detected).clamp(min=EPSILON)).clamp(-1.0, 1.0)
+    return cosine * (rotation_xy_mask(detected) if valid is None else valid)
+
+
+def rotation_xy_mask(detected: torch.Tensor) -> torch.Tensor:
+    """The entries of Λrxy that exist: i, j and k observed, i ≠ j (û(0) = 0). Shape: (B, K, n) -> (B, K, n, n)."""
     valid = pair_mask(detected) & torch.roll(detected, shifts=-1, dims=2)[..., None, :]
-    valid = valid & ~torch.eye(points.shape[2], dtype=torch.bool, device=points.device)  # û(0) = 0
-    return cosine * valid
+    return valid & (torch.eye(detected.shape[2], device=detected.device) == 0)
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
@@ -118,8 +125,11 @@ def _cross(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 
 def _distances(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
-    """Entry (i, j) = ‖y_i − y_j‖ (0 on the diagonal), by matrix products on points centred first (precision).
-    Shape: (..., n, 2) -> (..., n, n)."""
+    """Entry (i, j) = ‖y_i − y_j‖ by matrix products on points centred first (precision), exactly 0 on the
+    diagonal, with a zero gradient where a distance is 0 (not the NaN of a square root at 0).
+    Shape: (..., n, 2), (..., n) -> (..., n, n)."""
     points = centred(points, detected)
-    distance = torch.cdist(points, points, compute_mode="use_mm_for_euclid_dist")
-    return distance.diagonal_scatter(torch.zeros_like(points[..., 0]), dim1=-2, dim2=-1)
+    norms = (points * points).sum(dim=-1)
+    squared = norms[..., :, None] + norms[..., None, :] - 2 * points @ points.transpose(-1, -2)
+    off_diagonal = torch.eye(points.shape[-2], dtype=points.dtype, device=points.device) == 0
+    return torch.sqrt(squared.clamp(min=EPSILON**2)) * off_diagonal

@@ -44,7 +44,9 @@ from torch import nn
 from cprfa.cpr.consistency import ConsistencyWeight, error_pool, path_multipliers, pool_order, residual_error
 from cprfa.cpr.kernels import (
     gather_channels,
+    pair_mask,
     rotation_xy_cpr,
+    rotation_xy_mask,
     rotation_z_input,
     scale_cpr,
     scale_ratio,
@@ -54,7 +56,7 @@ from cprfa.cpr.sparse import N_LANDMARKS, landmark_channels
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.model.contour import contour_lines, silhouette_choice
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.model.projection import ParamLayout, model_shape, project
+from cprfa.model.projection import ParamLayout, linear_shape, model_shape, weak_perspective
 from cprfa.weights import read_weights
 
 GROUPS = ("alpha", "rotation_xy", "rotation_z", "scale")
@@ -111,7 +113,6 @@ class CPRRegressor(nn.Module):
             channels = width
         self.convolutions = nn.ModuleList(convolutions)
         self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(width) for width in widths) for _ in range(stages))
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
         self.sixth = nn.Sequential(nn.Linear(16 * channels, hidden), nn.ReLU(inplace=True))
         self.cell = nn.GRUCell(hidden, hidden)
         self.out = nn.Linear(hidden, outputs)
@@ -122,13 +123,27 @@ class CPRRegressor(nn.Module):
         x = cpr
         for convolution, norm in zip(self.convolutions, self.norms[stage], strict=True):
             x = torch.relu(norm(convolution(x)))
-        return self.sixth(self.pool(x))
+        return self.sixth(average_pool(x, 4).flatten(1))
 
     def recur(self, features: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Δ and the next hidden state. Shape: features (B, hidden), state (B, hidden) or None -> (B, outputs),
         (B, hidden)."""
         state = self.cell(features, state)
         return self.out(state), state
+
+
+def average_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Adaptive average pooling to size × size as two products with pooling matrices (the same windows as
+    torch's adaptive pooling; written out so that ONNX can export any input size).
+    Shape: (B, C, H, W) -> (B, C, size, size)."""
+    def matrix(length: int) -> torch.Tensor:
+        index = torch.arange(length, dtype=x.dtype, device=x.device)
+        starts = [i * length // size for i in range(size)]
+        ends = [((i + 1) * length + size - 1) // size for i in range(size)]
+        rows = [((index >= a) & (index < b)).to(x.dtype) / (b - a) for a, b in zip(starts, ends, strict=True)]
+        return torch.stack(rows)
+
+    return matrix(int(x.shape[2])) @ x @ matrix(int(x.shape[3])).T
 
 
 class Crossing(nn.Module):
@@ -243,7 +258,10 @@ class CPRAligner(nn.Module):
                              persistent=False)
         self.register_buffer("contour_rows", torch.from_numpy(np.searchsorted(sparse_ids, self.contours.vertex_ids)),
                              persistent=False)
+        self.register_buffer("jaw_landmarks", torch.as_tensor(self.contours.landmarks), persistent=False)
+        self.register_buffer("outward", torch.as_tensor(self.contours.outward), persistent=False)
         self.register_buffer("multipliers", path_multipliers(config.path_samples), persistent=False)
+        self.runtime = None  # what runs ``step_networks`` when not torch (cprfa.cpr.onnx)
         outputs = {"alpha": self.layout.n_identity + self.layout.n_expression, "rotation_xy": 2, "rotation_z": 1,
                    "scale": 1}
         stages = config.rounds * config.stages
@@ -262,23 +280,31 @@ class CPRAligner(nn.Module):
                 self.sparse_consistency = nn.ModuleDict({group: ConsistencyWeight(config.path_samples)
                                                          for group in POSE_GROUPS})
 
-    def generated(self, params: torch.Tensor) -> torch.Tensor:
-        """Y^G of the selected vertices. Shape: params (B, P) -> (B, K, n, 2)."""
+    def shapes(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-space shapes of the selected vertices and of the sparse vertex set under ``params``' α; they
+        change only with α, so an alignment computes them once per α step.
+        Shape: params (B, P) -> (B, K·n, 3), (B, S, 3)."""
         alpha = params[:, self.layout.alpha]
-        shape = self.mean + torch.einsum("vck,bk->bvc", self.basis, alpha)
-        points = project(shape, params[:, :6])[..., :2]
+        return (linear_shape(self.mean, self.basis, alpha), linear_shape(self.sparse_mean, self.sparse_basis, alpha))
+
+    def generated(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+        """Y^G of the selected vertices (``shape``: the first of ``shapes(params)`` when the caller has it).
+        Shape: params (B, P) -> (B, K, n, 2)."""
+        shape = self.shapes(params)[0] if shape is None else shape
+        points = weak_perspective(shape, params[:, :6])[..., :2]
         return points.reshape(len(params), *self.channels.shape, 2)
 
-    def generated_landmarks(self, params: torch.Tensor) -> torch.Tensor:
+    def generated_landmarks(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
         """Y^G of the sparse source: the 68 landmarks, jaw on the silhouette (cprfa.model.contour), in their
-        channels. Shape: params (B, P) -> (B, 3, 68, 2)."""
-        shape = self.sparse_mean + torch.einsum("vck,bk->bvc", self.sparse_basis, params[:, self.layout.alpha])
-        best = silhouette_choice(shape[:, self.contour_rows], params, self.contours)  # (B, 16)
+        channels (``shape``: the second of ``shapes(params)`` when the caller has it).
+        Shape: params (B, P) -> (B, 3, 68, 2)."""
+        shape = self.shapes(params)[1] if shape is None else shape
+        best = silhouette_choice(shape[:, self.contour_rows], params, self.outward)  # (B, 16)
         rows = self.landmark_rows.repeat(len(params), 1)
-        rows[:, torch.as_tensor(self.contours.landmarks)] = torch.gather(
+        rows[:, self.jaw_landmarks] = torch.gather(
             self.contour_rows.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
         landmarks = torch.gather(shape, 1, rows[..., None].expand(-1, -1, 3))
-        return gather_channels(project(landmarks, params[:, :6])[..., :2], self.sparse_channels)
+        return gather_channels(weak_perspective(landmarks, params[:, :6])[..., :2], self.sparse_channels)
 
     def forward(self, inputs: AlignerInput, params: torch.Tensor | None = None, detach: bool = True,
                 rounds: int | None = None, fuse: bool = True) -> list[Step]:
@@ -295,11 +321,13 @@ class CPRAligner(nn.Module):
         present = inputs.present
         fusion = self.config.fusion and fuse and bool(present.any())  # without any source: the DAFI branch alone
         present = present.to(params.dtype) if fusion else None
-        observed_cprs = {"dense": _observed_cprs(inputs.observed, inputs.detected)}
+        observed = {"dense": _Observed.of(inputs.observed, inputs.detected)}
         if fusion:
-            observed_cprs["sparse"] = _observed_cprs(inputs.landmarks, inputs.landmark_given)
-        states: dict[str, torch.Tensor | None] = {}
+            observed["sparse"] = _Observed.of(inputs.landmarks, inputs.landmark_given)
+        start = params.new_zeros(len(params), self.config.hidden)  # the GRUs' initial state
+        states = {name: start for group in GROUPS for name in (group, f"sparse {group}")}
         steps = []
+        shapes = self.shapes(params)
         for round_index in range(rounds):
             pool_shape = None
             if round_index:
@@ -307,7 +335,7 @@ class CPRAligner(nn.Module):
             for stage in range(self.config.stages):
                 for group in GROUPS if round_index == 0 else POSE_GROUPS:
                     params = params.detach() if detach else params
-                    deltas = self._deltas(group, params, inputs, observed_cprs, states,
+                    deltas = self._deltas(group, params, shapes, observed, states,
                                           round_index * self.config.stages + stage, present)
                     if round_index == 0:
                         betas = [torch.ones_like(delta[:, :1]) for delta in deltas]
@@ -319,26 +347,41 @@ class CPRAligner(nn.Module):
                                                                 before.chunk(len(deltas)), strict=True)]
                     update = sum(beta * delta for beta, delta in zip(betas, deltas, strict=True))
                     params = self._updated(group, params, update)
+                    if group == "alpha":
+                        shapes = self.shapes(params.detach() if detach else params)
                     steps.append(Step(group, params, round_index + 1, torch.cat(betas, dim=1)))
-                params = self._translate(params.detach() if detach else params, inputs, fusion)
+                params = self._translate(params.detach() if detach else params, shapes, observed)
                 steps.append(Step("translation", params, round_index + 1))
         return steps
 
-    def _deltas(self, group, params, inputs, observed_cprs, states, stage, present) -> list[torch.Tensor]:
+    def _deltas(self, group, params, shapes, observed, states, stage, present) -> list[torch.Tensor]:
         """Δ of the DAFI branch and, with fusion, of the sparse branch (zero for faces without a source)."""
-        cpr = _cpr_input(group, self.generated(params), inputs.observed, inputs.detected, observed_cprs["dense"])
-        features = self.regressors[group].features(cpr, stage)
+        cpr = observed["dense"].network_input(group, self.generated(params, shapes[0]))
+        run = self.step_networks if self.runtime is None else self.runtime
         if present is None:
-            delta, states[group] = self.regressors[group].recur(features, states.get(group))
+            delta, states[group] = run(group, stage, cpr, states[group])
             return [delta]
-        sparse_cpr = _cpr_input(group, self.generated_landmarks(params), inputs.landmarks, inputs.landmark_given,
-                                observed_cprs["sparse"])
+        sparse_cpr = observed["sparse"].network_input(group, self.generated_landmarks(params, shapes[1]))
+        delta, states[group], sparse_delta, states[f"sparse {group}"] = run(
+            group, stage, cpr, states[group], sparse_cpr, states[f"sparse {group}"], present)
+        return [delta, sparse_delta]
+
+    def step_networks(self, group: str, stage: int, cpr: torch.Tensor, state: torch.Tensor,
+                      sparse_cpr: torch.Tensor | None = None, sparse_state: torch.Tensor | None = None,
+                      present: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The networks of one step (one graph of cprfa.cpr.onnx): the DAFI branch's CNN and GRU, and with a
+        sparse input the sparse branch's, crossing at the sixth layer (its Δ zero for faces without a source).
+
+        Shape: cpr (B, K, n, n), states (B, hidden), sparse_cpr (B, 3, 68, 68), present (B,) -> Δ (B, d) and
+        the next state, then with a sparse input the sparse Δ and state."""
+        features = self.regressors[group].features(cpr, stage)
+        if sparse_cpr is None:
+            return self.regressors[group].recur(features, state)
         sparse_features = self.sparse_regressors[group].features(sparse_cpr, stage)
         features, sparse_features = self.crossings[group](features, sparse_features, present)
-        delta, states[group] = self.regressors[group].recur(features, states.get(group))
-        sparse_delta, states[f"sparse {group}"] = self.sparse_regressors[group].recur(
-            sparse_features, states.get(f"sparse {group}"))
-        return [delta, sparse_delta * present[:, None]]
+        delta, state = self.regressors[group].recur(features, state)
+        sparse_delta, sparse_state = self.sparse_regressors[group].recur(sparse_features, sparse_state)
+        return delta, state, sparse_delta * present[:, None], sparse_state
 
     def _updated(self, group: str, params: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The parameters after a step Δ of ``group``. Shape: (B, P), (B, d) -> (B, P)."""
@@ -361,36 +404,53 @@ class CPRAligner(nn.Module):
         samples, batch = len(self.multipliers), len(params)
         path = (self.multipliers[:, None, None] * delta).reshape(samples * batch, -1)
         poses = torch.cat([params[:, :6], self._updated(group, params.repeat(samples, 1), path)[:, :6]])
-        points = project(pool_shape.repeat(samples + 1, 1, 1), poses)[..., :2]
+        points = weak_perspective(pool_shape.repeat(samples + 1, 1, 1), poses)[..., :2]
         copies = batch // len(inputs)  # one per branch
         errors = residual_error(points.reshape(samples + 1, batch, -1, 2), inputs.pool_points.repeat(copies, 1, 1),
                                 inputs.pool_weight.repeat(copies, 1))
         return errors[1:].T, errors[0]
 
-    def _translate(self, params: torch.Tensor, inputs: AlignerInput, fusion: bool) -> torch.Tensor:
+    def _translate(self, params: torch.Tensor, shapes, observed: dict[str, _Observed]) -> torch.Tensor:
         """The closed-form translation step over every observed point (DAFI vertices and, with fusion, the
         sparse landmarks)."""
-        observed, detected, generated = inputs.observed, inputs.detected, self.generated(params)
-        if fusion:
-            observed = torch.cat([observed, inputs.landmarks], dim=2)
-            detected = torch.cat([detected, inputs.landmark_given], dim=2)
-            generated = torch.cat([generated, self.generated_landmarks(params)], dim=2)
-        shift = translation_step(observed, generated, detected)
+        points, detected = observed["dense"].points, observed["dense"].detected
+        generated = self.generated(params, shapes[0])
+        if "sparse" in observed:
+            points = torch.cat([points, observed["sparse"].points], dim=2)
+            detected = torch.cat([detected, observed["sparse"].detected], dim=2)
+            generated = torch.cat([generated, self.generated_landmarks(params, shapes[1])], dim=2)
+        shift = translation_step(points, generated, detected)
         return torch.cat([params[:, :4], params[:, 4:6] + shift, params[:, 6:]], dim=1)
 
 
-def _observed_cprs(points: torch.Tensor, detected: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The observed set's CPRs, which do not change during the alignment."""
-    return {"rxy": rotation_xy_cpr(points, detected), "scale": scale_cpr(points, detected)}
+@dataclass(frozen=True, eq=False)
+class _Observed:
+    """One branch's observed set and what stays fixed while it is aligned: its masks and CPRs.
 
+    points (B, K, n, 2), detected (B, K, n); pairs, rxy_valid (B, K, n, n) as 0/1 of the points' dtype;
+    rxy, scale (B, K, n, n) the observed Λrxy and Λs."""
 
-def _cpr_input(group: str, generated, observed, detected, observed_cprs) -> torch.Tensor:
-    """A group's network input (module docstring). Shape: points (B, K, n, 2) -> (B, K, n, n)."""
-    if group in ("alpha", "rotation_xy"):
-        return rotation_xy_cpr(generated, detected) - observed_cprs["rxy"]
-    if group == "rotation_z":
-        return rotation_z_input(generated, observed, detected)
-    return scale_ratio(scale_cpr(generated, detected), observed_cprs["scale"])
+    points: torch.Tensor
+    detected: torch.Tensor
+    pairs: torch.Tensor
+    rxy_valid: torch.Tensor
+    rxy: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, points: torch.Tensor, detected: torch.Tensor) -> _Observed:
+        pairs = pair_mask(detected).to(points.dtype)
+        rxy_valid = rotation_xy_mask(detected).to(points.dtype)
+        return cls(points, detected, pairs, rxy_valid, rotation_xy_cpr(points, detected, rxy_valid),
+                   scale_cpr(points, detected, pairs))
+
+    def network_input(self, group: str, generated: torch.Tensor) -> torch.Tensor:
+        """A group's network input (module docstring). Shape: generated (B, K, n, 2) -> (B, K, n, n)."""
+        if group in ("alpha", "rotation_xy"):
+            return rotation_xy_cpr(generated, self.detected, self.rxy_valid) - self.rxy
+        if group == "rotation_z":
+            return rotation_z_input(generated, self.points, self.detected, self.pairs)
+        return scale_ratio(scale_cpr(generated, self.detected, self.pairs), self.scale)
 
 
 def select_observed(points: torch.Tensor, detected: torch.Tensor, channels: torch.Tensor):

@@ -35,11 +35,11 @@ class _Exported(nn.Module):
 
 def export_hsunet(network: HSUNet, input_size: int, target: str | Path | io.BytesIO) -> None:
     """Write the network as an ONNX graph to a file or a buffer."""
-    _require("onnx")
+    require("onnx")
     example = torch.zeros(1, 3, input_size, input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, still supported
-        torch.onnx.export(_Exported(network.eval()), (example,), target, input_names=["image"],
+        torch.onnx.export(_Exported(network).eval(), (example,), target, input_names=["image"],
                           output_names=["full", "heatmaps"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={name: {0: "batch"} for name in ("image", "full", "heatmaps")})
 
@@ -48,7 +48,7 @@ class OnnxNetwork:
     """An onnxruntime session that answers like ``HSUNet.forward``: ([full], heatmaps) as torch tensors."""
 
     def __init__(self, network: HSUNet, input_size: int, threads: int | None = None):
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime")
         buffer = io.BytesIO()
         export_hsunet(network, input_size, buffer)
         options = ort.SessionOptions()
@@ -66,7 +66,7 @@ class OnnxNetwork:
         return self
 
 
-def _require(module: str):
+def require(module: str):
     try:
         return __import__(module)
     except ImportError:

@@ -69,22 +69,21 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor) -> torch.Ten
     lines = contour_lines(model)
     ids = torch.as_tensor(lines.vertex_ids, device=params.device)
     shape = model_shape(model, params, ids.reshape(-1)).reshape(len(params), *ids.shape, 3)  # (B, 16, L, 3)
-    best = silhouette_choice(shape, params, lines)
+    best = silhouette_choice(shape, params, torch.as_tensor(lines.outward, device=params.device))
     chosen = torch.gather(ids.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
     result = torch.as_tensor(model.landmarks68, device=params.device).repeat(len(params), 1)
     result[:, torch.as_tensor(lines.landmarks, device=params.device)] = chosen
     return result
 
 
-def silhouette_choice(candidates: torch.Tensor, params: torch.Tensor, lines: ContourLines) -> torch.Tensor:
+def silhouette_choice(candidates: torch.Tensor, params: torch.Tensor, outward: torch.Tensor) -> torch.Tensor:
     """Which candidate of each contour line is on the silhouette: the most outward after pitch and yaw.
 
-    Shape: candidates (B, 16, L, 3) model-space positions of ``lines.vertex_ids``, params (B, P) -> (B, 16)
-    indices into L."""
+    Shape: candidates (B, 16, L, 3) model-space positions of ``ContourLines.vertex_ids``, params (B, P),
+    outward (16,) ``ContourLines.outward`` -> (B, 16) indices into L."""
     pitch_yaw = torch.cat([params[:, :2], torch.zeros_like(params[:, :1])], dim=1)
     rotated_x = (candidates @ euler_to_rotation(pitch_yaw).transpose(1, 2)[:, None])[..., 0]  # (B, 16, L)
-    outward = torch.as_tensor(lines.outward, device=params.device, dtype=params.dtype)
-    return (rotated_x * outward[None, :, None]).argmax(dim=-1)
+    return (rotated_x * outward.to(rotated_x.dtype)[None, :, None]).argmax(dim=-1)
 
 
 def landmarks_2d(model: FaceModel, params: torch.Tensor) -> torch.Tensor:

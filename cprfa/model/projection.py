@@ -53,6 +53,10 @@ def euler_to_rotation(angles: torch.Tensor) -> torch.Tensor:
     Shape: angles (B, 3) as [pitch, yaw, roll] -> R (B, 3, 3)."""
     check_shape("angles", angles, (None, 3))
     check_finite("angles", angles)
+    return _rotation(angles)
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
     cos, sin = torch.cos(angles), torch.sin(angles)
     cx, cy, cz = cos.unbind(-1)
     sx, sy, sz = sin.unbind(-1)
@@ -90,7 +94,12 @@ def project(vertices: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
     check_shape("vertices", vertices, (None, None, 3))
     check_shape("pose", pose, (vertices.shape[0], N_POSE))
     check_finite("pose", pose)
-    rotation = euler_to_rotation(pose[:, :3])
+    return weak_perspective(vertices, pose)
+
+
+def weak_perspective(vertices: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """``project`` without its input checks, for inner loops whose inputs are known good. Same shapes."""
+    rotation = _rotation(pose[:, :3])
     rotated = vertices @ rotation.transpose(1, 2)
     scale = pose[:, 3, None]
     u = scale * rotated[..., 0] + pose[:, 4, None]

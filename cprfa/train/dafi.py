@@ -12,7 +12,8 @@ inside the crop.
 Each epoch ends with a validation on a fixed subset of the evaluation shards (landmark NME, DAFI vertex NME
 and detection rate), a figure ``val_XXX.png``, a line in ``history.jsonl``, and ``checkpoint.pt`` holding
 everything needed to resume. The last epoch also writes the weights (``hsunet.pt``, float16) and
-``record.json`` (config, data, time, metrics) to ship.
+``record.json`` (config, data, time, metrics) to ship. ``init`` starts from another weights file of the same
+network (to train on with a fresh learning-rate schedule); its record is kept in the new one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
-from cprfa.dafi.predict import DafiEstimator, save_weights
+from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
 from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
 from cprfa.errors import CprfaError
 from cprfa.train.settings import TrainSettings
@@ -137,7 +138,13 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     faces = load_faces(settings.data, settings.splits, config.input_size, settings.limit)
     validation = load_faces(settings.validation, (settings.validation_split,), config.input_size,
                             settings.validation_faces)
-    network = HSUNet(config).to(device)
+    network = HSUNet(config)
+    if settings.init:
+        initial, initial_config = load_network(settings.init)
+        if initial_config != config:
+            raise CprfaError(f"{settings.init} is an HS-U-Net of {initial_config}, not of the {config} asked for")
+        network.load_state_dict(initial.state_dict())
+    network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
     decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
@@ -145,7 +152,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     start_epoch, seconds, history = 0, 0.0, []
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["settings"] != asdict(settings):
+        if {**asdict(TrainSettings("", "", "")), **state["settings"]} != asdict(settings):
             raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
@@ -200,6 +207,9 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
         "data": _manifest_summary(settings.data), "validation_data": _manifest_summary(settings.validation),
         "final": history[-1] if history else {}, "history": history,
     }
+    init_record = Path(settings.init).with_suffix(".record.json") if settings.init else None
+    if init_record is not None and init_record.is_file():
+        record["init_record"] = json.loads(init_record.read_text())
     save_weights(network.cpu(), config, out / "hsunet.pt")
     record = {"sha256": hashlib.sha256((out / "hsunet.pt").read_bytes()).hexdigest(), **record}
     (out / "record.json").write_text(json.dumps(record, indent=1))

@@ -24,6 +24,7 @@ class TrainSettings:
     seed: int = 0
     threads: int = 2
     limit: int = 0  # use only the first N training faces (0: all), for quick runs and tests
+    init: str = ""  # HS-U-Net weights to start from ("": random)
 
 
 @dataclass(frozen=True)

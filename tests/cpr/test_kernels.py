@@ -86,3 +86,14 @@ def test_gather_channels_follows_the_selection():
     gathered = gather_channels(values, channels)
     assert gathered.shape == (1, 3, 2, 2)
     assert np.array_equal(gathered[0, :, :, 0].numpy(), 2 * channels.numpy())
+
+
+def test_distances_are_exact_and_differentiable_where_points_coincide():
+    points, detected = random_sets(n=8)
+    points[:, :, 3] = points[:, :, 2]  # two vertices at the same place
+    expected = torch.linalg.vector_norm(points[..., :, None, :] - points[..., None, :, :], dim=-1)
+    both = detected[..., :, None] & detected[..., None, :]
+    assert torch.allclose(scale_cpr(points, detected), expected * both, atol=1e-9)
+    points.requires_grad_(True)
+    (scale_cpr(points, detected).sum() + rotation_xy_cpr(points, detected).sum()).backward()
+    assert torch.isfinite(points.grad).all()

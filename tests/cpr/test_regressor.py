@@ -12,6 +12,7 @@ from cprfa.cpr.regressor import (
     CPRConfig,
     align_point_sets,
     aligner_input,
+    average_pool,
     load_aligner,
     save_aligner,
 )
@@ -239,3 +240,10 @@ def test_weight_matrices_are_stored_as_int8_within_half_a_step(face_model, chann
         if isinstance(stored[key], dict):
             step = stored[key]["scale"].reshape(-1, *[1] * (value.dim() - 1))
             assert ((loaded[key] - value).abs() <= step / 2 + 1e-6).all(), key
+
+
+@pytest.mark.parametrize("size", [4, 5, 9, 17, 64])
+def testaverage_pool_matches_adaptive_pooling(size):
+    features = torch.randn(2, 3, size, size + 3)
+    assert torch.allclose(average_pool(features, 4), torch.nn.functional.adaptive_avg_pool2d(features, 4),
+                          atol=1e-6)

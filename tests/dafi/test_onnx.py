@@ -2,12 +2,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cprfa.align import FaceAligner
 from cprfa.cli.main import main
+from cprfa.cpr.onnx import FUSED_NAMES, OnnxStepNetworks, step_keys
+from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.data.images import load_image
+from cprfa.data.point_sets import synthetic_point_sets
 from cprfa.errors import InvalidInputError
+from cprfa.model.contour import landmarks_2d
+from cprfa.model.projection import landmarks_3d
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -33,9 +39,36 @@ def test_onnx_and_torch_agree_on_the_bundled_example():
         DafiEstimator.from_file(runtime="tensorrt")
 
 
-def test_export_onnx_writes_a_graph_onnxruntime_runs(tmp_path, capsys):
+def test_export_onnx_writes_graphs_onnxruntime_runs(tmp_path, capsys):
     assert main(["export-onnx", "--out", str(tmp_path)]) == 0
     session = ort.InferenceSession(str(tmp_path / "hsunet.onnx"), providers=["CPUExecutionProvider"])
     size = DafiEstimator.from_file().input_size
     full, heatmaps = session.run(None, {"image": np.zeros((3, 3, size, size), np.float32)})
     assert full.shape == (3, 4, size, size) and heatmaps.shape[:2] == (3, 68)
+    aligner = load_aligner()
+    assert sorted(path.stem for path in (tmp_path / "cpr").glob("*.onnx")) == sorted(
+        f"{group}_{stage}" for group, stage in step_keys(aligner))
+    session = ort.InferenceSession(str(tmp_path / "cpr" / "scale_4.onnx"), providers=["CPUExecutionProvider"])
+    inputs = [torch.rand(3, *aligner.channels.shape, aligner.channels.shape[1]), torch.rand(3, 256),
+              torch.rand(3, 3, 68, 68), torch.rand(3, 256), torch.tensor([1.0, 0.0, 1.0])]
+    outputs = session.run(None, {name: value.numpy() for name, value in zip(FUSED_NAMES, inputs, strict=True)})
+    with torch.inference_mode():
+        expected = aligner.step_networks("scale", 4, *inputs)
+    for actual, wanted in zip(outputs, expected, strict=True):
+        assert np.abs(actual - wanted.numpy()).max() < 1e-4
+    assert not outputs[2][1].any()  # a face without a sparse source gets no sparse step
+
+
+def test_onnx_and_torch_aligners_agree_on_synthetic_faces(face_model):
+    aligner = load_aligner(model=face_model)
+    sets = synthetic_point_sets(face_model, 8, 123)
+    landmarks = landmarks_2d(face_model, sets.params)[..., :2].float()
+    expected = [align_point_sets(aligner, sets.points, sets.detected, landmarks),
+                align_point_sets(aligner, sets.points, sets.detected)]  # the sparse branch off
+    aligner.runtime = OnnxStepNetworks(aligner)
+    actual = [align_point_sets(aligner, sets.points, sets.detected, landmarks),
+              align_point_sets(aligner, sets.points, sets.detected)]
+    for got, wanted in zip(actual, expected, strict=True):
+        truth = landmarks_3d(face_model, wanted)[..., :2]
+        assert (torch.linalg.vector_norm(landmarks_3d(face_model, got)[..., :2] - truth, dim=-1).mean(dim=1)
+                < 0.005 * wanted[:, 3] * 15).all()

@@ -27,3 +27,17 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     assert main([*args[:-2], "--workers", "0", "--lr", "0.5"]) == 1  # other settings: refused, not mixed
     assert "other settings" in capsys.readouterr().err
     assert main([*args[:-2], "--workers", "-1"]) == 1
+    # --init starts a new run from these weights; its record keeps how they were made
+    tuned = tmp_path / "tuned"
+    init_args = [*args[:args.index("--out")], "--out", str(tuned), *args[args.index("--out") + 2:]]
+    init_args[init_args.index("--epochs") + 1] = "1"
+    assert main([*init_args, "--init", str(out / "hsunet.pt"), "--lr", "1e-9"]) == 0
+    start, after = DafiEstimator.from_file(out / "hsunet.pt"), DafiEstimator.from_file(tuned / "hsunet.pt")
+    for key, value in start.network.state_dict().items():
+        if value.is_floating_point() and "running" not in key:  # batch-norm statistics move regardless of lr
+            assert (after.network.state_dict()[key] - value).abs().max() < 1e-3, key
+    assert "init_record" not in json.loads((tuned / "record.json").read_text())  # no record beside hsunet.pt
+    (out / "hsunet.record.json").write_text((out / "record.json").read_text())
+    assert main([*init_args, "--out", str(tmp_path / "again"), "--init", str(out / "hsunet.pt")]) == 0
+    assert json.loads((tmp_path / "again" / "record.json").read_text())["init_record"]["final"]["epoch"] == 2
+    assert main([*init_args, "--init", str(tmp_path / "missing.pt")]) == 1
