@@ -66,6 +66,7 @@ class OnnxStepNetworks:
         ort = require("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.enable_cpu_mem_arena = False  # the arena keeps each session's peak: too much memory for 20+ graphs
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # torch runs between calls
         self.fusion = aligner.config.fusion
         self.sessions = {}

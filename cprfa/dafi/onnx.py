@@ -53,6 +53,7 @@ class OnnxNetwork:
         export_hsunet(network, input_size, buffer)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.enable_cpu_mem_arena = False  # the arena keeps each session's peak: too much memory for 20+ graphs
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
