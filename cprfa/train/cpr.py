@@ -57,7 +57,7 @@ from cprfa.eval.metrics import nme
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, landmarks_3d, project
-from cprfa.train.settings import CPRTrainSettings
+from cprfa.train.settings import CPRTrainSettings, starting_record
 
 LOSS_VERTEX_STRIDE = 10
 REAL_THINNING = PointSetSettings(occlusion_probability=0.3, occlusion=(0.1, 0.4), dropout=(0.0, 0.3),
@@ -311,9 +311,8 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
                    f"torch {torch.__version__}",
         "shipped_epoch": shipped.get("epoch"), "shipped": shipped, "history": history,
     }
-    init_record = Path(settings.init).with_suffix(".record.json") if settings.init else None
-    if init_record is not None and init_record.is_file():  # how the starting weights were made
-        record["init_record"] = json.loads(init_record.read_text())
+    if (start := starting_record(settings.init)) is not None:  # how the starting weights were made
+        record["init_record"] = start
     record = {"sha256": hashlib.sha256((out / "cpr.pt").read_bytes()).hexdigest(), **record}
     (out / "record.json").write_text(json.dumps(record, indent=1))
     return record

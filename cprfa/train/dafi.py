@@ -37,7 +37,7 @@ from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
 from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
 from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
 from cprfa.errors import CprfaError
-from cprfa.train.settings import TrainSettings
+from cprfa.train.settings import TrainSettings, starting_record
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,9 +207,8 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
         "data": _manifest_summary(settings.data), "validation_data": _manifest_summary(settings.validation),
         "final": history[-1] if history else {}, "history": history,
     }
-    init_record = Path(settings.init).with_suffix(".record.json") if settings.init else None
-    if init_record is not None and init_record.is_file():
-        record["init_record"] = json.loads(init_record.read_text())
+    if (start := starting_record(settings.init)) is not None:  # how the starting weights were made
+        record["init_record"] = start
     save_weights(network.cpu(), config, out / "hsunet.pt")
     record = {"sha256": hashlib.sha256((out / "hsunet.pt").read_bytes()).hexdigest(), **record}
     (out / "record.json").write_text(json.dumps(record, indent=1))

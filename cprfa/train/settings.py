@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,9 @@ class CPRTrainSettings:
     workers: int = 1
     seed: int = 0
     threads: int = 2
+
+
+def starting_record(init: str) -> dict | None:
+    """The record beside the weights a run starts from (``<weights>.record.json``), if there is one."""
+    path = Path(init).with_suffix(".record.json") if init else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
