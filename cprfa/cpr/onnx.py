@@ -20,7 +20,7 @@ from torch import nn
 
 from cprfa.cpr.regressor import GROUPS, POSE_GROUPS, CPRAligner
 from cprfa.cpr.sparse import N_LANDMARKS
-from cprfa.dafi.onnx import OPSET, require
+from cprfa.dafi.onnx import OPSET, cpu_session, require
 
 DENSE_NAMES = ("cpr", "state")
 FUSED_NAMES = ("cpr", "state", "sparse_cpr", "sparse_state", "present")
@@ -63,18 +63,13 @@ class OnnxStepNetworks:
     """onnxruntime sessions answering like ``CPRAligner.step_networks``; set it as the aligner's ``runtime``."""
 
     def __init__(self, aligner: CPRAligner, threads: int | None = None):
-        ort = require("onnxruntime")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.enable_cpu_mem_arena = False  # the arena keeps each session's peak: too much memory for 20+ graphs
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # torch runs between calls
         self.fusion = aligner.config.fusion
         self.sessions = {}
         for group, stage in step_keys(aligner):
             buffer = io.BytesIO()
             export_step(aligner, group, stage, buffer)
-            self.sessions[group, stage] = ort.InferenceSession(buffer.getvalue(), options,
-                                                               providers=["CPUExecutionProvider"])
+            # no spinning: torch runs between the calls
+            self.sessions[group, stage] = cpu_session(buffer.getvalue(), threads, spinning=False)
 
     def __call__(self, group: str, stage: int, cpr: torch.Tensor, state: torch.Tensor,
                  sparse_cpr: torch.Tensor | None = None, sparse_state: torch.Tensor | None = None,

@@ -48,13 +48,9 @@ class OnnxNetwork:
     """An onnxruntime session that answers like ``HSUNet.forward``: ([full], heatmaps) as torch tensors."""
 
     def __init__(self, network: HSUNet, input_size: int, threads: int | None = None):
-        ort = require("onnxruntime")
         buffer = io.BytesIO()
         export_hsunet(network, input_size, buffer)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.enable_cpu_mem_arena = False  # the arena keeps each session's peak: too much memory for 20+ graphs
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(buffer.getvalue(), threads)
 
     def __call__(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         full, heatmaps = self.session.run(None, {"image": images.detach().cpu().float().numpy()})
@@ -65,6 +61,18 @@ class OnnxNetwork:
 
     def eval(self) -> OnnxNetwork:
         return self
+
+
+def cpu_session(graph: bytes, threads: int | None = None, spinning: bool = True):
+    """An onnxruntime CPU session for a serialized graph, on ``threads`` (default: torch's), without the memory
+    arena (it keeps each session's largest buffers for good: too much memory across many graphs)."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.enable_cpu_mem_arena = False
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def require(module: str):
