@@ -29,7 +29,8 @@ Sets:
 Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads; again
 with the networks run by onnxruntime (cprfa.cpr.onnx) when it is installed.
 
-Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only]
+Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only] [--flip]
+     [--rows PREFIX...]
      [--sets plain=/tmp/pgt occluded=/tmp/occ large-pose=/tmp/lp]
 """
 
@@ -67,15 +68,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_set_arguments(parser)
     parser.add_argument("--cpr-weights", help="CPR aligner weights (default: the shipped ones)")
-    parser.add_argument("--faces", type=int, default=500, help="faces per synthetic set")
+    parser.add_argument("--faces", type=int, default=500, help="faces per synthetic set (0: skip them)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each real set")
     parser.add_argument("--figures", type=Path, help="folder for the CED curves (ablation_ced_<set>.png)")
     parser.add_argument("--speed-only", action="store_true", help="only the speed section")
+    parser.add_argument("--rows", nargs="+", metavar="PREFIX", help="only the rows whose names start so (quick runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
     aligner = load_aligner(args.cpr_weights, model)
-    methods = _methods(model, aligner)
+    methods = {name: fit for name, fit in _methods(model, aligner).items()
+               if not args.rows or name.startswith(tuple(args.rows))}
     count = 2 * aligner.channels.shape[1]
     print(f"## Speed (C = {count}, {args.threads} torch threads)\n")
     _speed(aligner, model)
@@ -88,8 +91,8 @@ def main() -> None:
         aligner.runtime = None
     if args.speed_only:
         return
-    for offset, (name, settings) in enumerate((("synthetic", PointSetSettings()),
-                                               ("synthetic, 30 % occluded + 5 % outliers", OCCLUDED_TEST))):
+    synthetic = (("synthetic", PointSetSettings()), ("synthetic, 30 % occluded + 5 % outliers", OCCLUDED_TEST))
+    for offset, (name, settings) in enumerate(synthetic if args.faces else ()):
         sets = synthetic_point_sets(model, args.faces, SYNTHETIC_SEED + offset, settings)
         truth = sets.params
         landmarks, _ = synthetic_landmarks(landmarks_2d(model, truth)[..., :2].float(), sets.face_size,
@@ -109,7 +112,7 @@ def main() -> None:
               f"{sets.detected[:, aligner.channels[:2].reshape(-1)].float().mean() * 100:.0f} % of the selected "
               "vertices detected, landmarks with 3 % noise\n")
         _table(rows, yaw_bucket(np.degrees(truth[:, 1].numpy())), count, extra=True)
-    estimator = DafiEstimator.from_file(args.weights)
+    estimator = DafiEstimator.from_file(args.weights, flip=args.flip)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
     for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
         convention = landmarks_3d if name == LARGE_POSE else landmarks_2d

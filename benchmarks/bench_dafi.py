@@ -36,14 +36,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    estimator = DafiEstimator.from_file(args.weights)
+    estimator = DafiEstimator.from_file(args.weights, flip=args.flip)
     model = default_face_model()
     vertex_sets = {"68": np.asarray(model.landmarks68), "all": np.arange(model.n_vertices)}
     if args.selection.is_file():
         selection = VertexSelection.load(args.selection)
         vertex_sets[f"{selection.count} for CPR"] = selection.vertex_ids
     print(f"HS-U-Net {args.weights or 'shipped'}: input {estimator.input_size}², widths {estimator.config.widths}, "
-          f"{sum(p.numel() for p in estimator.network.parameters()):,} parameters; {args.threads} threads\n")
+          f"{sum(p.numel() for p in estimator.network.parameters()):,} parameters; {args.threads} threads"
+          f"{'; flip test-time augmentation' if args.flip else ''}\n")
     for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
         errors = dafi_errors(estimator, faces, model=model, vertex_sets=vertex_sets)
         convention = "3D" if name == LARGE_POSE else "2D (300-W annotation)"

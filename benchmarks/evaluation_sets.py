@@ -23,6 +23,7 @@ def add_set_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME=FOLDER")
     parser.add_argument("--split", default="helen_test")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--flip", action="store_true", help="test-time flip augmentation (DafiEstimator.flip)")
 
 
 def evaluation_sets(args: argparse.Namespace, input_size: int, limit: int = 0) -> Iterator[tuple[str, FaceArrays]]:

@@ -69,14 +69,13 @@ def scale_cpr(points: torch.Tensor, detected: torch.Tensor, pairs: torch.Tensor 
 
 def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
     """Λs^G / Λs^O where both entries are non-zero, else 0. Shape: points (B, K, n, 2) twice -> (B, K, n, n)."""
-    return scale_ratio(scale_cpr(generated, detected), scale_cpr(observed, detected))
+    return scale_cpr(generated, detected) * inverse_scale(scale_cpr(observed, detected))
 
 
-def scale_ratio(generated_cpr: torch.Tensor, observed_cpr: torch.Tensor) -> torch.Tensor:
-    """``scale_input`` from the two sets' Λs (the observed one can be computed once per round).
-    Shape: (B, K, n, n) twice -> (B, K, n, n)."""
-    valid = (generated_cpr > EPSILON) & (observed_cpr > EPSILON)
-    return generated_cpr / observed_cpr.clamp(min=EPSILON) * valid
+def inverse_scale(observed_cpr: torch.Tensor) -> torch.Tensor:
+    """1 / Λs^O where it is non-zero, else 0: the observed side of ``scale_input``, which an alignment computes
+    once (an entry where Λs^G is 0 stays 0 in the product). Shape: (B, K, n, n) -> (B, K, n, n)."""
+    return (observed_cpr > EPSILON) / observed_cpr.clamp(min=EPSILON)
 
 
 def rotation_z_cpr(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ In eval mode no layer depends on the batch, so a face gets the same result alone
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,12 +45,12 @@ from torch import nn
 from cprfa.cpr.consistency import ConsistencyWeight, error_pool, path_multipliers, pool_order, residual_error
 from cprfa.cpr.kernels import (
     gather_channels,
+    inverse_scale,
     pair_mask,
     rotation_xy_cpr,
     rotation_xy_mask,
     rotation_z_input,
     scale_cpr,
-    scale_ratio,
     translation_step,
 )
 from cprfa.cpr.sparse import N_LANDMARKS, landmark_channels
@@ -136,14 +137,22 @@ def average_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     """Adaptive average pooling to size × size as two products with pooling matrices (the same windows as
     torch's adaptive pooling; written out so that ONNX can export any input size).
     Shape: (B, C, H, W) -> (B, C, size, size)."""
-    def matrix(length: int) -> torch.Tensor:
-        index = torch.arange(length, dtype=x.dtype, device=x.device)
-        starts = [i * length // size for i in range(size)]
-        ends = [((i + 1) * length + size - 1) // size for i in range(size)]
-        rows = [((index >= a) & (index < b)).to(x.dtype) / (b - a) for a, b in zip(starts, ends, strict=True)]
-        return torch.stack(rows)
+    height, width = int(x.shape[2]), int(x.shape[3])
+    if height == width == size:
+        return x
+    return _pooling_matrix(height, size).to(x) @ x @ _pooling_matrix(width, size).to(x).T
 
-    return matrix(int(x.shape[2])) @ x @ matrix(int(x.shape[3])).T
+
+@functools.cache
+def _pooling_matrix(length: int, size: int) -> torch.Tensor:
+    """(size, length): row i averages the window of adaptive pooling's output i. (A normal tensor even when first
+    asked for in inference mode, so that training and export can use it too.)"""
+    with torch.inference_mode(False):
+        matrix = torch.zeros(size, length)
+        for i in range(size):
+            start, end = i * length // size, ((i + 1) * length + size - 1) // size
+            matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 class Crossing(nn.Module):
@@ -428,21 +437,21 @@ class _Observed:
     """One branch's observed set and what stays fixed while it is aligned: its masks and CPRs.
 
     points (B, K, n, 2), detected (B, K, n); pairs, rxy_valid (B, K, n, n) as 0/1 of the points' dtype;
-    rxy, scale (B, K, n, n) the observed Λrxy and Λs."""
+    rxy, inverse_scale (B, K, n, n) the observed Λrxy and 1 / Λs (cprfa.cpr.kernels.inverse_scale)."""
 
     points: torch.Tensor
     detected: torch.Tensor
     pairs: torch.Tensor
     rxy_valid: torch.Tensor
     rxy: torch.Tensor
-    scale: torch.Tensor
+    inverse_scale: torch.Tensor
 
     @classmethod
     def of(cls, points: torch.Tensor, detected: torch.Tensor) -> _Observed:
         pairs = pair_mask(detected).to(points.dtype)
         rxy_valid = rotation_xy_mask(detected).to(points.dtype)
         return cls(points, detected, pairs, rxy_valid, rotation_xy_cpr(points, detected, rxy_valid),
-                   scale_cpr(points, detected, pairs))
+                   inverse_scale(scale_cpr(points, detected, pairs)))
 
     def network_input(self, group: str, generated: torch.Tensor) -> torch.Tensor:
         """A group's network input (module docstring). Shape: generated (B, K, n, 2) -> (B, K, n, n)."""
@@ -450,7 +459,7 @@ class _Observed:
             return rotation_xy_cpr(generated, self.detected, self.rxy_valid) - self.rxy
         if group == "rotation_z":
             return rotation_z_input(generated, self.points, self.detected, self.pairs)
-        return scale_ratio(scale_cpr(generated, self.detected, self.pairs), self.scale)
+        return scale_cpr(generated, self.detected, self.pairs) * self.inverse_scale
 
 
 def select_observed(points: torch.Tensor, detected: torch.Tensor, channels: torch.Tensor):

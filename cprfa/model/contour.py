@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cprfa.model.face_model import FaceModel
-from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices, model_shape
+from cprfa.model.projection import ParamLayout, image_vertices, model_shape
 
 JAW_LANDMARKS = np.array([*range(8), *range(9, 17)])
 CONTOUR_BAND_CM = 0.35
@@ -81,8 +81,10 @@ def silhouette_choice(candidates: torch.Tensor, params: torch.Tensor, outward: t
 
     Shape: candidates (B, 16, L, 3) model-space positions of ``ContourLines.vertex_ids``, params (B, P),
     outward (16,) ``ContourLines.outward`` -> (B, 16) indices into L."""
-    pitch_yaw = torch.cat([params[:, :2], torch.zeros_like(params[:, :1])], dim=1)
-    rotated_x = (candidates @ euler_to_rotation(pitch_yaw).transpose(1, 2)[:, None])[..., 0]  # (B, 16, L)
+    pitch, yaw = params[:, 0], params[:, 1]
+    first_row = torch.stack([torch.cos(yaw), torch.sin(yaw) * torch.sin(pitch), torch.sin(yaw) * torch.cos(pitch)],
+                            dim=-1)  # of Ry(yaw) · Rx(pitch): x after pitch and yaw
+    rotated_x = (candidates @ first_row[:, None, :, None])[..., 0]  # (B, 16, L)
     return (rotated_x * outward.to(rotated_x.dtype)[None, :, None]).argmax(dim=-1)
 
 

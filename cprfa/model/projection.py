@@ -56,16 +56,18 @@ def euler_to_rotation(angles: torch.Tensor) -> torch.Tensor:
     return _rotation(angles)
 
 
+# Rx(pitch), Ry(yaw), Rz(roll) row by row, as indices into [0, 1, cos, sin, −sin] of their angle
+_ELEMENTARY = torch.tensor([[1, 0, 0, 0, 2, 4, 0, 3, 2],
+                            [2, 0, 3, 0, 1, 0, 4, 0, 2],
+                            [2, 4, 0, 3, 2, 0, 0, 0, 1]])
+
+
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
     cos, sin = torch.cos(angles), torch.sin(angles)
-    cx, cy, cz = cos.unbind(-1)
-    sx, sy, sz = sin.unbind(-1)
-    rows = [
-        cz * cy, cz * sy * sx - sz * cx, cz * sy * cx + sz * sx,
-        sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx,
-        -sy, cy * sx, cy * cx,
-    ]
-    return torch.stack(rows, dim=-1).reshape(-1, 3, 3)
+    table = torch.stack([torch.zeros_like(cos), torch.ones_like(cos), cos, sin, -sin], dim=-1)  # (B, 3, 5)
+    index = _ELEMENTARY.to(angles.device).expand(len(angles), -1, -1)
+    rx, ry, rz = torch.gather(table, 2, index).reshape(-1, 3, 3, 3).unbind(1)
+    return rz @ ry @ rx
 
 
 @accepts_numpy

@@ -8,6 +8,7 @@ import pytest
 
 from cprfa.dafi.predict import DEFAULT_WEIGHTS, DafiEstimator, load_network
 from cprfa.dafi.retrieval import VertexRetriever
+from cprfa.data.augment import FLIP_68
 from cprfa.data.boxes import read_boxes
 from cprfa.data.crop import points_to_crop
 from cprfa.data.images import load_image
@@ -50,3 +51,26 @@ def test_shipped_weights_are_checked_against_their_record(tmp_path):
     copy.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="sha256"):
         load_network(copy)
+
+
+def test_flip_averages_a_crop_with_its_mirror_image():
+    plain, flipped = DafiEstimator(), DafiEstimator.from_file(flip=True)
+    face_box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    crop, _ = plain.crop(load_image(EXAMPLES / "astronaut.jpg"), face_box)
+    size = plain.input_size
+    one, both = plain.predict(crop[None]), flipped.predict(crop[None])
+    mirror = plain.predict(crop[None, :, ::-1].copy())
+    # the merged landmarks are the mean of the crop's and of the mirror's, re-indexed left to right
+    mirrored = mirror.landmarks[0][FLIP_68]
+    mirrored[:, 0] = size - mirrored[:, 0]
+    assert np.allclose(both.landmarks[0], (one.landmarks[0] + mirrored) / 2, atol=1e-3)
+    # the merged foreground is the mean probability; a code seen by both is between theirs (x code mirrored)
+    assert np.allclose(both.foreground[0], (one.foreground[0] + mirror.foreground[0][:, ::-1]) / 2, atol=1e-5)
+    codes = mirror.dafi[0][:, ::-1].copy()
+    codes[..., 0] = 1 - codes[..., 0]
+    low, high = np.minimum(one.dafi[0], codes), np.maximum(one.dafi[0], codes)
+    assert ((both.dafi[0] >= low - 1e-5) & (both.dafi[0] <= high + 1e-5)).all()
+    # the mirrored crop through flip gives the mirrored result
+    again = flipped.predict(crop[None, :, ::-1].copy()).landmarks[0][FLIP_68]
+    again[:, 0] = size - again[:, 0]
+    assert np.allclose(again, both.landmarks[0], atol=1e-3)
