@@ -48,10 +48,10 @@ from cprfa.detect.detector import FaceDetector
 from cprfa.errors import InvalidInputError
 from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.fitting.optimize import FitOptions
-from cprfa.model.contour import landmarks_2d
+from cprfa.model.contour import silhouette_landmark_ids
 from cprfa.model.draw import draw_landmarks, draw_pose_axes, draw_wireframe
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices, landmarks_3d
+from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices
 from cprfa.model.render import render_pncc
 
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
@@ -241,10 +241,12 @@ class FaceAligner:
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()
-        vertices = image_vertices(self.model, params)
-        visible = render_pncc(self.model, image_vertices(self.model, crop_params).float(), size, size).visible
-        points_2d = landmarks_2d(self.model, params)[..., :2]
-        points_3d = landmarks_3d(self.model, params)
+        vertices = image_vertices(self.model, params)  # the landmarks and the crop's mesh are picked from it
+        points_2d = torch.gather(vertices, 1, silhouette_landmark_ids(self.model, params)[..., None].expand(-1, -1, 3))
+        points_3d = vertices[:, self.model.landmarks68]
+        crop_vertices = torch.stack([_vertices_to_crop(vertices[row], crop_boxes[j], size)
+                                     for row, j in enumerate(faces)])
+        visible = render_pncc(self.model, crop_vertices.float(), size, size).visible
         rotation = euler_to_rotation(params[:, :3])
         timings["outputs"] = time.perf_counter() - start
         per_face = {key: round(1000 * value / len(owners), 2) for key, value in timings.items()}
@@ -259,7 +261,7 @@ class FaceAligner:
                 identity=p[layout.identity].copy(),
                 expression={name: float(w) for name, w in zip(self.model.expression_names, p[layout.expression],
                                                               strict=True)},
-                landmarks_2d=points_2d[row].numpy(), landmarks_3d=points_3d[row].numpy(),
+                landmarks_2d=points_2d[row, :, :2].numpy(), landmarks_3d=points_3d[row].numpy(),
                 landmark_visible=visible[row].numpy()[np.asarray(self.model.landmarks68)],
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
                 crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
@@ -294,6 +296,11 @@ def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) ->
     if points.shape != (len(boxes), 68, 2):
         raise InvalidInputError(f"the landmark source must return ({len(boxes)}, 68, 2) points, got {points.shape}")
     return list(points)
+
+
+def _vertices_to_crop(vertices: torch.Tensor, box: tuple, size: int) -> torch.Tensor:
+    """Image-space vertices with depth into the crop (depth scales with the crop). Shape: (N, 3) -> (N, 3)."""
+    return torch.cat([points_to_crop(vertices[:, :2], box, size), vertices[:, 2:] * (size / (box[2] - box[0]))], dim=1)
 
 
 def _padded(observed, faces: list[int], chosen: list[np.ndarray]):
