@@ -2,7 +2,7 @@
 batch), median of ``--repeats`` runs after one warm-up, 2 torch threads; then the process's peak resident
 memory once it has also aligned a batch of 32 faces.
 
-Run: python benchmarks/bench_align.py [--method cpr|online|cpr+online] [--runtime torch|onnx]
+Run: python benchmarks/bench_align.py [--method cpr|online|cpr+pose|cpr+online] [--runtime torch|onnx]
 """
 
 from __future__ import annotations

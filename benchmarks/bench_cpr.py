@@ -12,7 +12,8 @@ all retrieved vertices (for round two's error pool), and 68 sparse landmarks in 
 - CPR-H: round one fused with the landmarks (§2.5);
 - CPR-H + CAPU (CPRFA): both rounds, round two with consistency-aware updating (§2.4);
 - and what ``cprfa align`` can run: the on-line optimization over the vertices and the landmarks (``online``),
-  and that optimization started from CPRFA's result (``cpr+online``).
+  a few of its iterations on the pose alone after CPRFA (``cpr+pose``), and that optimization in full started
+  from CPRFA's result (``cpr+online``).
 
 All CPR rows come from the one shipped network (cprfa/cpr/assets/cpr.pt), switched between round one and
 both rounds, with or without the sparse source; the paper trains its rows separately.
@@ -37,6 +38,7 @@ Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import math
 import time
@@ -46,6 +48,7 @@ import numpy as np
 import torch
 from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
 
+from cprfa.align import LANDMARK_SHARE, POSE_ITERATIONS
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
@@ -156,13 +159,13 @@ def _methods(model, aligner):
             return align_point_sets(aligner, points, detected, landmarks if fused else None, rounds=rounds)
         return run
 
-    def online_with_landmarks(initial_from=None):
+    def online_with_landmarks(initial_from=None, options=ROBUST):
         def run(points, detected, landmarks):
             initial = initial_from(points, detected, landmarks).double() if initial_from else None
             return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                    online_optimization_with_landmarks(
                                        model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
-                                       0.5, ROBUST, None if initial is None else initial[keep]),
+                                       LANDMARK_SHARE, options, None if initial is None else initial[keep]),
                                    None if initial is None else initial.float())
         return run
 
@@ -175,6 +178,8 @@ def _methods(model, aligner):
     if aligner.config.rounds > 1:
         rows["CPR-H + CAPU (CPRFA)" if aligner.config.fusion else "CPR + CAPU"] = full
     rows["on-line optimization + landmarks (align --method online)"] = online_with_landmarks()
+    pose_only = dataclasses.replace(ROBUST, iterations=0, pose_iterations=POSE_ITERATIONS)
+    rows["CPRFA, then on-line on the pose (align --method cpr+pose)"] = online_with_landmarks(full, pose_only)
     rows["CPRFA, then on-line + landmarks (align --method cpr+online)"] = online_with_landmarks(full)
     return rows
 

@@ -16,6 +16,9 @@ Three fitting stages (``method``):
   of the shipped CPR vertex selection when enough of them are found (they are the best detected and placed),
   else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw points follow the
   silhouette.
+- ``"cpr+pose"``: the CPR aligner, then POSE_ITERATIONS Levenberg–Marquardt iterations of the on-line
+  optimization's objective on the pose alone (shape and expression stay the aligner's): the regressors'
+  last steps leave the pose a little off, which a few cheap iterations on the same points correct.
 - ``"cpr+online"``: the on-line optimization started from the CPR aligner's result instead of the frontal
   mean face: slower again, a little more precise at large yaw.
 
@@ -28,6 +31,7 @@ Which is more accurate on which set is measured by benchmarks/bench_cpr.py (READ
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +61,8 @@ from cprfa.model.render import render_pncc
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
-METHODS = ("online", "cpr", "cpr+online")
+METHODS = ("online", "cpr", "cpr+pose", "cpr+online")
+POSE_ITERATIONS = 3  # of "cpr+pose"
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
 # pixels in the 300-W order and 2D convention, NaN for a point it does not give.
 LandmarkSource = Callable[[np.ndarray, list], np.ndarray]
@@ -236,8 +241,11 @@ class FaceAligner:
             crop_params = frame.params_from_frame(normalized).double()
         if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])
+            options = self.fit_options
+            if self.method == "cpr+pose":
+                options = dataclasses.replace(options, iterations=0, pose_iterations=POSE_ITERATIONS)
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
-                                                             LANDMARK_SHARE, self.fit_options, crop_params)
+                                                             LANDMARK_SHARE, options, crop_params)
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -57,6 +57,9 @@ def test_the_methods_agree_on_the_bundled_example(aligner):
     assert abs(face.yaw - online.yaw) < 15 and abs(face.roll - online.roll) < 10
     refined = FaceAligner(method="cpr+online").align(EXAMPLE, [BOX])[0]
     assert np.linalg.norm(refined.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.05 * size
+    posed = FaceAligner(method="cpr+pose").align(EXAMPLE, [BOX])[0]  # the aligner's shape, the pose moved a little
+    assert np.array_equal(posed.identity, face.identity) and posed.expression == face.expression
+    assert 0 < np.linalg.norm(posed.landmarks_2d - face.landmarks_2d, axis=1).mean() < 0.05 * size
     with pytest.raises(InvalidInputError):
         FaceAligner(method="magic")
 
