@@ -23,6 +23,8 @@ scale of either set) and equals sin(θ + angle_ij) − sin(angle_ij) for a turn 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 EPSILON = 1e-9
@@ -130,5 +132,11 @@ def _distances(points: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
     points = centred(points, detected)
     norms = (points * points).sum(dim=-1)
     squared = norms[..., :, None] + norms[..., None, :] - 2 * points @ points.transpose(-1, -2)
-    off_diagonal = torch.eye(points.shape[-2], dtype=points.dtype, device=points.device) == 0
-    return torch.sqrt(squared.clamp(min=EPSILON**2)) * off_diagonal
+    return torch.sqrt(squared.clamp(min=EPSILON**2)) * _off_diagonal(points.shape[-2], points.dtype, points.device)
+
+
+@functools.cache
+def _off_diagonal(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size, size) ones with a zero diagonal (a normal tensor even when first asked for in inference mode)."""
+    with torch.inference_mode(False):
+        return 1 - torch.eye(size, dtype=dtype, device=device)

@@ -289,30 +289,29 @@ class CPRAligner(nn.Module):
                 self.sparse_consistency = nn.ModuleDict({group: ConsistencyWeight(config.path_samples)
                                                          for group in POSE_GROUPS})
 
-    def shapes(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model-space shapes of the selected vertices and of the sparse vertex set under ``params``' α; they
-        change only with α, so an alignment computes them once per α step.
-        Shape: params (B, P) -> (B, K·n, 3), (B, S, 3)."""
+    def shapes(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Model-space shapes under ``params``' α of the selected vertices, of the 68 landmark vertices and of the
+        jaw's contour candidates (cprfa.model.contour); they change only with α, so an alignment computes them
+        once per α step. Shape: params (B, P) -> (B, K·n, 3), (B, 68, 3), (B, 16, L, 3)."""
         alpha = params[:, self.layout.alpha]
-        return (linear_shape(self.mean, self.basis, alpha), linear_shape(self.sparse_mean, self.sparse_basis, alpha))
+        sparse = linear_shape(self.sparse_mean, self.sparse_basis, alpha)
+        return linear_shape(self.mean, self.basis, alpha), sparse[:, self.landmark_rows], sparse[:, self.contour_rows]
 
-    def generated(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
-        """Y^G of the selected vertices (``shape``: the first of ``shapes(params)`` when the caller has it).
+    def generated(self, params: torch.Tensor, shapes: tuple | None = None) -> torch.Tensor:
+        """Y^G of the selected vertices (``shapes``: ``shapes(params)`` when the caller has them).
         Shape: params (B, P) -> (B, K, n, 2)."""
-        shape = self.shapes(params)[0] if shape is None else shape
+        shape = (self.shapes(params) if shapes is None else shapes)[0]
         points = weak_perspective(shape, params[:, :6])[..., :2]
         return points.reshape(len(params), *self.channels.shape, 2)
 
-    def generated_landmarks(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+    def generated_landmarks(self, params: torch.Tensor, shapes: tuple | None = None) -> torch.Tensor:
         """Y^G of the sparse source: the 68 landmarks, jaw on the silhouette (cprfa.model.contour), in their
-        channels (``shape``: the second of ``shapes(params)`` when the caller has it).
+        channels (``shapes``: ``shapes(params)`` when the caller has them).
         Shape: params (B, P) -> (B, 3, 68, 2)."""
-        shape = self.shapes(params)[1] if shape is None else shape
-        best = silhouette_choice(shape[:, self.contour_rows], params, self.outward)  # (B, 16)
-        rows = self.landmark_rows.repeat(len(params), 1)
-        rows[:, self.jaw_landmarks] = torch.gather(
-            self.contour_rows.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
-        landmarks = torch.gather(shape, 1, rows[..., None].expand(-1, -1, 3))
+        _, landmarks, candidates = self.shapes(params) if shapes is None else shapes
+        best = silhouette_choice(candidates, params, self.outward)  # (B, 16)
+        jaw = torch.gather(candidates, 2, best[..., None, None].expand(-1, -1, 1, 3))[:, :, 0]  # (B, 16, 3)
+        landmarks = landmarks.index_copy(1, self.jaw_landmarks, jaw)
         return gather_channels(weak_perspective(landmarks, params[:, :6])[..., :2], self.sparse_channels)
 
     def forward(self, inputs: AlignerInput, params: torch.Tensor | None = None, detach: bool = True,
@@ -365,12 +364,12 @@ class CPRAligner(nn.Module):
 
     def _deltas(self, group, params, shapes, observed, states, stage, present) -> list[torch.Tensor]:
         """Δ of the DAFI branch and, with fusion, of the sparse branch (zero for faces without a source)."""
-        cpr = observed["dense"].network_input(group, self.generated(params, shapes[0]))
+        cpr = observed["dense"].network_input(group, self.generated(params, shapes))
         run = self.step_networks if self.runtime is None else self.runtime
         if present is None:
             delta, states[group] = run(group, stage, cpr, states[group])
             return [delta]
-        sparse_cpr = observed["sparse"].network_input(group, self.generated_landmarks(params, shapes[1]))
+        sparse_cpr = observed["sparse"].network_input(group, self.generated_landmarks(params, shapes))
         delta, states[group], sparse_delta, states[f"sparse {group}"] = run(
             group, stage, cpr, states[group], sparse_cpr, states[f"sparse {group}"], present)
         return [delta, sparse_delta]
@@ -423,11 +422,11 @@ class CPRAligner(nn.Module):
         """The closed-form translation step over every observed point (DAFI vertices and, with fusion, the
         sparse landmarks)."""
         points, detected = observed["dense"].points, observed["dense"].detected
-        generated = self.generated(params, shapes[0])
+        generated = self.generated(params, shapes)
         if "sparse" in observed:
             points = torch.cat([points, observed["sparse"].points], dim=2)
             detected = torch.cat([detected, observed["sparse"].detected], dim=2)
-            generated = torch.cat([generated, self.generated_landmarks(params, shapes[1])], dim=2)
+            generated = torch.cat([generated, self.generated_landmarks(params, shapes)], dim=2)
         shift = translation_step(points, generated, detected)
         return torch.cat([params[:, :4], params[:, 4:6] + shift, params[:, 6:]], dim=1)
 
