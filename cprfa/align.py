@@ -4,23 +4,24 @@ Pipeline per face (DESIGN.md): face box (the BlazeFace detector's, cprfa.detect,
 68-landmark box) → crop by the crop policy → HS-U-Net DAFI and landmarks → vertex retrieval (Y^O) → model fit
 → pose, coefficients, dense mesh and 68 landmarks in image space.
 
-Three fitting stages (``method``):
+Four fitting stages (``method``):
 
-- ``"cpr"`` (default): the CPR aligner (cprfa.cpr.regressor), CPRFA: with the shipped weights both rounds
-  (round two with consistency-aware updating), fused with the 68 landmarks. On the benchmark it is the most
+- ``"cpr"``: the CPR aligner (cprfa.cpr.regressor), CPRFA: with the shipped weights both rounds (round two
+  with consistency-aware updating), fused with the 68 landmarks. Of the paper's methods it is the most
   accurate on near-frontal, occluded and large-pose faces alike, and about four times faster than the on-line
   optimization.
+- ``"cpr+pose"`` (default): the CPR aligner, then POSE_ITERATIONS Levenberg–Marquardt iterations of the
+  on-line optimization's objective (below) on the pose alone; shape and expression stay the aligner's. The
+  regressors leave the pose a little off, which a few cheap iterations on the same points correct: more
+  accurate than ``"cpr"`` on every benchmark set for about a tenth more time.
 - ``"online"``: the paper's on-line optimization over the DAFI (Fig. 1a) with the HS-U-Net's 68
   landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, each source weighing half):
   Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the retrieved vertices — those
   of the shipped CPR vertex selection when enough of them are found (they are the best detected and placed),
   else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw points follow the
   silhouette.
-- ``"cpr+pose"``: the CPR aligner, then POSE_ITERATIONS Levenberg–Marquardt iterations of the on-line
-  optimization's objective on the pose alone (shape and expression stay the aligner's): the regressors'
-  last steps leave the pose a little off, which a few cheap iterations on the same points correct.
-- ``"cpr+online"``: the on-line optimization started from the CPR aligner's result instead of the frontal
-  mean face: slower again, a little more precise at large yaw.
+- ``"cpr+online"``: the on-line optimization in full, started from the CPR aligner's result instead of the
+  frontal mean face: several times slower, a little more precise on near-frontal and large-pose faces.
 
 The 68 sparse landmarks (the on-line fits' landmark term, the CPR aligner's CPR-C2 source) are the
 HS-U-Net landmark head's, or the caller's (``align(landmarks=...)``), or those of any other detector passed as
@@ -61,7 +62,7 @@ from cprfa.model.render import render_pncc
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
-METHODS = ("online", "cpr", "cpr+pose", "cpr+online")
+METHODS = ("cpr", "cpr+pose", "online", "cpr+online")
 POSE_ITERATIONS = 3  # of "cpr+pose"
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
 # pixels in the 300-W order and 2D convention, NaN for a point it does not give.
@@ -135,7 +136,7 @@ class FaceAligner:
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
-                 selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr",
+                 selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr+pose",
                  cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None,
                  runtime: str = "torch", flip: bool = False):
         if method not in METHODS:
