@@ -47,7 +47,7 @@ from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.boxes import check_box, check_landmarks, landmark_box
-from cprfa.data.crop import params_from_crop, points_to_crop
+from cprfa.data.crop import params_from_crop, points_to_crop, vertices_to_crop
 from cprfa.data.images import load_image
 from cprfa.detect.detector import FaceDetector
 from cprfa.errors import InvalidInputError
@@ -253,7 +253,7 @@ class FaceAligner:
         vertices = image_vertices(self.model, params)  # the landmarks and the crop's mesh are picked from it
         points_2d = torch.gather(vertices, 1, silhouette_landmark_ids(self.model, params)[..., None].expand(-1, -1, 3))
         points_3d = vertices[:, self.model.landmarks68]
-        crop_vertices = torch.stack([_vertices_to_crop(vertices[row], crop_boxes[j], size)
+        crop_vertices = torch.stack([vertices_to_crop(vertices[row], crop_boxes[j], size)
                                      for row, j in enumerate(faces)])
         visible = render_pncc(self.model, crop_vertices.float(), size, size).visible
         rotation = euler_to_rotation(params[:, :3])
@@ -305,11 +305,6 @@ def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) ->
     if points.shape != (len(boxes), 68, 2):
         raise InvalidInputError(f"the landmark source must return ({len(boxes)}, 68, 2) points, got {points.shape}")
     return list(points)
-
-
-def _vertices_to_crop(vertices: torch.Tensor, box: tuple, size: int) -> torch.Tensor:
-    """Image-space vertices with depth into the crop (depth scales with the crop). Shape: (N, 3) -> (N, 3)."""
-    return torch.cat([points_to_crop(vertices[:, :2], box, size), vertices[:, 2:] * (size / (box[2] - box[0]))], dim=1)
 
 
 def _padded(observed, faces: list[int], chosen: list[np.ndarray]):

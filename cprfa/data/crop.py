@@ -46,6 +46,13 @@ def points_to_crop(points, box: tuple[float, float, float, float], size: int):
     return (points - offset) * k
 
 
+def vertices_to_crop(vertices: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """Image vertices with depth into the crop: u, v as ``points_to_crop``, depth scaled with them (as the
+    parameters of ``params_to_crop`` would project it). Shape: (..., 3) -> (..., 3)."""
+    depth = vertices[..., 2:] * (size / (box[2] - box[0]))
+    return torch.cat([points_to_crop(vertices[..., :2], box, size), depth], dim=-1)
+
+
 def params_to_crop(params: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
     """Parameters that project into the crop what ``params`` projects into the image: scale and translation
     follow the crop (s' = k·s, t' = k·(t − box corner)); angles and coefficients are unchanged.
