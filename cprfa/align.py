@@ -56,8 +56,9 @@ from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import silhouette_landmark_ids
 from cprfa.model.draw import draw_landmarks, draw_pose_axes, draw_wireframe
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.model.projection import ParamLayout, euler_to_rotation, image_vertices
-from cprfa.model.render import render_pncc
+from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, model_shape, project
+from cprfa.model.raster import rasterize
+from cprfa.model.render import visible_vertices
 
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
@@ -250,12 +251,17 @@ class FaceAligner:
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()
-        vertices = image_vertices(self.model, params)  # the landmarks and the crop's mesh are picked from it
-        points_2d = torch.gather(vertices, 1, silhouette_landmark_ids(self.model, params)[..., None].expand(-1, -1, 3))
+        shape = model_shape(self.model, params)  # the landmarks and the crop's mesh are picked from it
+        vertices = project(shape, params[:, :N_POSE])
+        points_2d = torch.gather(vertices, 1,
+                                 silhouette_landmark_ids(self.model, params, shape)[..., None].expand(-1, -1, 3))
         points_3d = vertices[:, self.model.landmarks68]
         crop_vertices = torch.stack([vertices_to_crop(vertices[row], crop_boxes[j], size)
                                      for row, j in enumerate(faces)])
-        visible = render_pncc(self.model, crop_vertices.float(), size, size).visible
+        triangles = self.model.torch_tensors()["triangles"]
+        raster = rasterize(crop_vertices.float(), triangles, size, size)
+        landmark_visible = visible_vertices(crop_vertices, triangles, raster,
+                                            vertex_ids=torch.as_tensor(self.model.landmarks68))
         rotation = euler_to_rotation(params[:, :3])
         timings["outputs"] = time.perf_counter() - start
         per_face = {key: round(1000 * value / len(owners), 2) for key, value in timings.items()}
@@ -271,7 +277,7 @@ class FaceAligner:
                 expression={name: float(w) for name, w in zip(self.model.expression_names, p[layout.expression],
                                                               strict=True)},
                 landmarks_2d=points_2d[row, :, :2].numpy(), landmarks_3d=points_3d[row].numpy(),
-                landmark_visible=visible[row].numpy()[np.asarray(self.model.landmarks68)],
+                landmark_visible=landmark_visible[row].numpy(),
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
                 crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
                 timings=per_face)

@@ -23,7 +23,7 @@ import torch
 from cprfa._checks import check_finite, check_shape
 from cprfa.errors import InvalidInputError
 from cprfa.model.face_model import FaceModel
-from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, pose_from_box
+from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, model_shape, pose_from_box
 
 ROBUST_LOSSES = ("none", "huber", "geman-mcclure")
 
@@ -128,19 +128,27 @@ def projection_jacobian(model: FaceModel, params: torch.Tensor, vertex_ids: torc
 
 class _Correspondence:
     """The model's mean and basis gathered once at the chosen vertices, so that one LM iteration (a Jacobian
-    and up to four trial steps) pays for the gather only once."""
+    and up to four trial steps) pays for the gather only once. With the shape held fixed, ``shape`` (B, N, 3)
+    gives every vertex's position under the fixed α, and the chosen vertices' positions are all it keeps."""
 
-    def __init__(self, model: FaceModel, params: torch.Tensor, vertex_ids: torch.Tensor):
-        tensors = model.torch_tensors(params.device, params.dtype)
+    def __init__(self, model: FaceModel, params: torch.Tensor, vertex_ids: torch.Tensor,
+                 shape: torch.Tensor | None = None):
         self.layout = ParamLayout.of(model)
+        if shape is not None:
+            self.shape = torch.gather(shape, 1, vertex_ids[..., None].expand(-1, -1, 3))  # (B, M, 3)
+            return
+        tensors = model.torch_tensors(params.device, params.dtype)
+        self.shape = None
         self.mean = tensors["mean"][vertex_ids]  # (B, M, 3)
         self.basis = tensors["basis"][vertex_ids]  # (B, M, 3, K)
 
     def project(self, params: torch.Tensor, jacobian: bool = False, shape_jacobian: bool = True):
         """Points (B, M, 2), and with ``jacobian`` their derivatives (B, M, 2, P) (the α columns left at zero
-        without ``shape_jacobian``)."""
+        without ``shape_jacobian``, and always with a fixed shape)."""
         layout = self.layout
-        shape = self.mean + (self.basis @ params[:, None, layout.alpha, None])[..., 0]  # (B, M, 3)
+        shape = self.shape
+        if shape is None:
+            shape = self.mean + (self.basis @ params[:, None, layout.alpha, None])[..., 0]  # (B, M, 3)
         rotation = euler_to_rotation(params[:, :3])
         scale = params[:, 3, None, None]
         flip = torch.tensor([1.0, -1.0], dtype=params.dtype, device=params.device)  # v = −s·(R x)_y
@@ -162,7 +170,7 @@ class _Correspondence:
         derivatives[..., 3] = rotated[..., :2] * flip
         derivatives[..., 0, 4] = 1.0
         derivatives[..., 1, 5] = 1.0
-        if shape_jacobian:
+        if shape_jacobian and self.shape is None:
             derivatives[..., layout.alpha] = scale[..., None] * flip[:, None] * (rotation[:, None, :2] @ self.basis)
         return points, derivatives
 
@@ -180,8 +188,10 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
     eye = torch.eye(len(free_ids), dtype=params.dtype)
     damping = torch.full((len(params),), 1e-3, dtype=params.dtype)
 
+    fixed_shape = None if shape_free or not iterations else model_shape(model, params)  # every vertex, once
+
     for _ in range(iterations):
-        correspondence = _Correspondence(model, params, vertex_for(params))
+        correspondence = _Correspondence(model, params, vertex_for(params), fixed_shape)
         projected, d_projected = correspondence.project(params, jacobian=True, shape_jacobian=shape_free)
         sqrt_w = _robust_sqrt_weights(projected, points, weights, size, options)
         factor = (sqrt_w / size[:, None])[..., None]  # (B, M, 1)

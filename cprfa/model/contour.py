@@ -61,19 +61,34 @@ def contour_lines(model: FaceModel, band: float = CONTOUR_BAND_CM) -> ContourLin
     return ContourLines(landmarks=JAW_LANDMARKS, vertex_ids=padded, outward=outward)
 
 
-def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor) -> torch.Tensor:
+def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
     """Vertex ids of the 68 landmarks in the 2D convention for each face: jaw points on the silhouette.
 
+    ``shape``: the model-space shape of every vertex under ``params``' α, when the caller has it.
     Not differentiable (a discrete choice); fitting re-chooses them at every iteration.
-    Shape: params (B, P) -> (B, 68) int64."""
+    Shape: params (B, P), shape (B, N, 3) -> (B, 68) int64."""
     lines = contour_lines(model)
+    vertices, rows = _candidate_rows(model)
+    if shape is None:
+        candidates = model_shape(model, params, vertices)
+    else:
+        candidates = shape[:, torch.as_tensor(vertices, device=params.device)]
+    candidates = candidates[:, torch.as_tensor(rows, device=params.device)]  # (B, 16, L, 3)
+    best = silhouette_choice(candidates, params, torch.as_tensor(lines.outward, device=params.device))
     ids = torch.as_tensor(lines.vertex_ids, device=params.device)
-    shape = model_shape(model, params, ids.reshape(-1)).reshape(len(params), *ids.shape, 3)  # (B, 16, L, 3)
-    best = silhouette_choice(shape, params, torch.as_tensor(lines.outward, device=params.device))
     chosen = torch.gather(ids.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
     result = torch.as_tensor(model.landmarks68, device=params.device).repeat(len(params), 1)
     result[:, torch.as_tensor(lines.landmarks, device=params.device)] = chosen
     return result
+
+
+@functools.lru_cache(maxsize=8)
+def _candidate_rows(model: FaceModel) -> tuple[np.ndarray, np.ndarray]:
+    """The contour lines' distinct vertices (U,) and each candidate's row among them (16, L): the padded lines
+    repeat many vertices, so their shapes are computed once per distinct vertex."""
+    ids = contour_lines(model).vertex_ids
+    vertices, rows = np.unique(ids, return_inverse=True)
+    return vertices, rows.reshape(ids.shape)
 
 
 def silhouette_choice(candidates: torch.Tensor, params: torch.Tensor, outward: torch.Tensor) -> torch.Tensor:

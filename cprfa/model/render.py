@@ -50,9 +50,10 @@ def render_pncc(model: FaceModel, vertices: torch.Tensor, height: int, width: in
 
 
 def visible_vertices(
-    vertices: torch.Tensor, triangles: torch.Tensor, raster: Rasterization, tolerance: float = VISIBILITY_TOLERANCE
+    vertices: torch.Tensor, triangles: torch.Tensor, raster: Rasterization, tolerance: float = VISIBILITY_TOLERANCE,
+    vertex_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Which vertices the camera sees in a rasterized image.
+    """Which vertices the camera sees in a rasterized image: all, or only ``vertex_ids`` (n,).
 
     A vertex is visible when it is a corner of a front-facing triangle, lies inside the image, and the surface
     drawn at its pixel does not hide it: that pixel is background, or its triangle has the vertex as a corner,
@@ -60,28 +61,30 @@ def visible_vertices(
     width (in u) nearer than the vertex. Evaluating the winning plane at the vertex itself, not at the pixel
     centre, keeps steep surfaces near the silhouette from hiding their own vertices.
 
-    Shape: vertices (B, N, 3), triangles (T, 3), raster of (B, H, W) -> (B, N) bool."""
+    Shape: vertices (B, N, 3), triangles (T, 3), raster of (B, H, W) -> (B, N or n) bool."""
     batch, n_vertices, _ = vertices.shape
     _, height, width = raster.triangle.shape
     vertices = vertices.detach().float()
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
+    ids = torch.arange(n_vertices, device=vertices.device) if vertex_ids is None else vertex_ids.to(vertices.device)
 
     front = raster.front_facing.long()[..., None].expand(-1, -1, 3).reshape(batch, -1)
     front_corner = torch.zeros(batch, n_vertices, dtype=torch.long, device=vertices.device)
     front_corner.scatter_reduce_(1, triangles.reshape(1, -1).expand(batch, -1), front, reduce="amax")
 
-    u, v, depth = vertices.unbind(-1)
+    extent = (vertices[..., 0].amax(dim=1, keepdim=True) - vertices[..., 0].amin(dim=1, keepdim=True)).clamp(min=1e-6)
+    points = vertices[:, ids]
+    u, v, depth = points.unbind(-1)
     col, row = torch.floor(u).long(), torch.floor(v).long()
     inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
     pixel_triangle = raster.triangle[
         torch.arange(batch, device=vertices.device)[:, None], row.clamp(0, height - 1), col.clamp(0, width - 1)
-    ]  # (B, N)
+    ]  # (B, n)
     background = pixel_triangle < 0
     winner = pixel_triangle.clamp(min=0)
-    own = (triangles[winner] == torch.arange(n_vertices, device=vertices.device)[None, :, None]).any(dim=-1)
+    own = (triangles[winner] == ids[None, :, None]).any(dim=-1)
     winner_corners = vertices[torch.arange(batch, device=vertices.device)[:, None, None], triangles[winner]]
-    planes, _ = _plane_coefficients(winner_corners, vertices[..., :2])  # (B, N, 3, 3) around each vertex
+    planes, _ = _plane_coefficients(winner_corners, points[..., :2])  # (B, n, 3, 3) around each vertex
     surface_depth = planes[..., 2, 2]
-    extent = (u.amax(dim=1, keepdim=True) - u.amin(dim=1, keepdim=True)).clamp(min=1e-6)
     unhidden = surface_depth <= depth + tolerance * extent
-    return (front_corner > 0) & inside & (background | own | unhidden)
+    return (front_corner[:, ids] > 0) & inside & (background | own | unhidden)

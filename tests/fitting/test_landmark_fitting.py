@@ -6,9 +6,9 @@ import torch
 
 from cprfa.errors import InvalidInputError
 from cprfa.fitting.landmarks import fit_landmarks
-from cprfa.fitting.optimize import FitOptions, projection_jacobian
-from cprfa.model.contour import contour_lines, landmarks_2d
-from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d
+from cprfa.fitting.optimize import FitOptions, fit_points, projection_jacobian
+from cprfa.model.contour import contour_lines, landmarks_2d, silhouette_landmark_ids
+from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d, model_shape
 
 
 def synthetic_faces(model, yaw_degrees, seed=0):
@@ -41,6 +41,25 @@ def test_far_side_jaw_moves_onto_the_cheek(face_model):
     # far side (subject's left, image right): the fixed jaw vertices turn behind the cheek, whose outline lies
     # further out in the image
     assert (shift[11:17] > 1).all()
+
+
+def test_silhouette_ids_from_a_given_shape_are_the_same(face_model):
+    params = synthetic_faces(face_model, [-80.0, -30.0, 0.0, 50.0])
+    given = silhouette_landmark_ids(face_model, params, model_shape(face_model, params))
+    assert torch.equal(given, silhouette_landmark_ids(face_model, params))
+
+
+def test_pose_alone_recovers_the_pose_and_keeps_the_shape(face_model):
+    truth = synthetic_faces(face_model, [-50.0, 10.0, 65.0])
+    start = truth.clone()
+    start[:, :3] += torch.tensor([0.05, -0.08, 0.04], dtype=torch.float64)
+    start[:, 3] *= 1.1
+    start[:, 4:6] += 3.0
+    fit = fit_points(face_model, landmarks_2d(face_model, truth)[..., :2],
+                     lambda params: silhouette_landmark_ids(face_model, params), None,
+                     FitOptions(iterations=0, pose_iterations=10), start)
+    assert torch.equal(fit[:, 6:], truth[:, 6:])
+    assert torch.allclose(fit[:, :6], truth[:, :6], atol=1e-6)
 
 
 def test_projection_jacobian_matches_autograd(face_model):

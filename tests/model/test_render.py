@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 from cprfa.errors import InvalidInputError
 from cprfa.model.projection import ParamLayout, image_vertices, pose_from_box
 from cprfa.model.raster import interpolate, rasterize
-from cprfa.model.render import render_pncc
+from cprfa.model.render import render_pncc, visible_vertices
 
 # counter-clockwise on screen (negative signed area in pixels, v down) = front-facing
 FRONT = torch.tensor([[[1.0, 1.0, 5.0], [1.0, 9.0, 1.0], [9.0, 1.0, 5.0]]])
@@ -87,6 +87,14 @@ def test_visibility_flips_when_yaw_passes_90_degrees(face_model):
     assert not visible[60][lm[[13, 35]]].any() and visible[60][lm[[3, 31]]].all()
     assert not visible[-60][lm[[3, 31]]].any() and visible[-60][lm[[13, 35]]].all()
     assert visible[0].sum() > visible[60].sum() > visible[95].sum()
+
+
+def test_visibility_of_chosen_vertices_equals_that_of_all(face_model):
+    vertices = torch.cat([posed(face_model, yaw) for yaw in (-70, 0, 40, 95)])
+    render = render_pncc(face_model, vertices, 128, 128)
+    ids = torch.as_tensor(np.concatenate([face_model.landmarks68, np.arange(0, face_model.n_vertices, 7)]))
+    chosen = visible_vertices(vertices, face_model.torch_tensors()["triangles"], render.raster, vertex_ids=ids)
+    assert torch.equal(chosen, render.visible[:, ids])
 
 
 def test_render_depth_and_mask_agree(face_model):
