@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each real set")
     parser.add_argument("--figures", type=Path, help="folder for the CED curves (ablation_ced_<set>.png)")
     parser.add_argument("--speed-only", action="store_true", help="only the speed section")
-    parser.add_argument("--rows", nargs="+", metavar="PREFIX", help="only the rows whose names start so (quick runs)")
+    parser.add_argument("--rows", nargs="+", metavar="PREFIX",
+                        help="only the rows whose names start so, and no speed section (quick runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
@@ -83,15 +84,16 @@ def main() -> None:
     methods = {name: fit for name, fit in _methods(model, aligner).items()
                if not args.rows or name.startswith(tuple(args.rows))}
     count = 2 * aligner.channels.shape[1]
-    print(f"## Speed (C = {count}, {args.threads} torch threads)\n")
-    _speed(aligner, model)
-    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        from cprfa.cpr.onnx import OnnxStepNetworks
-
-        print("With the networks run by onnxruntime (--runtime onnx), the rest in torch:\n")
-        aligner.runtime = OnnxStepNetworks(aligner)
+    if not args.rows:
+        print(f"## Speed (C = {count}, {args.threads} torch threads)\n")
         _speed(aligner, model)
-        aligner.runtime = None
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            from cprfa.cpr.onnx import OnnxStepNetworks
+
+            print("With the networks run by onnxruntime (--runtime onnx), the rest in torch:\n")
+            aligner.runtime = OnnxStepNetworks(aligner)
+            _speed(aligner, model)
+            aligner.runtime = None
     if args.speed_only:
         return
     synthetic = (("synthetic", PointSetSettings()), ("synthetic, 30 % occluded + 5 % outliers", OCCLUDED_TEST))
