@@ -68,14 +68,13 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch
     Not differentiable (a discrete choice); fitting re-chooses them at every iteration.
     Shape: params (B, P), shape (B, N, 3) -> (B, 68) int64."""
     lines = contour_lines(model)
-    vertices, rows = _candidate_rows(model)
-    if shape is None:
-        candidates = model_shape(model, params, vertices)
-    else:
-        candidates = shape[:, torch.as_tensor(vertices, device=params.device)]
-    candidates = candidates[:, torch.as_tensor(rows, device=params.device)]  # (B, 16, L, 3)
-    best = silhouette_choice(candidates, params, torch.as_tensor(lines.outward, device=params.device))
     ids = torch.as_tensor(lines.vertex_ids, device=params.device)
+    if shape is None:
+        vertices, rows = _candidate_rows(model)
+        candidates = model_shape(model, params, vertices)[:, torch.as_tensor(rows, device=params.device)]
+    else:
+        candidates = shape[:, ids]  # (B, 16, L, 3)
+    best = silhouette_choice(candidates, params, torch.as_tensor(lines.outward, device=params.device))
     chosen = torch.gather(ids.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
     result = torch.as_tensor(model.landmarks68, device=params.device).repeat(len(params), 1)
     result[:, torch.as_tensor(lines.landmarks, device=params.device)] = chosen
