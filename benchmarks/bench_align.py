@@ -2,7 +2,7 @@
 batch), median of ``--repeats`` runs after one warm-up, 2 torch threads; then the process's peak resident
 memory once it has also aligned a batch of 32 faces.
 
-Run: python benchmarks/bench_align.py [--method cpr+pose|cpr|online|cpr+online] [--runtime torch|onnx]
+Run: python benchmarks/bench_align.py [--method cpr+refine|cpr+pose|cpr|online|cpr+online] [--runtime torch|onnx]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--method", default="cpr+pose", help="FaceAligner method (default cpr+pose)")
+    parser.add_argument("--method", default="cpr+refine", help="FaceAligner method (default cpr+refine)")
     parser.add_argument("--runtime", default="torch", help="what runs the networks: torch (default) or onnx")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -12,8 +12,8 @@ all retrieved vertices (for round two's error pool), and 68 sparse landmarks in 
 - CPR-H: round one fused with the landmarks (§2.5);
 - CPR-H + CAPU (CPRFA): both rounds, round two with consistency-aware updating (§2.4);
 - and what ``cprfa align`` can run: the on-line optimization over the vertices and the landmarks (``online``),
-  a few of its iterations on the pose alone after CPRFA (``cpr+pose``), and that optimization in full started
-  from CPRFA's result (``cpr+online``).
+  a few of its iterations on the pose alone after CPRFA (``cpr+pose``), those and two more on every parameter
+  (``cpr+refine``), and that optimization in full started from CPRFA's result (``cpr+online``).
 
 All CPR rows come from the one shipped network (cprfa/cpr/assets/cpr.pt), switched between round one and
 both rounds, with or without the sparse source; the paper trains its rows separately.
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
 
-from cprfa.align import LANDMARK_SHARE, POSE_ITERATIONS
+from cprfa.align import LANDMARK_SHARE, POLISH
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
@@ -180,8 +180,10 @@ def _methods(model, aligner):
     if aligner.config.rounds > 1:
         rows["CPR-H + CAPU (CPRFA)" if aligner.config.fusion else "CPR + CAPU"] = full
     rows["on-line optimization + landmarks (align --method online)"] = online_with_landmarks()
-    pose_only = dataclasses.replace(ROBUST, iterations=0, pose_iterations=POSE_ITERATIONS)
-    rows["CPRFA, then on-line on the pose (align --method cpr+pose)"] = online_with_landmarks(full, pose_only)
+    for method, description in (("cpr+pose", "on-line on the pose"), ("cpr+refine", "a short on-line refinement")):
+        pose_iterations, iterations = POLISH[method]
+        polish = dataclasses.replace(ROBUST, pose_iterations=pose_iterations, iterations=iterations)
+        rows[f"CPRFA, then {description} (align --method {method})"] = online_with_landmarks(full, polish)
     rows["CPRFA, then on-line + landmarks (align --method cpr+online)"] = online_with_landmarks(full)
     return rows
 

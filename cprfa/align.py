@@ -10,10 +10,12 @@ Four fitting stages (``method``):
   with consistency-aware updating), fused with the 68 landmarks. Of the paper's methods it is the most
   accurate on near-frontal, occluded and large-pose faces alike, and about four times faster than the on-line
   optimization.
-- ``"cpr+pose"`` (default): the CPR aligner, then POSE_ITERATIONS Levenberg–Marquardt iterations of the
-  on-line optimization's objective (below) on the pose alone; shape and expression stay the aligner's. The
-  regressors leave the pose a little off, which a few cheap iterations on the same points correct: more
-  accurate than ``"cpr"`` on every benchmark set for about a tenth more time.
+- ``"cpr+pose"``: the CPR aligner, then Levenberg–Marquardt iterations of the on-line optimization's
+  objective (below) on the pose alone (POLISH); shape and expression stay the aligner's. The regressors
+  leave the pose a little off, which a few cheap iterations on the same points correct: more accurate than
+  ``"cpr"`` on every benchmark set for about a tenth more time.
+- ``"cpr+refine"`` (default): as ``"cpr+pose"``, then two iterations with identity and expression free
+  too (POLISH): most of what the full on-line optimization adds to CPRFA for a small part of its time.
 - ``"online"``: the paper's on-line optimization over the DAFI (Fig. 1a) with the HS-U-Net's 68
   landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, each source weighing half):
   Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the retrieved vertices — those
@@ -63,8 +65,8 @@ from cprfa.model.render import visible_vertices
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
-METHODS = ("cpr", "cpr+pose", "online", "cpr+online")
-POSE_ITERATIONS = 3  # of "cpr+pose"
+METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
+POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 2)}  # LM iterations after CPRFA: on the pose alone, then on all
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
 # pixels in the 300-W order and 2D convention, NaN for a point it does not give.
 LandmarkSource = Callable[[np.ndarray, list], np.ndarray]
@@ -137,7 +139,7 @@ class FaceAligner:
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
-                 selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr+pose",
+                 selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr+refine",
                  cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None,
                  runtime: str = "torch", flip: bool = False):
         if method not in METHODS:
@@ -244,8 +246,9 @@ class FaceAligner:
         if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])
             options = self.fit_options
-            if self.method == "cpr+pose":
-                options = dataclasses.replace(options, iterations=0, pose_iterations=POSE_ITERATIONS)
+            if self.method in POLISH:
+                pose_iterations, iterations = POLISH[self.method]
+                options = dataclasses.replace(options, pose_iterations=pose_iterations, iterations=iterations)
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
                                                              LANDMARK_SHARE, options, crop_params)
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])

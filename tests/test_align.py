@@ -49,7 +49,7 @@ def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
 
 @pytest.mark.skipif(not DEFAULT_CPR_WEIGHTS.is_file(), reason="no shipped CPR weights")
 def test_the_methods_agree_on_the_bundled_example(aligner):
-    assert aligner.method == "cpr+pose" and aligner.cpr.config.rounds == 2 and aligner.cpr.config.fusion
+    assert aligner.method == "cpr+refine" and aligner.cpr.config.rounds == 2 and aligner.cpr.config.fusion
     face = FaceAligner(method="cpr").align(EXAMPLE, [BOX])[0]
     online = FaceAligner(method="online").align(EXAMPLE, [BOX])[0]
     size = np.sqrt(np.prod(online.landmarks_2d.max(axis=0) - online.landmarks_2d.min(axis=0)))
@@ -57,9 +57,12 @@ def test_the_methods_agree_on_the_bundled_example(aligner):
     assert abs(face.yaw - online.yaw) < 15 and abs(face.roll - online.roll) < 10
     refined = FaceAligner(method="cpr+online").align(EXAMPLE, [BOX])[0]
     assert np.linalg.norm(refined.landmarks_2d - online.landmarks_2d, axis=1).mean() < 0.05 * size
-    posed = aligner.align(EXAMPLE, [BOX])[0]  # cpr+pose: the aligner's shape, the pose moved a little
+    posed = FaceAligner(method="cpr+pose").align(EXAMPLE, [BOX])[0]  # the aligner's shape, the pose moved a little
     assert np.array_equal(posed.identity, face.identity) and posed.expression == face.expression
     assert 0 < np.linalg.norm(posed.landmarks_2d - face.landmarks_2d, axis=1).mean() < 0.05 * size
+    polished = aligner.align(EXAMPLE, [BOX])[0]  # cpr+refine: then the shape moves too, a little
+    assert not np.array_equal(polished.identity, face.identity)
+    assert 0 < np.linalg.norm(polished.landmarks_2d - posed.landmarks_2d, axis=1).mean() < 0.05 * size
     with pytest.raises(InvalidInputError):
         FaceAligner(method="magic")
 

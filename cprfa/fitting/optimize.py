@@ -143,12 +143,14 @@ class _Correspondence:
         self.basis = tensors["basis"][vertex_ids]  # (B, M, 3, K)
 
     def project(self, params: torch.Tensor, jacobian: bool = False, shape_jacobian: bool = True):
-        """Points (B, M, 2), and with ``jacobian`` their derivatives (B, M, 2, P) (the α columns left at zero
-        without ``shape_jacobian``, and always with a fixed shape)."""
+        """Points (B, M, 2), and with ``jacobian`` their derivatives (B, M, 2, P), or only the pose's
+        (B, M, 2, N_POSE) without ``shape_jacobian`` and always with a fixed shape."""
         layout = self.layout
         shape = self.shape
         if shape is None:
-            shape = self.mean + (self.basis @ params[:, None, layout.alpha, None])[..., 0]  # (B, M, 3)
+            batch, count = self.mean.shape[:2]  # one matrix product per face, not one per vertex
+            shape = self.mean + (self.basis.reshape(batch, 3 * count, -1) @ params[:, layout.alpha, None]
+                                 ).reshape(batch, count, 3)
         rotation = euler_to_rotation(params[:, :3])
         scale = params[:, 3, None, None]
         flip = torch.tensor([1.0, -1.0], dtype=params.dtype, device=params.device)  # v = −s·(R x)_y
@@ -164,13 +166,14 @@ class _Correspondence:
         skew = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]], [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
                              [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=params.dtype, device=params.device)
         d_rotation = torch.stack([rotation @ skew[0], rz @ ry @ skew[1] @ rx, rz @ skew[2] @ ry @ rx], dim=1)
-        derivatives = params.new_zeros(*shape.shape[:2], 2, layout.size)
+        with_shape = shape_jacobian and self.shape is None
+        derivatives = params.new_zeros(*shape.shape[:2], 2, layout.size if with_shape else N_POSE)
         d_angles = torch.einsum("bkij,bmj->bmik", d_rotation[:, :, :2], shape)  # (B, M, 2, 3)
         derivatives[..., :3] = scale[..., None] * d_angles * flip[:, None]
         derivatives[..., 3] = rotated[..., :2] * flip
         derivatives[..., 0, 4] = 1.0
         derivatives[..., 1, 5] = 1.0
-        if shape_jacobian and self.shape is None:
+        if with_shape:
             derivatives[..., layout.alpha] = scale[..., None] * flip[:, None] * (rotation[:, None, :2] @ self.basis)
         return points, derivatives
 
@@ -197,7 +200,9 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
         factor = (sqrt_w / size[:, None])[..., None]  # (B, M, 1)
 
         residual = ((projected - points) * factor).flatten(1)  # (B, 2M)
-        j = (d_projected * factor[..., None]).flatten(1, 2)[..., free_ids]  # (B, 2M, F)
+        j = (d_projected * factor[..., None]).flatten(1, 2)  # (B, 2M, N_POSE or P)
+        if j.shape[-1] > len(free_ids):
+            j = j[..., free_ids]  # (B, 2M, F)
         jtj = j.transpose(1, 2) @ j + torch.diag(prior[free_ids])
         jtr = j.transpose(1, 2) @ residual[..., None] + (prior * params)[:, free_ids, None]
         cost = _cost(params, projected, points, factor, prior)

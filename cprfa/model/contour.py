@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cprfa.model.face_model import FaceModel
-from cprfa.model.projection import ParamLayout, image_vertices, model_shape
+from cprfa.model.projection import ParamLayout, image_vertices, linear_shape
 
 JAW_LANDMARKS = np.array([*range(8), *range(9, 17)])
 CONTOUR_BAND_CM = 0.35
@@ -70,8 +70,8 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch
     lines = contour_lines(model)
     ids = torch.as_tensor(lines.vertex_ids, device=params.device)
     if shape is None:
-        vertices, rows = _candidate_rows(model)
-        candidates = model_shape(model, params, vertices)[:, torch.as_tensor(rows, device=params.device)]
+        mean, basis, rows = _candidate_tensors(model, params.device, params.dtype)
+        candidates = linear_shape(mean, basis, params[:, ParamLayout.of(model).alpha])[:, rows]
     else:
         candidates = shape[:, ids]  # (B, 16, L, 3)
     best = silhouette_choice(candidates, params, torch.as_tensor(lines.outward, device=params.device))
@@ -82,12 +82,16 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch
 
 
 @functools.lru_cache(maxsize=8)
-def _candidate_rows(model: FaceModel) -> tuple[np.ndarray, np.ndarray]:
-    """The contour lines' distinct vertices (U,) and each candidate's row among them (16, L): the padded lines
-    repeat many vertices, so their shapes are computed once per distinct vertex."""
+def _candidate_tensors(model: FaceModel, device: torch.device, dtype: torch.dtype):
+    """The mean (U, 3) and basis (U, 3, K) of the contour lines' U distinct vertices, and each candidate's row
+    among them (16, L): the padded lines repeat many vertices, so their shapes are computed once per distinct
+    vertex, and the model's rows are gathered once, not at every fitting iteration."""
     ids = contour_lines(model).vertex_ids
     vertices, rows = np.unique(ids, return_inverse=True)
-    return vertices, rows.reshape(ids.shape)
+    tensors = model.torch_tensors(device, dtype)
+    vertices = torch.as_tensor(vertices, device=device)
+    return (tensors["mean"][vertices], tensors["basis"][vertices],
+            torch.as_tensor(rows.reshape(ids.shape), device=device))
 
 
 def silhouette_choice(candidates: torch.Tensor, params: torch.Tensor, outward: torch.Tensor) -> torch.Tensor:
