@@ -4,7 +4,7 @@ Pipeline per face (DESIGN.md): face box (the BlazeFace detector's, cprfa.detect,
 68-landmark box) → crop by the crop policy → HS-U-Net DAFI and landmarks → vertex retrieval (Y^O) → model fit
 → pose, coefficients, dense mesh and 68 landmarks in image space.
 
-Four fitting stages (``method``):
+Five fitting stages (``method``):
 
 - ``"cpr"``: the CPR aligner (cprfa.cpr.regressor), CPRFA: with the shipped weights both rounds (round two
   with consistency-aware updating), fused with the 68 landmarks. Of the paper's methods it is the most

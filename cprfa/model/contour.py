@@ -85,13 +85,15 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch
 def _candidate_tensors(model: FaceModel, device: torch.device, dtype: torch.dtype):
     """The mean (U, 3) and basis (U, 3, K) of the contour lines' U distinct vertices, and each candidate's row
     among them (16, L): the padded lines repeat many vertices, so their shapes are computed once per distinct
-    vertex, and the model's rows are gathered once, not at every fitting iteration."""
+    vertex, and the model's rows are gathered once, not at every fitting iteration. (Normal tensors even when
+    first asked for in inference mode, so that autograd can use them later.)"""
     ids = contour_lines(model).vertex_ids
     vertices, rows = np.unique(ids, return_inverse=True)
-    tensors = model.torch_tensors(device, dtype)
-    vertices = torch.as_tensor(vertices, device=device)
-    return (tensors["mean"][vertices], tensors["basis"][vertices],
-            torch.as_tensor(rows.reshape(ids.shape), device=device))
+    with torch.inference_mode(False):
+        tensors = model.torch_tensors(device, dtype)
+        vertices = torch.as_tensor(vertices, device=device)
+        return (tensors["mean"][vertices], tensors["basis"][vertices],
+                torch.as_tensor(rows.reshape(ids.shape), device=device))
 
 
 def silhouette_choice(candidates: torch.Tensor, params: torch.Tensor, outward: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from cprfa.errors import InvalidInputError
 from cprfa.fitting.landmarks import fit_landmarks
 from cprfa.fitting.optimize import FitOptions, fit_points, projection_jacobian
-from cprfa.model.contour import contour_lines, landmarks_2d, silhouette_landmark_ids
+from cprfa.model.contour import _candidate_tensors, contour_lines, landmarks_2d, silhouette_landmark_ids
 from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d, model_shape
 
 
@@ -47,6 +47,16 @@ def test_silhouette_ids_from_a_given_shape_are_the_same(face_model):
     params = synthetic_faces(face_model, [-80.0, -30.0, 0.0, 50.0])
     given = silhouette_landmark_ids(face_model, params, model_shape(face_model, params))
     assert torch.equal(given, silhouette_landmark_ids(face_model, params))
+
+
+def test_landmarks_stay_differentiable_after_a_first_use_in_inference_mode(face_model):
+    _candidate_tensors.cache_clear()  # the contour rows are cached on first use: make it this one
+    params = synthetic_faces(face_model, [30.0])
+    with torch.inference_mode():
+        silhouette_landmark_ids(face_model, params)
+    params.requires_grad_(True)
+    landmarks_2d(face_model, params).sum().backward()
+    assert params.grad.abs().sum() > 0
 
 
 def test_pose_alone_recovers_the_pose_and_keeps_the_shape(face_model):
