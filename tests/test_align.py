@@ -49,7 +49,8 @@ def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
 
 @pytest.mark.skipif(not DEFAULT_CPR_WEIGHTS.is_file(), reason="no shipped CPR weights")
 def test_the_methods_agree_on_the_bundled_example(aligner):
-    assert aligner.method == "cpr+refine" and aligner.cpr.config.rounds == 2 and aligner.cpr.config.fusion
+    assert aligner.method == "cpr+refine" and aligner.estimator.flip
+    assert aligner.cpr.config.rounds == 2 and aligner.cpr.config.fusion
     face = FaceAligner(method="cpr").align(EXAMPLE, [BOX])[0]
     online = FaceAligner(method="online").align(EXAMPLE, [BOX])[0]
     size = np.sqrt(np.prod(online.landmarks_2d.max(axis=0) - online.landmarks_2d.min(axis=0)))

@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                        help="what runs the networks (HS-U-Net, CPR aligner): torch (default) or onnxruntime "
                        "(pip install -e \".[onnx]\")")
-    align.add_argument("--flip", action="store_true",
+    align.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                        help="test-time flip augmentation: the HS-U-Net also reads each mirrored crop and the two "
-                       "predictions are averaged (a more precise DAFI and landmark head, twice the network's work)")
+                       "predictions are averaged (a more precise DAFI and landmark head, twice the network's work; "
+                       "on by default, --no-flip for speed)")
     align.add_argument("--batch-size", type=int, default=8,
                        help="images aligned together: their faces share the network passes and fits (default 8)")
     align.add_argument("--workers", type=int, default=2,
