@@ -38,7 +38,6 @@ Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import math
 import time
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
 
-from cprfa.align import LANDMARK_SHARE, POLISH
+from cprfa.align import LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
@@ -181,9 +180,8 @@ def _methods(model, aligner):
         rows["CPR-H + CAPU (CPRFA)" if aligner.config.fusion else "CPR + CAPU"] = full
     rows["on-line optimization + landmarks (align --method online)"] = online_with_landmarks()
     for method, description in (("cpr+pose", "on-line on the pose"), ("cpr+refine", "a short on-line refinement")):
-        pose_iterations, iterations = POLISH[method]
-        polish = dataclasses.replace(ROBUST, pose_iterations=pose_iterations, iterations=iterations)
-        rows[f"CPRFA, then {description} (align --method {method})"] = online_with_landmarks(full, polish)
+        rows[f"CPRFA, then {description} (align --method {method})"] = online_with_landmarks(
+            full, polish_options(ROBUST, method))
     rows["CPRFA, then on-line + landmarks (align --method cpr+online)"] = online_with_landmarks(full)
     return rows
 

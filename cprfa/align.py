@@ -248,8 +248,7 @@ class FaceAligner:
             points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])
             options = self.fit_options
             if self.method in POLISH:
-                pose_iterations, iterations = POLISH[self.method]
-                options = dataclasses.replace(options, pose_iterations=pose_iterations, iterations=iterations)
+                options = polish_options(options, self.method)
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
                                                              LANDMARK_SHARE, options, crop_params)
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
@@ -304,6 +303,12 @@ class FaceAligner:
                 found = np.sort(rng.choice(found, self.max_points, replace=False))
             chosen.append(found)
         return chosen
+
+
+def polish_options(options: FitOptions, method: str) -> FitOptions:
+    """``options`` with the iteration counts of a method that polishes CPRFA's result (POLISH)."""
+    pose_iterations, iterations = POLISH[method]
+    return dataclasses.replace(options, pose_iterations=pose_iterations, iterations=iterations)
 
 
 def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) -> list[np.ndarray]:
