@@ -150,16 +150,18 @@ class FaceModel:
     def torch_tensors(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
         """Cached torch copies: ``mean`` (N, 3), ``basis`` (N, 3, K_id + K_exp) and ``pncc`` (N, 3).
 
-        The basis stacks identity then expression modes, matching the layout of the coefficient vector α."""
+        The basis stacks identity then expression modes, matching the layout of the coefficient vector α.
+        Normal tensors even when first asked for in inference mode, so that autograd can use them later."""
         key = (str(torch.device(device)), dtype)
         if key not in self._torch_cache:
             basis = np.concatenate([self.identity_basis, self.expression_basis], axis=0).transpose(1, 2, 0)
-            self._torch_cache[key] = {
-                "mean": torch.tensor(self.mean, dtype=dtype, device=device),
-                "basis": torch.as_tensor(np.ascontiguousarray(basis), dtype=dtype, device=device),
-                "pncc": torch.tensor(self.pncc, dtype=dtype, device=device),
-                "triangles": torch.tensor(self.triangles, device=device),
-            }
+            with torch.inference_mode(False):
+                self._torch_cache[key] = {
+                    "mean": torch.tensor(self.mean, dtype=dtype, device=device),
+                    "basis": torch.as_tensor(np.ascontiguousarray(basis), dtype=dtype, device=device),
+                    "pncc": torch.tensor(self.pncc, dtype=dtype, device=device),
+                    "triangles": torch.tensor(self.triangles, device=device),
+                }
         return self._torch_cache[key]
 
     # --- file format -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from cprfa.errors import InvalidInputError
 from cprfa.fitting.landmarks import fit_landmarks
 from cprfa.fitting.optimize import FitOptions, fit_points, projection_jacobian
 from cprfa.model.contour import _candidate_tensors, contour_lines, landmarks_2d, silhouette_landmark_ids
+from cprfa.model.face_model import DEFAULT_MODEL_PATH, FaceModel
 from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d, model_shape
 
 
@@ -56,6 +57,16 @@ def test_landmarks_stay_differentiable_after_a_first_use_in_inference_mode(face_
         silhouette_landmark_ids(face_model, params)
     params.requires_grad_(True)
     landmarks_2d(face_model, params).sum().backward()
+    assert params.grad.abs().sum() > 0
+
+
+def test_the_model_stays_differentiable_after_a_first_use_in_inference_mode(face_model):
+    model = FaceModel.load(DEFAULT_MODEL_PATH)  # its torch tensors are made on first use: make it this one
+    params = synthetic_faces(face_model, [30.0])
+    with torch.inference_mode():
+        image_vertices(model, params)
+    params.requires_grad_(True)
+    image_vertices(model, params).sum().backward()
     assert params.grad.abs().sum() > 0
 
 
