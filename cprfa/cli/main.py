@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the learning rate decays exponentially to lr × this at the last epoch")
     dafi.add_argument("--landmark-weight", type=float, default=defaults.landmark_weight,
                       help="weight of the landmark head's loss against the DAFI losses")
-    dafi.add_argument("--init", type=Path, help="HS-U-Net weights to start from (default: random)")
+    dafi.add_argument("--init", type=Path, help="HS-U-Net weights to start from (default: random); "
+                      "a narrower network of the same input size is widened to --widths first")
     dafi.add_argument("--workers", type=int, default=defaults.workers, help="augmentation processes")
     dafi.add_argument("--threads", type=int, default=defaults.threads, help="torch threads")
     dafi.add_argument("--device", default="cpu", help="cpu or cuda (only the speed changes; default cpu)")

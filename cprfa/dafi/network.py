@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,6 +88,41 @@ class HSUNet(nn.Module):
             if step == 2:
                 heatmaps = self.landmark_head(x)
         return groups, heatmaps
+
+
+def widened(network: HSUNet, config: HSUNetConfig) -> HSUNet:
+    """A network of ``config`` (the same input size, no width smaller) that computes what ``network`` computes:
+    every weight of ``network`` in the leading channels, the new channels freshly initialized, and the weights
+    from new channels into old ones zero, so that training goes on from the smaller network's function with more
+    capacity (the widening of Net2Net, Chen et al. 2016, with zeros instead of copies).
+
+    The decoder's convolutions read [up-sampled deeper features, skip]; each part keeps its place in the wider
+    concatenation."""
+    old, new = network.config.widths, config.widths
+    if config.input_size != network.config.input_size or any(n < o for n, o in zip(new, old, strict=True)):
+        raise ValueError(f"cannot widen an HS-U-Net of {network.config} to {config}")
+    grown = HSUNet(config)
+    state = grown.state_dict()
+    inputs = {"encoder.0.0": [np.arange(3)]}  # where the old input channels sit among the new, per convolution
+    for level in range(1, 5):
+        inputs[f"encoder.{level}.0"] = [np.arange(old[level - 1])]
+    for step, level in enumerate(reversed(range(4))):
+        inputs[f"decoder.{step}.0"] = [np.arange(old[level + 1]), new[level + 1] + np.arange(old[level])]
+    for key, value in network.state_dict().items():
+        target = state[key]
+        if value.dim() == 0:
+            target.copy_(value)
+            continue
+        if value.dim() == 4:
+            prefix = key.rsplit(".", 1)[0]
+            columns = np.concatenate(inputs.get(prefix, [np.arange(value.shape[1])]))
+            block = target[:len(value)]  # the old output channels read nothing from the new input channels
+            block[:, torch.from_numpy(np.setdiff1d(np.arange(target.shape[1]), columns))] = 0.0
+            block[:, torch.from_numpy(columns)] = value
+        else:
+            target[:len(value)] = value
+    grown.load_state_dict(state)
+    return grown
 
 
 def soft_argmax(heatmaps: torch.Tensor, image_size: int) -> torch.Tensor:

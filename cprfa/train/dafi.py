@@ -12,8 +12,10 @@ inside the crop.
 Each epoch ends with a validation on a fixed subset of the evaluation shards (landmark NME, DAFI vertex NME
 and detection rate), a figure ``val_XXX.png``, a line in ``history.jsonl``, and ``checkpoint.pt`` holding
 everything needed to resume. The last epoch also writes the weights (``hsunet.pt``, float16) and
-``record.json`` (config, data, time, metrics) to ship. ``init`` starts from another weights file of the same
-network (to train on with a fresh learning-rate schedule); its record is kept in the new one.
+``record.json`` (config, data, time, metrics) to ship. ``init`` starts from
+another weights file (to train on with a fresh learning-rate schedule): of the same network, or of a narrower
+one of the same input size, widened without changing what it computes (cprfa.dafi.network.widened); its
+record is kept in the new one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
+from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input, widened
 from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
 from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
 from cprfa.errors import CprfaError
@@ -141,9 +143,11 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     network = HSUNet(config)
     if settings.init:
         initial, initial_config = load_network(settings.init)
-        if initial_config != config:
-            raise CprfaError(f"{settings.init} is an HS-U-Net of {initial_config}, not of the {config} asked for")
-        network.load_state_dict(initial.state_dict())
+        try:
+            network = widened(initial, config)
+        except ValueError:
+            raise CprfaError(f"{settings.init} is an HS-U-Net of {initial_config}, which cannot start the {config} "
+                             "asked for (same input size, no narrower level)") from None
     network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
     decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax
+from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, widened
 from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.train.dafi import hs_unet_loss
@@ -17,6 +17,27 @@ def test_outputs_have_three_scales_codes_in_range_and_heatmaps_at_half_resolutio
     assert heatmaps.shape == (2, 68, 32, 32)
     with pytest.raises(ValueError):
         HSUNetConfig(input_size=50)
+
+
+def test_a_widened_network_computes_what_the_narrow_one_did_and_its_new_channels_can_learn():
+    torch.manual_seed(0)
+    narrow = HSUNet(HSUNetConfig(input_size=32, widths=(4, 8, 8, 16, 16)))
+    for module in narrow.modules():  # batch-norm statistics of a trained network, not the initial identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    narrow.eval()
+    wide = widened(narrow, HSUNetConfig(input_size=32, widths=(4, 12, 8, 24, 32))).eval()
+    images = torch.rand(2, 3, 32, 32) - 0.5
+    (groups, heatmaps), (wide_groups, wide_heatmaps) = narrow(images), wide(images)
+    for group, wide_group in zip(groups, wide_groups, strict=True):
+        assert torch.allclose(group, wide_group, atol=1e-5)
+    assert torch.allclose(heatmaps, wide_heatmaps, atol=1e-5)
+    assert wide.encoder[4][0].weight[16:].abs().sum() > 0  # the new channels are not dead
+    with pytest.raises(ValueError):
+        widened(narrow, HSUNetConfig(input_size=32, widths=(4, 8, 8, 16, 8)))
+    with pytest.raises(ValueError):
+        widened(narrow, HSUNetConfig(input_size=48, widths=(4, 8, 8, 16, 16)))
 
 
 def test_soft_argmax_of_a_peaked_heatmap_is_the_peak_cell_centre_in_image_pixels():

@@ -41,3 +41,11 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     assert main([*init_args, "--out", str(tmp_path / "again"), "--init", str(out / "hsunet.pt")]) == 0
     assert json.loads((tmp_path / "again" / "record.json").read_text())["init_record"]["final"]["epoch"] == 2
     assert main([*init_args, "--init", str(tmp_path / "missing.pt")]) == 1
+    widths = init_args.index("--widths") + 1
+    wider = [*init_args[:widths], "4", "8", "8", "16", "24", *init_args[widths + 5:]]
+    assert main([*wider, "--out", str(tmp_path / "wide"), "--init", str(out / "hsunet.pt")]) == 0
+    assert DafiEstimator.from_file(tmp_path / "wide" / "hsunet.pt").config.widths == (4, 8, 8, 16, 24)
+    narrower = [*init_args[:widths], "4", "8", "8", "16", "8", *init_args[widths + 5:]]
+    capsys.readouterr()
+    assert main([*narrower, "--out", str(tmp_path / "narrow"), "--init", str(out / "hsunet.pt")]) == 1
+    assert "cannot start" in capsys.readouterr().err
