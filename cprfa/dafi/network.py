@@ -29,7 +29,7 @@ class HSUNetConfig:
     """Input side S (divisible by 16) and the encoder widths from full resolution down to S/16."""
 
     input_size: int = 128
-    widths: tuple[int, ...] = (8, 16, 32, 64, 96)
+    widths: tuple[int, ...] = (8, 16, 32, 96, 192)
 
     def __post_init__(self) -> None:
         if len(self.widths) != 5 or min(self.widths) < 1:

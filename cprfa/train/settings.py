@@ -16,7 +16,7 @@ class TrainSettings:
     validation_split: str = "helen_test"
     validation_faces: int = 64
     input_size: int = 128
-    widths: tuple[int, ...] = (8, 16, 32, 64, 96)
+    widths: tuple[int, ...] = (8, 16, 32, 96, 192)
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3

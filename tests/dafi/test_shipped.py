@@ -33,7 +33,7 @@ def test_shipped_weights_find_the_face_of_the_bundled_example(face_model):
     corners = [mask[:corner, :corner], mask[:corner, -corner:], mask[-corner:, :corner], mask[-corner:, -corner:]]
     assert mask[inside].mean() > 0.8 and max(c.mean() for c in corners) < 0.3
     landmarks = prediction.landmarks[0]
-    margin = 0.15 * (x1 - x0)
+    margin = 0.2 * (x1 - x0)  # the jaw's outline reaches past the tight face box (by 15 % here, the face turned)
     assert ((landmarks >= [x0 - margin, y0 - margin]) & (landmarks <= [x1 + margin, y1 + margin])).all()
     # the codes are the face's: the eyes are above the mouth in the crop, and many vertices are found
     assert landmarks[36:48, 1].mean() < landmarks[48:68, 1].mean()
