@@ -57,7 +57,7 @@ from cprfa.cpr.sparse import N_LANDMARKS, landmark_channels
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.model.contour import contour_lines, silhouette_choice
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.model.projection import ParamLayout, linear_shape, model_shape, weak_perspective
+from cprfa.model.projection import ParamLayout, linear_shape, model_shape, modes_first, weak_perspective
 from cprfa.weights import read_weights
 
 GROUPS = ("alpha", "rotation_xy", "rotation_z", "scale")
@@ -256,13 +256,13 @@ class CPRAligner(nn.Module):
         tensors = model.torch_tensors()
         ids = channels.reshape(-1)
         self.register_buffer("mean", tensors["mean"][ids], persistent=False)  # (K·n, 3)
-        self.register_buffer("basis", tensors["basis"][ids], persistent=False)  # (K·n, 3, |α|)
+        self.register_buffer("basis", modes_first(tensors["basis"][ids]), persistent=False)  # (K·n, 3, |α|)
         self.register_buffer("sparse_channels", landmark_channels(), persistent=False)
         # the 68 landmark vertices and the jaw's contour candidates, as rows of one small vertex set
         self.contours = contour_lines(model)
         sparse_ids = np.unique(np.concatenate([model.landmarks68, self.contours.vertex_ids.ravel()]))
         self.register_buffer("sparse_mean", tensors["mean"][sparse_ids], persistent=False)
-        self.register_buffer("sparse_basis", tensors["basis"][sparse_ids], persistent=False)
+        self.register_buffer("sparse_basis", modes_first(tensors["basis"][sparse_ids]), persistent=False)
         self.register_buffer("landmark_rows", torch.from_numpy(np.searchsorted(sparse_ids, model.landmarks68)),
                              persistent=False)
         self.register_buffer("contour_rows", torch.from_numpy(np.searchsorted(sparse_ids, self.contours.vertex_ids)),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cprfa.model.face_model import FaceModel
-from cprfa.model.projection import ParamLayout, image_vertices, linear_shape
+from cprfa.model.projection import ParamLayout, image_vertices, linear_shape, modes_first
 
 JAW_LANDMARKS = np.array([*range(8), *range(9, 17)])
 CONTOUR_BAND_CM = 0.35
@@ -92,7 +92,7 @@ def _candidate_tensors(model: FaceModel, device: torch.device, dtype: torch.dtyp
     with torch.inference_mode(False):
         tensors = model.torch_tensors(device, dtype)
         vertices = torch.as_tensor(vertices, device=device)
-        return (tensors["mean"][vertices], tensors["basis"][vertices],
+        return (tensors["mean"][vertices], modes_first(tensors["basis"][vertices]),
                 torch.as_tensor(rows.reshape(ids.shape), device=device))
 
 

@@ -148,17 +148,20 @@ class FaceModel:
     # --- torch views -------------------------------------------------------------------------------------
 
     def torch_tensors(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-        """Cached torch copies: ``mean`` (N, 3), ``basis`` (N, 3, K_id + K_exp) and ``pncc`` (N, 3).
+        """Cached torch copies: ``mean`` (N, 3), ``basis`` (N, 3, K_id + K_exp), the same basis stored mode
+        by mode as ``basis_modes_first`` (cprfa.model.projection.modes_first) and ``pncc`` (N, 3).
 
         The basis stacks identity then expression modes, matching the layout of the coefficient vector α.
         Normal tensors even when first asked for in inference mode, so that autograd can use them later."""
         key = (str(torch.device(device)), dtype)
         if key not in self._torch_cache:
-            basis = np.concatenate([self.identity_basis, self.expression_basis], axis=0).transpose(1, 2, 0)
+            modes = np.concatenate([self.identity_basis, self.expression_basis], axis=0)  # (K, N, 3)
             with torch.inference_mode(False):
                 self._torch_cache[key] = {
                     "mean": torch.tensor(self.mean, dtype=dtype, device=device),
-                    "basis": torch.as_tensor(np.ascontiguousarray(basis), dtype=dtype, device=device),
+                    "basis": torch.as_tensor(np.ascontiguousarray(modes.transpose(1, 2, 0)), dtype=dtype,
+                                             device=device),
+                    "basis_modes_first": torch.as_tensor(modes, dtype=dtype, device=device).permute(1, 2, 0),
                     "pncc": torch.tensor(self.pncc, dtype=dtype, device=device),
                     "triangles": torch.tensor(self.triangles, device=device),
                 }

@@ -12,6 +12,8 @@ from cprfa.model.projection import (
     image_vertices,
     landmarks_3d,
     linear_shape,
+    model_shape,
+    modes_first,
     pose_from_box,
     project,
     rotation_to_euler,
@@ -103,6 +105,20 @@ def test_gradients_flow_through_projection():
     assert torch.autograd.gradcheck(lambda c, p: project(linear_shape(mean, basis, c), p), (coefficients, pose))
     angles = torch.tensor([[0.3, 0.4, -0.2]], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(rotation_to_euler, (euler_to_rotation(angles).detach().requires_grad_(),))
+
+
+def test_modes_first_basis_gives_the_same_shapes(face_model):
+    basis = torch.randn(7, 3, 4, dtype=torch.float64)
+    stored = modes_first(basis)
+    assert torch.equal(stored, basis) and stored.permute(2, 0, 1).is_contiguous()
+    mean, coefficients = torch.randn(7, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    assert torch.allclose(linear_shape(mean, stored, coefficients), linear_shape(mean, basis, coefficients))
+    layout = ParamLayout.of(face_model)
+    params = layout.initial(2, torch.float64)
+    params[:, layout.alpha] = torch.randn(2, layout.n_identity + layout.n_expression, dtype=torch.float64)
+    every = model_shape(face_model, params)  # from the cached mode-by-mode basis
+    ids = torch.tensor([0, 5, face_model.n_vertices - 1])
+    assert torch.allclose(every[:, ids], model_shape(face_model, params, ids), atol=1e-12)
 
 
 def test_layout(face_model):
