@@ -4,7 +4,10 @@ A U-Net turns a face crop (S × S RGB) into a densely annotated facial image: pe
 PNCC code of the face surface seen there, normalized XYZ in [0, 1]) and a foreground logit. Three groups of
 outputs supervise the decoder at S/4, S/2 and S (the last is the DAFI used downstream); every group gets the
 same losses (cprfa.train.dafi). Beside them a landmark head predicts 68 heatmaps at S/2 from the decoder;
-their spatial soft-argmax gives the landmarks (the sparse source that CPR fusion uses) in crop pixels.
+their spatial soft-argmax gives the landmarks (the sparse source that CPR fusion uses) in crop pixels, less
+``landmark_offset``: the head's median error per landmark on its training faces, without and with the
+test-time flip (cprfa.dafi.predict.DafiEstimator), measured once training ends (cprfa.train.dafi) and saved
+with the weights.
 
 Choices the paper leaves open, fixed here: encoder of five levels (double 3×3 conv + batch norm + ReLU,
 max-pool down), decoder with bilinear up-sampling and skip concatenation; DAFI through a sigmoid so codes
@@ -70,6 +73,7 @@ class HSUNet(nn.Module):
         self.decoder = nn.ModuleList([_DoubleConv(w[i + 1] + w[i], w[i]) for i in reversed(range(4))])
         self.heads = nn.ModuleList([nn.Conv2d(w[i], 4, 1) for i in (2, 1, 0)])  # S/4, S/2, S
         self.landmark_head = nn.Sequential(_DoubleConv(w[1], w[1]), nn.Conv2d(w[1], N_LANDMARKS, 1))
+        self.register_buffer("landmark_offset", torch.zeros(2, N_LANDMARKS, 2))  # crop pixels; [no flip, flip]
         self.to(memory_format=torch.channels_last)  # about 30 % faster with oneDNN on the CPU
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

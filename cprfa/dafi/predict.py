@@ -21,7 +21,7 @@ from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.weights import read_weights
 
 WEIGHTS_FORMAT = "cprfa-hsunet"
-WEIGHTS_VERSION = 1
+WEIGHTS_VERSION = 2  # 1: without the landmark offset (read as zero)
 DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "hsunet.pt"
 BUILD_SIZE = 256  # crop side of the training data (cprfa data build's default)
 MIRRORED_LANDMARKS = torch.tensor(FLIP_68)
@@ -50,12 +50,15 @@ def save_weights(network: HSUNet, config: HSUNetConfig, path: str | Path) -> Non
 def load_network(path: str | Path | None = None) -> tuple[HSUNet, HSUNetConfig]:
     """The HS-U-Net from a weights file (default: the shipped weights), in eval mode on the CPU."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    content = read_weights(path, WEIGHTS_FORMAT, WEIGHTS_VERSION, "HS-U-Net")
+    content = read_weights(path, WEIGHTS_FORMAT, (1, WEIGHTS_VERSION), "HS-U-Net")
     try:
         config = HSUNetConfig.from_dict(content["config"])
         network = HSUNet(config)
-        network.load_state_dict({key: value.float() if value.is_floating_point() else value
-                                 for key, value in content["state_dict"].items()})
+        state = {key: value.float() if value.is_floating_point() else value
+                 for key, value in content["state_dict"].items()}
+        if content["version"] == 1:
+            state["landmark_offset"] = network.landmark_offset
+        network.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: weights do not match the HS-U-Net ({error})") from None
     return network.eval(), config
@@ -70,12 +73,14 @@ class DafiEstimator:
     - DAFI codes: averaged with the two foreground probabilities as weights (a mirrored code's x is 1 − x, as
       in training's flip augmentation);
     - landmarks: averaged (the mirrored ones re-indexed left to right).
-    Twice the network's work for a more precise result."""
+    Twice the network's work for a more precise result. The landmarks are corrected by the network's
+    ``landmark_offset`` of the mode (cprfa.dafi.network)."""
 
     def __init__(self, network: HSUNet | None = None, config: HSUNetConfig | None = None,
                  device: str | torch.device = "cpu", flip: bool = False):
         if network is None:
             network, config = load_network()
+        self.landmark_offset = network.landmark_offset.to(device)
         self.network, self.config, self.device = network.to(device).eval(), config, torch.device(device)
         self.flip = flip
 
@@ -88,7 +93,9 @@ class DafiEstimator:
         if runtime == "onnx":
             from cprfa.dafi.onnx import OnnxNetwork
 
-            return cls(OnnxNetwork(network, config.input_size), config, flip=flip)
+            estimator = cls(network, config, flip=flip)
+            estimator.network = OnnxNetwork(network, config.input_size)
+            return estimator
         if runtime != "torch":
             raise InvalidInputError(f"runtime must be 'torch' or 'onnx', got '{runtime}'")
         return cls(network, config, device=device, flip=flip)
@@ -134,7 +141,7 @@ class DafiEstimator:
         codes, probability = full[:, :3], torch.sigmoid(full[:, 3])
         points = soft_argmax(heatmaps.float(), size)
         if not self.flip:
-            return codes, probability, points
+            return codes, probability, points - self.landmark_offset[0]
         mirrored_codes = codes[count:].flip(3)
         mirrored_codes = torch.cat([1 - mirrored_codes[:, :1], mirrored_codes[:, 1:]], dim=1)
         weights = torch.stack([probability[:count], probability[count:].flip(2)])  # (2, B, S, S)
@@ -142,4 +149,4 @@ class DafiEstimator:
             weights.sum(dim=0)[:, None].clamp(min=1e-6))
         mirrored_points = points[count:, MIRRORED_LANDMARKS]
         mirrored_points = torch.stack([size - mirrored_points[..., 0], mirrored_points[..., 1]], dim=-1)
-        return merged, weights.mean(dim=0), (points[:count] + mirrored_points) / 2
+        return merged, weights.mean(dim=0), (points[:count] + mirrored_points) / 2 - self.landmark_offset[1]

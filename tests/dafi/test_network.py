@@ -81,6 +81,16 @@ def test_weights_round_trip_and_bad_files_are_refused(tmp_path):
     a, b = DafiEstimator(network, config).predict(crops), DafiEstimator(loaded, loaded_config).predict(crops)
     assert np.abs(a.dafi - b.dafi).max() < 0.02 and np.abs(a.landmarks - b.landmarks).max() < 0.5  # float16 storage
     assert a.landmarks.shape == (3, 68, 2) and a.mask.dtype == bool and a.dafi.shape == (3, 32, 32, 3)
+    network.landmark_offset[1] = torch.tensor([1.0, -2.0])  # flip mode's: moves the merged landmarks
+    save_weights(network, config, tmp_path / "offset.pt")
+    shifted = DafiEstimator(load_network(tmp_path / "offset.pt")[0], config, flip=True).predict(crops)
+    plain = DafiEstimator(loaded, loaded_config, flip=True).predict(crops)
+    assert np.allclose(shifted.landmarks - plain.landmarks, [-1.0, 2.0], atol=0.05)
+    content = torch.load(tmp_path / "w.pt", weights_only=True)  # version 1: no offset, read as zero
+    content["version"] = 1
+    del content["state_dict"]["landmark_offset"]
+    torch.save(content, tmp_path / "v1.pt")
+    assert not load_network(tmp_path / "v1.pt")[0].landmark_offset.any()
     with pytest.raises(InvalidInputError):
         DafiEstimator(network, config).predict(crops[:, :16])
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")

@@ -4,6 +4,7 @@ import numpy as np
 
 from cprfa.cli.main import main
 from cprfa.dafi.predict import DafiEstimator
+from cprfa.train.dafi import load_faces
 
 
 def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path, capsys):
@@ -20,6 +21,15 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     assert history[1]["lr"] < history[0]["lr"] and np.isfinite(history[-1]["train_loss"])
     estimator = DafiEstimator.from_file(out / "hsunet.pt")
     assert estimator.input_size == 48
+    # the landmark head is calibrated: its median error on the training faces is removed, in both flip modes
+    faces = load_faces(small_build, ("helen_test",), 48)
+    assert set(record["landmark_offset"]) >= {"median_px", "val_landmark_nme_after"}
+    assert estimator.network.landmark_offset.abs().max() > 0.1
+    for flip in (False, True):
+        estimator.flip = flip
+        error = estimator.predict(faces.images).landmarks - faces.landmarks
+        inside = ((faces.landmarks >= 0) & (faces.landmarks <= 48)).all(axis=-1)
+        assert np.nanmax(np.abs(np.nanmedian(np.where(inside[..., None], error, np.nan), axis=0))) < 0.05
     capsys.readouterr()
     assert main(args) == 0  # finished: rerunning resumes after the last epoch and trains nothing more
     assert "resuming" in capsys.readouterr().out
@@ -34,7 +44,8 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     assert main([*init_args, "--init", str(out / "hsunet.pt"), "--lr", "1e-9"]) == 0
     start, after = DafiEstimator.from_file(out / "hsunet.pt"), DafiEstimator.from_file(tuned / "hsunet.pt")
     for key, value in start.network.state_dict().items():
-        if value.is_floating_point() and "running" not in key:  # batch-norm statistics move regardless of lr
+        # batch-norm statistics move regardless of lr; the landmark offset is measured anew after every run
+        if value.is_floating_point() and "running" not in key and key != "landmark_offset":
             assert (after.network.state_dict()[key] - value).abs().max() < 1e-3, key
     assert "init_record" not in json.loads((tuned / "record.json").read_text())  # no record beside hsunet.pt
     (out / "hsunet.record.json").write_text((out / "record.json").read_text())
