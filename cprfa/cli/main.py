@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dafi", help="train the HS-U-Net (DAFI + landmark head) on `cprfa data build` output",
         description="Train the HS-U-Net on pseudo-dense ground truth with on-line augmentation. Resumable: "
         "rerun the same command to continue from OUT/checkpoint.pt. Each epoch validates and writes a figure; "
-        "the end writes OUT/hsunet.pt and OUT/record.json (copy both into cprfa/dafi/assets/ to ship).")
+        "the end calibrates the landmark head on the training faces and writes OUT/hsunet.pt and OUT/record.json "
+        "(copy both into cprfa/dafi/assets/ to ship).")
     dafi.add_argument("--data", type=Path, required=True, help="training build (cprfa data build --out)")
     dafi.add_argument("--validation", type=Path, required=True, help="build of helen_test for validation")
     dafi.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, figures, weights)")
