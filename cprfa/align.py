@@ -224,7 +224,7 @@ class FaceAligner:
         prediction = self.estimator.predict(np.stack(crops))
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
-        observed = self.retriever(prediction.dafi, prediction.mask)
+        observed = self.retriever(prediction.dafi, prediction.mask, offset=self.estimator.vertex_offset)
         timings["retrieval"] = time.perf_counter() - start
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)

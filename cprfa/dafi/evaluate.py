@@ -29,28 +29,31 @@ FAILURE_DETECTION = 10.0  # %
 @dataclass(frozen=True, eq=False)
 class ObservedBatch:
     """One batch of ``observe``: the faces ``start:stop``, the prediction, the retrieved vertices, and each
-    vertex's distance to where the ground-truth parameters put it, error (b, N) in % of the face size."""
+    vertex's position where the ground-truth parameters put it, truth (b, N, 2) crop pixels, and its distance to
+    the retrieved one, error (b, N) in % of the face size."""
 
     start: int
     stop: int
     prediction: DafiPrediction
     observed: ObservedPoints
+    truth: np.ndarray
     error: np.ndarray
 
 
 def observe(estimator: DafiEstimator, faces, model: FaceModel, batch_size: int = 32) -> Iterator[ObservedBatch]:
     """Run the HS-U-Net and vertex retrieval over built faces (cprfa.train.dafi.FaceArrays at the estimator's
-    input size), batch by batch. The face size is sqrt(w·h) of the ground-truth landmark box."""
+    input size), batch by batch, with the estimator's calibration of the retrieved positions. The face size is
+    sqrt(w·h) of the ground-truth landmark box."""
     retriever = VertexRetriever(model)
     for start in range(0, len(faces), batch_size):
         stop = min(start + batch_size, len(faces))
         prediction = estimator.predict(faces.images[start:stop])
-        observed = retriever(prediction.dafi, prediction.mask)
+        observed = retriever(prediction.dafi, prediction.mask, offset=estimator.vertex_offset)
         truth = image_vertices(model, torch.from_numpy(faces.params[start:stop]).double())[..., :2].numpy()
         targets = faces.landmarks[start:stop]
         size = np.sqrt(np.prod(targets.max(axis=1) - targets.min(axis=1), axis=1))
         error = (np.linalg.norm(observed.positions - truth, axis=-1) / size[:, None] * 100).astype(np.float32)
-        yield ObservedBatch(start, stop, prediction, observed, error)
+        yield ObservedBatch(start, stop, prediction, observed, truth, error)
 
 
 def dafi_errors(estimator: DafiEstimator, faces, batch_size: int = 32, model: FaceModel | None = None,

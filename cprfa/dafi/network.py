@@ -4,10 +4,12 @@ A U-Net turns a face crop (S × S RGB) into a densely annotated facial image: pe
 PNCC code of the face surface seen there, normalized XYZ in [0, 1]) and a foreground logit. Three groups of
 outputs supervise the decoder at S/4, S/2 and S (the last is the DAFI used downstream); every group gets the
 same losses (cprfa.train.dafi). Beside them a landmark head predicts 68 heatmaps at S/2 from the decoder;
-their spatial soft-argmax gives the landmarks (the sparse source that CPR fusion uses) in crop pixels, less
-``landmark_offset``: the head's median error per landmark on its training faces, without and with the
-test-time flip (cprfa.dafi.predict.DafiEstimator), measured once training ends (cprfa.train.dafi) and saved
-with the weights.
+their spatial soft-argmax gives the landmarks (the sparse source that CPR fusion uses) in crop pixels.
+
+Two calibrations are measured on the training faces once training ends (cprfa.train.dafi) and saved with the
+weights, without and with the test-time flip (cprfa.dafi.predict.DafiEstimator): ``landmark_offset``, the
+landmark head's mean error per landmark, and ``vertex_offset``, the mean error per model vertex of the
+positions retrieved from the DAFI (cprfa.dafi.retrieval); both are subtracted from what the network gives.
 
 Choices the paper leaves open, fixed here: encoder of five levels (double 3×3 conv + batch norm + ReLU,
 max-pool down), decoder with bilinear up-sampling and skip concatenation; DAFI through a sigmoid so codes
@@ -73,7 +75,9 @@ class HSUNet(nn.Module):
         self.decoder = nn.ModuleList([_DoubleConv(w[i + 1] + w[i], w[i]) for i in reversed(range(4))])
         self.heads = nn.ModuleList([nn.Conv2d(w[i], 4, 1) for i in (2, 1, 0)])  # S/4, S/2, S
         self.landmark_head = nn.Sequential(_DoubleConv(w[1], w[1]), nn.Conv2d(w[1], N_LANDMARKS, 1))
-        self.register_buffer("landmark_offset", torch.zeros(2, N_LANDMARKS, 2))  # crop pixels; [no flip, flip]
+        # crop pixels at S, [without flip, with flip]; no vertex offset (N = 0) until calibrated
+        self.register_buffer("landmark_offset", torch.zeros(2, N_LANDMARKS, 2))
+        self.register_buffer("vertex_offset", torch.zeros(2, 0, 2))
         self.to(memory_format=torch.channels_last)  # about 30 % faster with oneDNN on the CPU
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -113,6 +117,8 @@ def widened(network: HSUNet, config: HSUNetConfig) -> HSUNet:
     for step, level in enumerate(reversed(range(4))):
         inputs[f"decoder.{step}.0"] = [np.arange(old[level + 1]), new[level + 1] + np.arange(old[level])]
     for key, value in network.state_dict().items():
+        if key.endswith("_offset"):  # the calibration: measured anew when training ends
+            continue
         target = state[key]
         if value.dim() == 0:
             target.copy_(value)

@@ -21,7 +21,7 @@ from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.weights import read_weights
 
 WEIGHTS_FORMAT = "cprfa-hsunet"
-WEIGHTS_VERSION = 2  # 1: without the landmark offset (read as zero)
+WEIGHTS_VERSION = 3  # 1: without the calibration offsets, 2: without the vertex offset (read as none)
 DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "hsunet.pt"
 BUILD_SIZE = 256  # crop side of the training data (cprfa data build's default)
 MIRRORED_LANDMARKS = torch.tensor(FLIP_68)
@@ -50,14 +50,15 @@ def save_weights(network: HSUNet, config: HSUNetConfig, path: str | Path) -> Non
 def load_network(path: str | Path | None = None) -> tuple[HSUNet, HSUNetConfig]:
     """The HS-U-Net from a weights file (default: the shipped weights), in eval mode on the CPU."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    content = read_weights(path, WEIGHTS_FORMAT, (1, WEIGHTS_VERSION), "HS-U-Net")
+    content = read_weights(path, WEIGHTS_FORMAT, (1, 2, WEIGHTS_VERSION), "HS-U-Net")
     try:
         config = HSUNetConfig.from_dict(content["config"])
         network = HSUNet(config)
         state = {key: value.float() if value.is_floating_point() else value
                  for key, value in content["state_dict"].items()}
-        if content["version"] == 1:
-            state["landmark_offset"] = network.landmark_offset
+        state.setdefault("landmark_offset", network.landmark_offset)  # version 1: not calibrated
+        state.setdefault("vertex_offset", network.vertex_offset)  # version 2: landmarks calibrated only
+        network.vertex_offset = torch.zeros_like(state["vertex_offset"])  # its size is the face model's
         network.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: weights do not match the HS-U-Net ({error})") from None
@@ -74,13 +75,14 @@ class DafiEstimator:
       in training's flip augmentation);
     - landmarks: averaged (the mirrored ones re-indexed left to right).
     Twice the network's work for a more precise result. The landmarks are corrected by the network's
-    ``landmark_offset`` of the mode (cprfa.dafi.network)."""
+    ``landmark_offset`` of the mode; ``vertex_offset`` is that mode's for the retrieved positions."""
 
     def __init__(self, network: HSUNet | None = None, config: HSUNetConfig | None = None,
                  device: str | torch.device = "cpu", flip: bool = False):
         if network is None:
             network, config = load_network()
         self.landmark_offset = network.landmark_offset.to(device)
+        self.vertex_offsets = network.vertex_offset.cpu().numpy()
         self.network, self.config, self.device = network.to(device).eval(), config, torch.device(device)
         self.flip = flip
 
@@ -103,6 +105,12 @@ class DafiEstimator:
     @property
     def input_size(self) -> int:
         return self.config.input_size
+
+    @property
+    def vertex_offset(self) -> np.ndarray | None:
+        """The calibration of the positions retrieved from this estimator's DAFIs (cprfa.dafi.network), for its
+        flip mode: (N, 2) crop pixels to subtract (``VertexRetriever(offset=...)``), or None."""
+        return self.vertex_offsets[int(self.flip)] if self.vertex_offsets.shape[1] else None
 
     def crop(self, image: np.ndarray, face_box: tuple[float, float, float, float]) -> tuple[np.ndarray, tuple]:
         """The network's input for a face: the crop policy of cprfa.data.crop around a tight face box, made the

@@ -41,10 +41,13 @@ class VertexRetriever:
         self.max_distance = max_distance
         self._tree = cKDTree(model.pncc.astype(np.float64))
 
-    def __call__(self, dafi: np.ndarray, mask: np.ndarray, pixel_size: float = 1.0) -> ObservedPoints:
+    def __call__(self, dafi: np.ndarray, mask: np.ndarray, pixel_size: float = 1.0,
+                 offset: np.ndarray | None = None) -> ObservedPoints:
         """Retrieve the vertices seen in each DAFI.
 
-        ``pixel_size`` scales DAFI pixels to output pixels (e.g. 2 for a DAFI at half the crop's resolution).
+        ``pixel_size`` scales DAFI pixels to output pixels (e.g. 2 for a DAFI at half the crop's resolution);
+        ``offset`` (N, 2) output pixels is subtracted from every detected vertex's position (the network's
+        calibration, ``DafiEstimator.vertex_offset``).
         Shape: dafi (B, H, W, 3) codes in [0, 1], mask (B, H, W) bool -> ObservedPoints with N = model vertices."""
         dafi, mask = np.asarray(dafi), np.asarray(mask, dtype=bool)
         if dafi.ndim != 4 or dafi.shape[-1] != 3 or mask.shape != dafi.shape[:3]:
@@ -60,5 +63,9 @@ class VertexRetriever:
             u = np.bincount(slot, weights=column[matched] + 0.5, minlength=batch * n) / hits
             v = np.bincount(slot, weights=row[matched] + 0.5, minlength=batch * n) / hits
         positions = np.nan_to_num(np.stack([u, v], axis=-1)).reshape(batch, n, 2) * pixel_size
-        return ObservedPoints(positions.astype(np.float32), (hits > 0).reshape(batch, n),
-                              hits.reshape(batch, n).astype(np.int32))
+        detected = (hits > 0).reshape(batch, n)
+        if offset is not None:
+            if np.shape(offset) != (n, 2):
+                raise InvalidInputError(f"offset must be ({n}, 2), got {np.shape(offset)}")
+            positions -= np.where(detected[..., None], offset, 0.0)
+        return ObservedPoints(positions.astype(np.float32), detected, hits.reshape(batch, n).astype(np.int32))

@@ -44,5 +44,11 @@ def test_codes_far_from_every_vertex_are_rejected_and_batches_are_independent(fa
     assert np.array_equal(observed.positions[0], observed.positions[2])
     half = VertexRetriever(face_model)(pncc, mask, pixel_size=2.0)
     assert np.allclose(half.positions, 2 * observed.positions[:1])
+    offset = np.random.default_rng(0).normal(size=(face_model.n_vertices, 2))  # a calibration: moves the found
+    calibrated = VertexRetriever(face_model)(pncc, mask, offset=offset)
+    detected = observed.detected[:1, :, None]
+    assert np.allclose(calibrated.positions, observed.positions[:1] - offset * detected, atol=1e-4)
+    with pytest.raises(InvalidInputError):
+        VertexRetriever(face_model)(pncc, mask, offset=offset[:10])
     with pytest.raises(InvalidInputError):
         VertexRetriever(face_model)(pncc[0], mask[0])

@@ -60,10 +60,12 @@ def test_flip_averages_a_crop_with_its_mirror_image():
     size = plain.input_size
     one, both = plain.predict(crop[None]), flipped.predict(crop[None])
     mirror = plain.predict(crop[None, :, ::-1].copy())
-    # the merged landmarks are the mean of the crop's and of the mirror's, re-indexed left to right
-    mirrored = mirror.landmarks[0][FLIP_68]
+    # the merged landmarks are the mean of the crop's and of the mirror's, re-indexed left to right, each
+    # without its calibration offset, less the offset of the flip mode
+    offset = plain.network.landmark_offset.numpy()
+    mirrored = (mirror.landmarks[0] + offset[0])[FLIP_68]
     mirrored[:, 0] = size - mirrored[:, 0]
-    assert np.allclose(both.landmarks[0], (one.landmarks[0] + mirrored) / 2, atol=1e-3)
+    assert np.allclose(both.landmarks[0], (one.landmarks[0] + offset[0] + mirrored) / 2 - offset[1], atol=1e-3)
     # the merged foreground is the mean probability; a code seen by both is between theirs (x code mirrored)
     assert np.allclose(both.foreground[0], (one.foreground[0] + mirror.foreground[0][:, ::-1]) / 2, atol=1e-5)
     codes = mirror.dafi[0][:, ::-1].copy()
@@ -71,6 +73,6 @@ def test_flip_averages_a_crop_with_its_mirror_image():
     low, high = np.minimum(one.dafi[0], codes), np.maximum(one.dafi[0], codes)
     assert ((both.dafi[0] >= low - 1e-5) & (both.dafi[0] <= high + 1e-5)).all()
     # the mirrored crop through flip gives the mirrored result
-    again = flipped.predict(crop[None, :, ::-1].copy()).landmarks[0][FLIP_68]
+    again = (flipped.predict(crop[None, :, ::-1].copy()).landmarks[0] + offset[1])[FLIP_68]
     again[:, 0] = size - again[:, 0]
-    assert np.allclose(again, both.landmarks[0], atol=1e-3)
+    assert np.allclose(again, both.landmarks[0] + offset[1], atol=1e-3)
