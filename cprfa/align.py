@@ -52,7 +52,7 @@ from cprfa.data.boxes import check_box, check_landmarks, landmark_box
 from cprfa.data.crop import params_from_crop, points_to_crop, vertices_to_crop
 from cprfa.data.images import load_image
 from cprfa.detect.detector import FaceDetector
-from cprfa.errors import InvalidInputError
+from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import silhouette_landmark_ids
@@ -149,6 +149,10 @@ class FaceAligner:
         if runtime == "onnx" and device != "cpu":
             raise InvalidInputError("runtime 'onnx' runs on the CPU; use device='cpu'")
         self.estimator = DafiEstimator.from_file(weights, device=device, runtime=runtime, flip=flip)
+        calibrated = self.estimator.vertex_offset
+        if calibrated is not None and len(calibrated) != self.model.n_vertices:
+            raise ModelFileError(f"the HS-U-Net {weights or 'shipped'} was calibrated for a face model of "
+                                 f"{len(calibrated)} vertices, not {self.model.n_vertices}")
         self.retriever = VertexRetriever(self.model)
         self.max_points = max_points
         self.fit_options = fit_options or FitOptions(robust="geman-mcclure")

@@ -1,5 +1,6 @@
 """FaceAligner on the bundled example with the shipped weights (no shared data needed)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from PIL import Image
 from cprfa.align import FaceAligner
 from cprfa.cpr.regressor import DEFAULT_WEIGHTS as DEFAULT_CPR_WEIGHTS
 from cprfa.data.images import load_image
-from cprfa.errors import InvalidInputError
+from cprfa.errors import InvalidInputError, ModelFileError
+from cprfa.model.face_model import default_face_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
 BOX = (178.0, 80.0, 262.0, 180.0)
@@ -127,3 +129,14 @@ def test_a_batch_of_images_gives_what_each_image_gives_alone(aligner):
     assert batch[1][0].yaw * batch[0][0].yaw <= 0 or abs(batch[0][0].yaw) < 5  # the mirror turns the other way
     with pytest.raises(InvalidInputError, match="one entry per image"):
         aligner.align_batch([image, image], [[BOX]])
+
+
+def test_a_face_model_the_shipped_networks_were_not_made_for_is_refused():
+    model = default_face_model()
+    other = dataclasses.replace(  # one vertex more, on no triangle
+        model, mean=np.concatenate([model.mean, model.mean[:1]]),
+        identity_basis=np.concatenate([model.identity_basis, model.identity_basis[:, :1]], axis=1),
+        expression_basis=np.concatenate([model.expression_basis, model.expression_basis[:, :1]], axis=1))
+    for method in ("online", "cpr"):
+        with pytest.raises(ModelFileError, match="face model of 9409 vertices"):
+            FaceAligner(model=other, method=method)
