@@ -59,8 +59,7 @@ from cprfa.model.contour import silhouette_landmark_ids
 from cprfa.model.draw import draw_landmarks, draw_pose_axes, draw_wireframe
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, model_shape, project
-from cprfa.model.raster import rasterize
-from cprfa.model.render import visible_vertices
+from cprfa.model.render import visible_vertices_of
 
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
@@ -265,10 +264,8 @@ class FaceAligner:
         points_3d = vertices[:, self.model.landmarks68]
         crop_vertices = torch.stack([vertices_to_crop(vertices[row], crop_boxes[j], size)
                                      for row, j in enumerate(faces)])
-        triangles = self.model.torch_tensors()["triangles"]
-        raster = rasterize(crop_vertices.float(), triangles, size, size)
-        landmark_visible = visible_vertices(crop_vertices, triangles, raster,
-                                            vertex_ids=torch.as_tensor(self.model.landmarks68))
+        landmark_visible = visible_vertices_of(crop_vertices, self.model.torch_tensors()["triangles"],
+                                               torch.as_tensor(self.model.landmarks68), size, size)
         rotation = euler_to_rotation(params[:, :3])
         timings["outputs"] = time.perf_counter() - start
         per_face = {key: round(1000 * value / len(owners), 2) for key, value in timings.items()}

@@ -140,3 +140,18 @@ def test_a_face_model_the_shipped_networks_were_not_made_for_is_refused():
     for method in ("online", "cpr"):
         with pytest.raises(ModelFileError, match="face model of 9409 vertices"):
             FaceAligner(model=other, method=method)
+
+
+def test_the_package_exports_the_aligner_without_importing_it_eagerly():
+    import subprocess
+    import sys
+
+    import cprfa
+    from cprfa.align import FaceResult
+
+    assert cprfa.FaceAligner is FaceAligner and cprfa.FaceResult is FaceResult
+    with pytest.raises(AttributeError):
+        cprfa.NoSuchThing  # noqa: B018
+    probe = "import sys, cprfa; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "False"

@@ -125,6 +125,11 @@ def _cross(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 def _distances(points: torch.Tensor) -> torch.Tensor:
     """Entry (i, j) = ‖y_i − y_j‖, from the coordinate differences themselves (exact, and exactly 0 on the
-    diagonal, unlike the faster-looking expansion by matrix products, which loses precision to cancellation),
-    with a zero gradient where a distance is 0. Shape: (..., n, 2) -> (..., n, n)."""
-    return torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    diagonal, unlike the faster-looking expansion by matrix products, which loses precision to cancellation).
+    With gradients: ``torch.cdist``, whose gradient is zero where a distance is 0; without (inference): the
+    same differences squared in place, about three times faster. Shape: (..., n, 2) -> (..., n, n)."""
+    if points.requires_grad:
+        return torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    x, y = points[..., 0], points[..., 1]
+    dx, dy = x[..., :, None] - x[..., None, :], y[..., :, None] - y[..., None, :]
+    return dx.mul_(dx).addcmul_(dy, dy).sqrt_()

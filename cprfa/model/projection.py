@@ -100,13 +100,15 @@ def project(vertices: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
 
 
 def weak_perspective(vertices: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-    """``project`` without its input checks, for inner loops whose inputs are known good. Same shapes."""
+    """``project`` without its input checks, for inner loops whose inputs are known good. Same shapes.
+
+    One batched product with the rotation's rows scaled by [s, −s, s] (u = s·x', v = −s·y', depth = s·z'),
+    plus [tx, ty, 0]."""
     rotation = _rotation(pose[:, :3])
-    rotated = vertices @ rotation.transpose(1, 2)
-    scale = pose[:, 3, None]
-    u = scale * rotated[..., 0] + pose[:, 4, None]
-    v = -scale * rotated[..., 1] + pose[:, 5, None]
-    return torch.stack([u, v, scale * rotated[..., 2]], dim=-1)
+    signs = torch.tensor([1.0, -1.0, 1.0], dtype=pose.dtype, device=pose.device)
+    rows = rotation * (pose[:, 3, None] * signs)[:, :, None]
+    offset = torch.nn.functional.pad(pose[:, 4:6], (0, 1))
+    return torch.baddbmm(offset[:, None, :], vertices, rows.transpose(1, 2))
 
 
 @accepts_numpy

@@ -150,7 +150,7 @@ def _plane_coefficients(corners: torch.Tensor, anchor: torch.Tensor) -> tuple[to
     Shape: corners (..., 3, 3), anchor (..., 2) -> coefficients (..., 3, 3) with rows [w0, w1, depth] and
     columns [a, b, c], and the signed pixel area (...) (negative for front-facing triangles)."""
     (u0, v0, z0), (u1, v1, z1), (u2, v2, z2) = (corners[..., k, :].unbind(-1) for k in range(3))
-    area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
+    area = signed_area(corners)
     safe = torch.where(area.abs() < 1e-12, torch.full_like(area, -1e-12), area)
     grad_w0 = torch.stack([v1 - v2, u2 - u1], -1) / safe[..., None]
     grad_w1 = torch.stack([v2 - v0, u0 - u2], -1) / safe[..., None]
@@ -160,6 +160,13 @@ def _plane_coefficients(corners: torch.Tensor, anchor: torch.Tensor) -> tuple[to
     at_first_corner = torch.stack([torch.ones_like(z0), torch.zeros_like(z0), z0], dim=-1)
     constant = at_first_corner + (gradients * offset).sum(dim=-1)
     return torch.cat([gradients, constant[..., None]], dim=-1), area
+
+
+def signed_area(corners: torch.Tensor) -> torch.Tensor:
+    """Twice the signed pixel area (u1 - u0)(v2 - v0) - (v1 - v0)(u2 - u0) of triangles, negative for
+    front-facing ones. Shape: corners (..., 3, ≥2) -> (...)."""
+    (u0, v0), (u1, v1), (u2, v2) = (corners[..., k, :2].unbind(-1) for k in range(3))
+    return (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
 
 
 def _evaluate(planes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from cprfa._checks import check_shape
 from cprfa.model.face_model import FaceModel
-from cprfa.model.raster import Rasterization, _plane_coefficients, interpolate, rasterize
+from cprfa.model.raster import Rasterization, _plane_coefficients, interpolate, rasterize, signed_area
 
 VISIBILITY_TOLERANCE = 0.01
 
@@ -88,3 +88,44 @@ def visible_vertices(
     surface_depth = planes[..., 2, 2]
     unhidden = surface_depth <= depth + tolerance * extent
     return (front_corner[:, ids] > 0) & inside & (background | own | unhidden)
+
+
+def visible_vertices_of(vertices: torch.Tensor, triangles: torch.Tensor, vertex_ids: torch.Tensor, height: int,
+                        width: int, tolerance: float = VISIBILITY_TOLERANCE) -> torch.Tensor:
+    """``visible_vertices`` of a few vertices in an H × W image, without rasterizing all of it: only a triangle
+    whose pixel box holds the pixel centre of one of those vertices can be drawn at their pixels, so only those
+    triangles are rasterized (a summed-area table of the vertices' pixels finds them). The same answer for a
+    small part of the time.
+
+    Shape: vertices (B, N, 3), triangles (T, 3), vertex_ids (n,) -> (B, n) bool."""
+    vertices = vertices.detach().float()
+    triangles = triangles.to(device=vertices.device, dtype=torch.long)
+    batch = len(vertices)
+    col, row = torch.floor(vertices[:, vertex_ids, :2]).long().unbind(-1)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    marked = torch.zeros(batch, height + 1, width + 1, dtype=torch.int32, device=vertices.device)
+    faces = torch.arange(batch, device=vertices.device)[:, None].expand_as(col)
+    marked[faces[inside], row[inside] + 1, col[inside] + 1] = 1
+    table = marked.cumsum(1).cumsum(2)  # table[b, i, j]: marked pixels in rows < i and columns < j
+    corners = vertices[:, triangles]  # (B, T, 3, 3)
+    # the pixels whose centre lies in each triangle's box, clipped to the image (as rasterize takes them)
+    limit = torch.tensor([width, height], device=vertices.device)
+    first = torch.minimum(torch.ceil(corners[..., :2].amin(dim=2) - 0.5).long().clamp(min=0), limit)
+    end = torch.maximum(torch.minimum(torch.floor(corners[..., :2].amax(dim=2) - 0.5).long() + 1, limit), first)
+    (u0, v0), (u1, v1) = first.unbind(-1), end.unbind(-1)
+
+    def at(rows, cols):
+        return torch.gather(table.flatten(1), 1, rows * (width + 1) + cols)
+
+    covering = (at(v1, u1) - at(v0, u1) - at(v1, u0) + at(v0, u0)) > 0  # (B, T)
+    subset = torch.nonzero(covering.any(dim=0)).squeeze(1)
+    front_facing = signed_area(corners) < 0
+    if len(subset) == 0:
+        drawn = torch.full((batch, height, width), -1, dtype=torch.long, device=vertices.device)
+        raster = Rasterization(drawn, torch.zeros(batch, height, width, 3), torch.full(drawn.shape, float("-inf")),
+                               front_facing)
+    else:
+        part = rasterize(vertices, triangles[subset], height, width)
+        drawn = torch.where(part.triangle >= 0, subset[part.triangle.clamp(min=0)], -1)
+        raster = Rasterization(drawn, part.barycentric, part.depth, front_facing)
+    return visible_vertices(vertices, triangles, raster, tolerance, vertex_ids)

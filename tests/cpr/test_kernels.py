@@ -94,6 +94,12 @@ def test_distances_are_exact_and_differentiable_where_points_coincide():
     expected = torch.linalg.vector_norm(points[..., :, None, :] - points[..., None, :, :], dim=-1)
     both = detected[..., :, None] & detected[..., None, :]
     assert torch.allclose(scale_cpr(points, detected), expected * both, atol=1e-9)
+    assert torch.equal(torch.diagonal(scale_cpr(points, detected), dim1=-2, dim2=-1), torch.zeros(2, 3, 8,
+                                                                                                 dtype=points.dtype))
+    without_gradient = rotation_xy_cpr(points, detected)  # the inference path
     points.requires_grad_(True)
-    (scale_cpr(points, detected).sum() + rotation_xy_cpr(points, detected).sum()).backward()
+    with_gradient = rotation_xy_cpr(points, detected)
+    assert torch.allclose(with_gradient, without_gradient, atol=1e-12)
+    assert torch.allclose(scale_cpr(points, detected), expected * both, atol=1e-9)
+    (scale_cpr(points, detected).sum() + with_gradient.sum()).backward()
     assert torch.isfinite(points.grad).all()

@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 from cprfa.errors import InvalidInputError
 from cprfa.model.projection import ParamLayout, image_vertices, pose_from_box
 from cprfa.model.raster import interpolate, rasterize
-from cprfa.model.render import render_pncc, visible_vertices
+from cprfa.model.render import render_pncc, visible_vertices, visible_vertices_of
 
 # counter-clockwise on screen (negative signed area in pixels, v down) = front-facing
 FRONT = torch.tensor([[[1.0, 1.0, 5.0], [1.0, 9.0, 1.0], [9.0, 1.0, 5.0]]])
@@ -95,6 +95,18 @@ def test_visibility_of_chosen_vertices_equals_that_of_all(face_model):
     ids = torch.as_tensor(np.concatenate([face_model.landmarks68, np.arange(0, face_model.n_vertices, 7)]))
     chosen = visible_vertices(vertices, face_model.torch_tensors()["triangles"], render.raster, vertex_ids=ids)
     assert torch.equal(chosen, render.visible[:, ids])
+
+
+def test_visibility_without_the_whole_raster_is_the_same(face_model):
+    vertices = torch.cat([posed(face_model, yaw) for yaw in (-70, 0, 40, 95)])
+    vertices[1, :, 0] += 50  # partly outside the image
+    ids = torch.as_tensor(np.concatenate([face_model.landmarks68, np.arange(0, face_model.n_vertices, 7)]))
+    triangles = face_model.torch_tensors()["triangles"]
+    quick = visible_vertices_of(vertices, triangles, ids, 128, 128)
+    assert torch.equal(quick, render_pncc(face_model, vertices, 128, 128).visible[:, ids])
+    assert quick[1].sum() < visible_vertices_of(posed(face_model, 0), triangles, ids, 128, 128).sum()
+    far = vertices + torch.tensor([1000.0, 0.0, 0.0])  # no vertex in the image: none visible
+    assert not visible_vertices_of(far, triangles, ids, 128, 128).any()
 
 
 def test_render_depth_and_mask_agree(face_model):
