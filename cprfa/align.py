@@ -49,7 +49,7 @@ from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.boxes import check_box, check_landmarks, landmark_box
-from cprfa.data.crop import params_from_crop, points_to_crop, vertices_to_crop
+from cprfa.data.crop import params_from_crop, points_from_crop, points_to_crop, vertices_to_crop
 from cprfa.data.images import load_image
 from cprfa.detect.detector import FaceDetector
 from cprfa.errors import InvalidInputError, ModelFileError
@@ -78,7 +78,9 @@ class FaceResult:
     box: the face box used; score: detection score (None for a given box); pitch, yaw, roll; scale (pixels per
     model unit); translation (2,); rotation (3, 3); params (P,) the full parameter vector (radians, image
     frame); identity (K_id,); expression {ARKit name: weight}; landmarks_2d (68, 2) 300-W convention (jaw on
-    the silhouette); landmarks_3d (68, 3) fixed vertices with depth; landmark_visible (68,) bool; vertices
+    the silhouette); landmarks_3d (68, 3) fixed vertices with depth; landmark_visible (68,) bool;
+    head_landmarks (68, 2) the HS-U-Net landmark head's own points (300-W convention; whatever sparse source
+    the fit used), more precise in 2D than landmarks_2d on near-frontal faces (README); vertices
     (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box; observed
     vertices retrieved from the DAFI; timings in ms."""
 
@@ -96,6 +98,7 @@ class FaceResult:
     landmarks_2d: np.ndarray = field(repr=False)
     landmarks_3d: np.ndarray = field(repr=False)
     landmark_visible: np.ndarray = field(repr=False)
+    head_landmarks: np.ndarray = field(repr=False)
     vertices: np.ndarray = field(repr=False)
     dafi: np.ndarray = field(repr=False)
     dafi_mask: np.ndarray = field(repr=False)
@@ -111,7 +114,8 @@ class FaceResult:
                      "translation": self.translation.tolist(), "rotation": self.rotation.tolist()},
             "identity": self.identity.tolist(), "expression": self.expression,
             "landmarks_2d": self.landmarks_2d.tolist(), "landmarks_3d": self.landmarks_3d.tolist(),
-            "landmark_visible": self.landmark_visible.tolist(), "crop_box": list(self.crop_box),
+            "landmark_visible": self.landmark_visible.tolist(), "head_landmarks": self.head_landmarks.tolist(),
+            "crop_box": list(self.crop_box),
             "observed_vertices": self.observed_vertices, "timings_ms": self.timings,
         }
         if dense:
@@ -282,6 +286,7 @@ class FaceAligner:
                                                               strict=True)},
                 landmarks_2d=points_2d[row, :, :2].numpy(), landmarks_3d=points_3d[row].numpy(),
                 landmark_visible=landmark_visible[row].numpy(),
+                head_landmarks=points_from_crop(prediction.landmarks[j].astype(np.float64), crop_boxes[j], size),
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
                 crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
                 timings=per_face)

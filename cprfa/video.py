@@ -3,10 +3,10 @@
 Frames go through ``FaceAligner.align_batch`` ``batch_size`` at a time (the detector finds the faces; the
 frames of a batch share the network passes and fits). Faces are followed from frame to
 frame by their box: a face takes the previous frame's face whose box overlaps it most (IoU ≥ ``MIN_IOU``,
-each previous face used once). With ``smoothing`` s in [0, 1), a followed face's 2D and 3D landmarks, mesh and
-pitch / yaw / roll become ``s · previous smoothed + (1 − s) · current`` — an exponential moving average that
-removes frame-to-frame jitter at the cost of a lag of about s / (1 − s) frames; 0 turns it off. A face seen
-for the first time, or after a frame without it, starts afresh.
+each previous face used once). With ``smoothing`` s in [0, 1), a followed face's 2D and 3D landmarks, the
+landmark head's points, mesh and pitch / yaw / roll become ``s · previous smoothed + (1 − s) · current`` —
+an exponential moving average that removes frame-to-frame jitter at the cost of a lag of about s / (1 − s)
+frames; 0 turns it off. A face seen for the first time, or after a frame without it, starts afresh.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def _smoothed(face: FaceResult, previous: FaceResult, smoothing: float) -> FaceR
     return dataclasses.replace(
         face, landmarks_2d=blend(previous.landmarks_2d, face.landmarks_2d),
         landmarks_3d=blend(previous.landmarks_3d, face.landmarks_3d),
+        head_landmarks=blend(previous.head_landmarks, face.head_landmarks),
         vertices=blend(previous.vertices, face.vertices),
         pitch=pitch, yaw=yaw, roll=roll,
         rotation=euler_to_rotation(np.radians(np.array([[pitch, yaw, roll]])))[0])

@@ -35,6 +35,8 @@ def test_aligns_the_bundled_example_from_a_path_an_array_or_a_pil_image(aligner)
     assert abs(face.yaw) < 30 and abs(face.roll) < 20  # a near-frontal, upright portrait
     assert face.landmarks_3d.shape == (68, 3) and face.vertices.shape[1] == 3 and face.observed_vertices > 300
     assert face.landmark_visible[27:31].all()  # the bridge of the nose is seen
+    size = np.sqrt((x1 - x0) * (y1 - y0))  # the head's own points: near the fit's, not the same
+    assert 0 < np.linalg.norm(face.head_landmarks - face.landmarks_2d, axis=1).mean() < 0.05 * size
     assert np.allclose(face.rotation @ face.rotation.T, np.eye(3), atol=1e-6)
     json.dumps(face.to_dict())
 
@@ -82,6 +84,8 @@ def test_the_users_own_landmarks_give_the_box_and_replace_the_landmark_head(alig
     moved = points + [0.05 * size, 0.0]  # the fit weighs the given points against the DAFI: it moves part way
     shifted = aligner.align(EXAMPLE, landmarks=[moved])[0]
     assert (shifted.landmarks_2d - face.landmarks_2d)[:, 0].mean() > 0.005 * size
+    # the head's own points stay on the face in the shifted crop: they do not follow the given points
+    assert np.abs(shifted.head_landmarks - face.head_landmarks)[:, 0].mean() < 0.02 * size
     with pytest.raises(InvalidInputError):
         aligner.align(EXAMPLE, landmarks=[points[:60]])
     with pytest.raises(InvalidInputError):

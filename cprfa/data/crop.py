@@ -46,6 +46,13 @@ def points_to_crop(points, box: tuple[float, float, float, float], size: int):
     return (points - offset) * k
 
 
+def points_from_crop(points, box: tuple[float, float, float, float], size: int):
+    """Crop pixels back into image points (the inverse of ``points_to_crop``). Shape: (..., 2) -> (..., 2)."""
+    x0, y0, x1, _ = box
+    offset = points.new_tensor([x0, y0]) if isinstance(points, torch.Tensor) else np.array([x0, y0])
+    return points * ((x1 - x0) / size) + offset
+
+
 def vertices_to_crop(vertices: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
     """Image vertices with depth into the crop: u, v as ``points_to_crop``, depth scaled with them (as the
     parameters of ``params_to_crop`` would project it). Shape: (..., 3) -> (..., 3)."""
