@@ -122,8 +122,8 @@ def visible_vertices_of(vertices: torch.Tensor, triangles: torch.Tensor, vertex_
     front_facing = signed_area(corners) < 0
     if len(subset) == 0:
         drawn = torch.full((batch, height, width), -1, dtype=torch.long, device=vertices.device)
-        raster = Rasterization(drawn, torch.zeros(batch, height, width, 3), torch.full(drawn.shape, float("-inf")),
-                               front_facing)
+        raster = Rasterization(drawn, vertices.new_zeros(batch, height, width, 3),
+                               vertices.new_full(drawn.shape, float("-inf")), front_facing)
     else:
         part = rasterize(vertices, triangles[subset], height, width)
         drawn = torch.where(part.triangle >= 0, subset[part.triangle.clamp(min=0)], -1)
