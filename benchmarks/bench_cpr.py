@@ -116,7 +116,7 @@ def main() -> None:
               f"{sets.detected[:, aligner.channels[:2].reshape(-1)].float().mean() * 100:.0f} % of the selected "
               "vertices detected, landmarks with 3 % noise\n")
         _table(rows, yaw_bucket(np.degrees(truth[:, 1].numpy())), count, extra=True)
-    estimator = DafiEstimator.from_file(args.weights, flip=args.flip)
+    estimator = DafiEstimator.from_file(args.weights, flip=args.flip, zoom=args.zoom)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
     for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
         convention = landmarks_3d if name == LARGE_POSE else landmarks_2d

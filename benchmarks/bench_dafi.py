@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    estimator = DafiEstimator.from_file(args.weights, flip=args.flip)
+    estimator = DafiEstimator.from_file(args.weights, flip=args.flip, zoom=args.zoom)
     model = default_face_model()
     vertex_sets = {"68": np.asarray(model.landmarks68), "all": np.arange(model.n_vertices)}
     if args.selection.is_file():

@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
-    estimator = DafiEstimator.from_file(args.weights, flip=args.flip)
+    estimator = DafiEstimator.from_file(args.weights, flip=args.flip, zoom=args.zoom)
     options = FitOptions(robust="geman-mcclure", identity_weight=args.prior_weight, expression_weight=args.prior_weight)
     for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
         convention = landmarks_3d if name == LARGE_POSE else landmarks_2d

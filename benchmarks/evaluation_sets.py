@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+from cprfa.dafi.predict import DEFAULT_ZOOM
 from cprfa.train.dafi import FaceArrays, load_faces
 
 LARGE_POSE = "large-pose"  # the set whose ground truth is in the 3D convention
@@ -24,6 +25,8 @@ def add_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="helen_test")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flip", action="store_true", help="test-time flip augmentation (DafiEstimator.flip)")
+    parser.add_argument("--zoom", type=float, default=DEFAULT_ZOOM,
+                        help=f"crop zoom (DafiEstimator.zoom; default {DEFAULT_ZOOM}, as cprfa align)")
 
 
 def evaluation_sets(args: argparse.Namespace, input_size: int, limit: int = 0) -> Iterator[tuple[str, FaceArrays]]:
@@ -33,4 +36,4 @@ def evaluation_sets(args: argparse.Namespace, input_size: int, limit: int = 0) -
         if not (Path(folder) / args.split).is_dir():
             print(f"({name}: {folder}/{args.split} not built, skipped)\n")
             continue
-        yield name, load_faces(folder, (args.split,), input_size, limit)
+        yield name, load_faces(folder, (args.split,), input_size, limit, args.zoom)

@@ -1,8 +1,8 @@
 """``FaceAligner``: photo in, 3D face alignment out (``FaceResult`` per face).
 
 Pipeline per face (DESIGN.md): face box (the BlazeFace detector's, cprfa.detect, or the caller's tight
-68-landmark box) → crop by the crop policy → HS-U-Net DAFI and landmarks → vertex retrieval (Y^O) → model fit
-→ pose, coefficients, dense mesh and 68 landmarks in image space.
+68-landmark box) → crop by the crop policy, zoomed (``DafiEstimator.zoom``) → HS-U-Net DAFI and landmarks →
+vertex retrieval (Y^O) → model fit → pose, coefficients, dense mesh and 68 landmarks in image space.
 
 Five fitting stages (``method``):
 

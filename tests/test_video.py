@@ -33,8 +33,12 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     raw = list(align_video(aligner, clip, smoothing=0.0))  # batches of 8: the whole clip at once
     smooth = list(align_video(aligner, clip, smoothing=0.5, batch_size=3))  # a batch of 3, then 1
     one_by_one = list(align_video(aligner, clip, smoothing=0.0, batch_size=1))
-    for frame, alone in zip(raw, one_by_one, strict=True):
-        assert np.abs(frame.faces[0].landmarks_2d - alone.faces[0].landmarks_2d).max() < 0.5
+    for frame, alone in zip(raw, one_by_one, strict=True):  # pixels: the networks and fits run batched
+        assert np.array_equal(frame.faces[0].head_landmarks, alone.faces[0].head_landmarks)
+        distance = np.linalg.norm(frame.faces[0].landmarks_2d - alone.faces[0].landmarks_2d, axis=1)
+        # the jaw's points (0-16) lie on the silhouette: the last bits a batch changes in the fit can move one
+        # of them to the next vertex of its contour line
+        assert distance.mean() < 0.1 and distance[17:].max() < 0.5 and distance.max() < 3
     assert [frame.index for frame in raw] == [0, 1, 2, 3] and all(len(frame.faces) >= 1 for frame in raw)
     centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in raw]
     assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # the faces follow the drift

@@ -25,8 +25,17 @@ def crop_box(box: tuple[float, float, float, float]) -> tuple[float, float, floa
     return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
 
 
-def crop_image(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """Resample the square ``box`` of an RGB image to (size, size, 3), black outside the image.
+def zoom_box(box: tuple[float, float, float, float], zoom: float) -> tuple[float, float, float, float]:
+    """A square box ``zoom`` times smaller about the same centre (zoom > 1: the face fills more of the crop)."""
+    x0, y0, x1, y1 = box
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / (2 * zoom)
+    return cx - half, cy - half, cx + half, cy + half
+
+
+def crop_image(image: np.ndarray, box: tuple[float, float, float, float], size: int,
+               nearest: bool = False) -> np.ndarray:
+    """Resample the square ``box`` of an image (H, W, ...) to (size, size, ...), black outside the image;
+    ``nearest`` for labels (PNCC codes, masks).
 
     Pixel-corner convention on both sides: image point (x0, y0) maps to crop point (0, 0)."""
     x0, y0, x1, _ = box
@@ -34,7 +43,7 @@ def crop_image(image: np.ndarray, box: tuple[float, float, float, float], size: 
     # OpenCV maps pixel centres: centre (j + 0.5) in the crop comes from x0 + (j + 0.5) / k in the image,
     # whose OpenCV (centre-at-integer) coordinate is that minus 0.5.
     matrix = np.array([[k, 0, (0.5 - x0) * k - 0.5], [0, k, (0.5 - y0) * k - 0.5]])
-    interpolation = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
     return cv2.warpAffine(image, matrix, (size, size), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
 
 

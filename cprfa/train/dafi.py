@@ -51,6 +51,7 @@ from tqdm import tqdm
 from cprfa.dafi.network import N_LANDMARKS, HSUNet, HSUNetConfig, soft_argmax, to_input, widened
 from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
 from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
+from cprfa.data.crop import crop_image, params_to_crop, points_to_crop, zoom_box
 from cprfa.errors import CprfaError
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.train.settings import TrainSettings, starting_record
@@ -74,8 +75,10 @@ class FaceArrays:
         return len(self.images)
 
 
-def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int = 0) -> FaceArrays:
-    """Every face of ``root/<split>/shard_*.npz``, resized to ``size``."""
+def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int = 0, zoom: float = 1.0) -> FaceArrays:
+    """Every face of ``root/<split>/shard_*.npz``, resized to ``size``. With ``zoom`` ≠ 1 each crop is first cut
+    ``zoom`` times smaller about its centre, as ``DafiEstimator.crop`` cuts a photo (the landmarks and
+    parameters follow): the evaluation of what ``cprfa align`` runs."""
     arrays = {key: [] for key in ("images", "pncc", "mask", "landmarks", "params", "names")}
     for split in splits:
         shards = sorted((Path(root) / split).glob("shard_*.npz"))
@@ -83,18 +86,21 @@ def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int 
             raise CprfaError(f"no shards in {Path(root) / split}: build them with `cprfa data build`")
         for shard in shards:
             with np.load(shard) as data:
-                scale = size / data["images"].shape[1]
-                arrays["images"].append(np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA)
-                                                  for x in data["images"]]).reshape(-1, size, size, 3))
-                arrays["pncc"].append(np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_NEAREST)
-                                                for x in data["pncc"]]).reshape(-1, size, size, 3))
-                arrays["mask"].append(np.stack([cv2.resize(x.view(np.uint8), (size, size),
-                                                           interpolation=cv2.INTER_NEAREST)
-                                                for x in data["mask"]]).reshape(-1, size, size).astype(bool))
-                arrays["landmarks"].append(data["landmarks"] * np.float32(scale))
-                params = data["params"].copy()
-                params[:, 3:6] *= scale  # scale and translation follow the resize (pixel corners at 0)
-                arrays["params"].append(params)
+                built = data["images"].shape[1]
+                box = zoom_box((0.0, 0.0, float(built), float(built)), zoom)
+
+                def resized(images, nearest=False):
+                    if zoom != 1.0:
+                        images = [crop_image(x, box, built, nearest) for x in images]
+                    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+                    return np.stack([cv2.resize(x, (size, size), interpolation=interpolation) for x in images])
+
+                arrays["images"].append(resized(data["images"]).reshape(-1, size, size, 3))
+                arrays["pncc"].append(resized(data["pncc"], nearest=True).reshape(-1, size, size, 3))
+                arrays["mask"].append(resized(data["mask"].view(np.uint8), nearest=True)
+                                      .reshape(-1, size, size).astype(bool))
+                arrays["landmarks"].append(points_to_crop(data["landmarks"], box, size).astype(np.float32))
+                arrays["params"].append(params_to_crop(torch.from_numpy(data["params"]), box, size).numpy())
                 arrays["names"].append(data["names"])
     faces = FaceArrays(**{key: np.concatenate(value) for key, value in arrays.items()})
     if limit:

@@ -10,9 +10,9 @@ from cprfa.dafi.predict import DEFAULT_WEIGHTS, DafiEstimator, load_network
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.augment import FLIP_68
 from cprfa.data.boxes import read_boxes
-from cprfa.data.crop import points_to_crop
+from cprfa.data.crop import points_to_crop, zoom_box
 from cprfa.data.images import load_image
-from cprfa.errors import ModelFileError
+from cprfa.errors import InvalidInputError, ModelFileError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -39,6 +39,17 @@ def test_shipped_weights_find_the_face_of_the_bundled_example(face_model):
     assert landmarks[36:48, 1].mean() < landmarks[48:68, 1].mean()
     observed = VertexRetriever(face_model)(prediction.dafi, prediction.mask)
     assert observed.detection_rate[0] > 0.15
+
+
+def test_the_crop_is_zoomed_about_the_crop_policys_centre():
+    face_box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    image = load_image(EXAMPLES / "astronaut.jpg")
+    _, policy = DafiEstimator(zoom=1.0).crop(image, face_box)
+    _, zoomed = DafiEstimator(zoom=1.25).crop(image, face_box)
+    assert np.allclose(zoomed, zoom_box(policy, 1.25))
+    assert np.isclose(policy[2] - policy[0], 1.25 * (zoomed[2] - zoomed[0]))
+    with pytest.raises(InvalidInputError):
+        DafiEstimator(zoom=3.0)
 
 
 def test_shipped_weights_are_checked_against_their_record(tmp_path):

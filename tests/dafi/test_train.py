@@ -5,6 +5,7 @@ import torch
 
 from cprfa.cli.main import main
 from cprfa.dafi.predict import DafiEstimator
+from cprfa.model.projection import landmarks_3d
 from cprfa.train.dafi import calibration_offsets, load_faces
 
 
@@ -107,3 +108,15 @@ def test_calibration_measures_and_removes_consistent_errors(small_build, face_mo
         total = total + ((batch.observed.positions - batch.truth) * detected).sum(axis=0)
         count = count + detected.sum(axis=0)
     assert np.abs(total[seen.numpy()] / count[seen.numpy()]).max() < 1e-3
+
+
+def test_zoomed_faces_are_the_crops_cut_smaller_about_their_centre(small_build, face_model):
+    plain = load_faces(small_build, ("helen_test",), 48)
+    zoomed = load_faces(small_build, ("helen_test",), 48, zoom=1.25)
+    centre = 24.0
+    assert np.allclose((plain.landmarks - centre) * 1.25 + centre, zoomed.landmarks, atol=1e-4)
+    moved = landmarks_3d(face_model, torch.from_numpy(zoomed.params).double())[..., :2].numpy()
+    expected = (landmarks_3d(face_model, torch.from_numpy(plain.params).double())[..., :2].numpy() - centre) * 1.25
+    assert np.allclose(moved, expected + centre, atol=1e-3)
+    assert zoomed.mask.mean() > plain.mask.mean()  # the face fills more of the crop
+    assert zoomed.images.shape == plain.images.shape and zoomed.pncc.dtype == plain.pncc.dtype

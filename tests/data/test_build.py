@@ -6,7 +6,7 @@ import torch
 
 from cprfa.cli.main import main
 from cprfa.data.build import PNCC_SCALE
-from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop
+from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop, zoom_box
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.projection import ParamLayout, landmarks_3d
 
@@ -25,6 +25,14 @@ def test_crop_moves_image_points_and_params_consistently(face_model):
     moved = landmarks_3d(face_model, params_to_crop(params, box, 120))[..., :2]
     expected = points_to_crop(landmarks_3d(face_model, params)[..., :2], box, 120)
     assert torch.allclose(moved, expected)
+
+
+def test_zoom_box_keeps_the_centre_and_divides_the_side():
+    box = crop_box((40.0, 30.0, 80.0, 70.0))
+    zoomed = zoom_box(box, 1.2)
+    assert np.allclose([zoomed[0] + zoomed[2], zoomed[1] + zoomed[3]], [box[0] + box[2], box[1] + box[3]])
+    assert np.isclose((zoomed[2] - zoomed[0]) * 1.2, box[2] - box[0])
+    assert zoom_box(box, 1.0) == box
 
 
 def test_data_build_on_real_faces_is_resumable(copy_300w, tmp_path, capsys):
