@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from cprfa.dafi.predict import DEFAULT_ZOOM
+from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.train.dafi import FaceArrays, load_faces
 
 LARGE_POSE = "large-pose"  # the set whose ground truth is in the 3D convention

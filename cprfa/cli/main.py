@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     dafi.add_argument("--device", default="cpu", help="cpu or cuda (only the speed changes; default cpu)")
     dafi.add_argument("--seed", type=int, default=defaults.seed)
     dafi.add_argument("--limit", type=int, default=0, help="use only the first N training samples (quick runs)")
+    dafi.add_argument("--calibration-zoom", type=float, default=0.0,
+                      help="crop zoom of the training faces the calibration measures (default: cprfa align's, "
+                      "DafiEstimator.zoom; 1 for the training crops)")
     dafi.set_defaults(run=run_train_dafi)
 
     select = train.add_parser(
@@ -558,12 +561,14 @@ def run_train_dafi(args: argparse.Namespace) -> int:
         raise CprfaError(f"--init {args.init}: no such file")
     if args.input_size < 32 or args.input_size % 16:
         raise CprfaError(f"--input-size must be a multiple of 16 and at least 32, got {args.input_size}")
+    if args.calibration_zoom and not 0.5 <= args.calibration_zoom <= 2.0:
+        raise CprfaError(f"--calibration-zoom must lie in [0.5, 2], got {args.calibration_zoom}")
     settings = TrainSettings(
         data=str(args.data), out=str(args.out), validation=str(args.validation), splits=tuple(args.splits),
         input_size=args.input_size, widths=tuple(args.widths), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, final_lr_ratio=args.final_lr_ratio, landmark_weight=args.landmark_weight,
         workers=args.workers, seed=args.seed, threads=args.threads, limit=args.limit,
-        init=str(args.init) if args.init else "")
+        init=str(args.init) if args.init else "", calibration_zoom=args.calibration_zoom)
     record = train_dafi(settings, device=args.device)
     calibrated = record["calibration"]
     print(f"wrote {args.out / 'hsunet.pt'} and record.json: validation landmark NME "

@@ -16,7 +16,7 @@ import torch
 
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
 from cprfa.data.augment import FLIP_68
-from cprfa.data.crop import crop_box, crop_image, zoom_box
+from cprfa.data.crop import DEFAULT_ZOOM, crop_box, crop_image, zoom_box
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.weights import read_weights
 
@@ -24,7 +24,6 @@ WEIGHTS_FORMAT = "cprfa-hsunet"
 WEIGHTS_VERSION = 3  # 1: without the calibration offsets, 2: without the vertex offset (read as none)
 DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "hsunet.pt"
 BUILD_SIZE = 256  # crop side of the training data (cprfa data build's default)
-DEFAULT_ZOOM = 1.08
 MIRRORED_LANDMARKS = torch.tensor(FLIP_68)
 
 

@@ -15,6 +15,7 @@ from cprfa.model.projection import N_POSE
 
 CROP_ENLARGE = 1.5
 CROP_SHIFT_UP = 0.1
+DEFAULT_ZOOM = 1.08  # inference: the policy's square cut this much smaller (cprfa.dafi.predict.DafiEstimator)
 
 
 def crop_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:

@@ -17,8 +17,9 @@ another weights file (to train on with a fresh learning-rate schedule): of the s
 one of the same input size, widened without changing what it computes (cprfa.dafi.network.widened); its
 record is kept in the new one.
 
-When the epochs are done, the network is calibrated on the training faces (without augmentation), once
-without the test-time flip and once with it: the landmark head's mean error per landmark (where the annotated
+When the epochs are done, the network is calibrated on the training faces (without augmentation), cut
+as ``cprfa align`` cuts a photo (the crop zoom, ``DafiEstimator.zoom``; ``calibration_zoom`` of the
+settings), once without the test-time flip and once with it: the landmark head's mean error per landmark (where the annotated
 landmark lies inside the crop) becomes its ``landmark_offset``, and the mean error per model vertex of the
 positions retrieved from its DAFI (against where the fitted ground truth puts the vertex; vertices seen on
 fewer than MIN_CALIBRATION_FACES faces keep none) its ``vertex_offset``; both are subtracted from what it
@@ -51,7 +52,7 @@ from tqdm import tqdm
 from cprfa.dafi.network import N_LANDMARKS, HSUNet, HSUNetConfig, soft_argmax, to_input, widened
 from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
 from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
-from cprfa.data.crop import crop_image, params_to_crop, points_to_crop, zoom_box
+from cprfa.data.crop import DEFAULT_ZOOM, crop_image, params_to_crop, points_to_crop, zoom_box
 from cprfa.errors import CprfaError
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.train.settings import TrainSettings, starting_record
@@ -237,13 +238,19 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     }
     if (start := starting_record(settings.init)) is not None:  # how the starting weights were made
         record["init_record"] = start
+    # calibrated on the training faces cut as cprfa align cuts a photo (DafiEstimator.zoom)
+    zoom = settings.calibration_zoom or DEFAULT_ZOOM
+    if zoom != 1.0:
+        faces = load_faces(settings.data, settings.splits, config.input_size, settings.limit, zoom)
+        validation = load_faces(settings.validation, (settings.validation_split,), config.input_size,
+                                settings.validation_faces, zoom)
     before = evaluate_estimator(DafiEstimator(network.eval(), config, device), validation)
     landmark_offset, vertex_offset = calibration_offsets(network, config, faces, device)
     network.landmark_offset.copy_(landmark_offset)
     network.vertex_offset = vertex_offset.to(device)
     after = evaluate_estimator(DafiEstimator(network, config, device), validation)
     record["calibration"] = {  # mean offsets in crop pixels, without the flip, then with it; validation without
-        "landmark_offset_px": [round(float(value), 3) for value in landmark_offset.norm(dim=-1).mean(dim=1)],
+        "zoom": zoom, "landmark_offset_px": [round(float(value), 3) for value in landmark_offset.norm(dim=-1).mean(dim=1)],
         "vertex_offset_px": [round(float(value), 3) for value in vertex_offset.norm(dim=-1).mean(dim=1)],
         "vertices_calibrated": int(vertex_offset[0].any(dim=-1).sum()),
         **{f"val_{key}_{when}": round(values[key], 4) for when, values in (("before", before), ("after", after))

@@ -27,6 +27,7 @@ class TrainSettings:
     threads: int = 2
     limit: int = 0  # use only the first N training faces (0: all), for quick runs and tests
     init: str = ""  # HS-U-Net weights to start from ("": random)
+    calibration_zoom: float = 0.0  # crop zoom of the faces the calibration measures (0: cprfa align's)
 
 
 @dataclass(frozen=True)

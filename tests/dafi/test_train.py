@@ -25,7 +25,8 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     assert estimator.input_size == 48
     # calibrated at the end: the mean error of the landmark head on the training faces is removed, in both
     # flip modes (too few faces here to calibrate a vertex: MIN_CALIBRATION_FACES)
-    faces = load_faces(small_build, ("helen_test",), 48)
+    assert record["calibration"]["zoom"] == estimator.zoom == 1.08  # measured on the crops cprfa align cuts
+    faces = load_faces(small_build, ("helen_test",), 48, zoom=estimator.zoom)
     assert record["calibration"]["vertices_calibrated"] == 0 and not estimator.vertex_offset.any()
     assert estimator.network.landmark_offset.abs().max() > 0.1
     inside = ((faces.landmarks >= 0) & (faces.landmarks <= 48)).all(axis=-1)
@@ -64,6 +65,12 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     for key, value in start.network.state_dict().items():
         assert torch.equal(again[key], value), key
     assert json.loads((calibrated / "record.json").read_text())["epochs"] == 0
+    policy = tmp_path / "policy"  # calibrated on the training crops themselves: other offsets
+    assert main([*init_args, "--out", str(policy), "--init", str(out / "hsunet.pt"), "--calibration-zoom", "1"]) == 0
+    assert json.loads((policy / "record.json").read_text())["calibration"]["zoom"] == 1.0
+    assert not torch.equal(DafiEstimator.from_file(policy / "hsunet.pt").network.landmark_offset,
+                           start.network.landmark_offset)
+    assert main([*init_args, "--out", str(policy), "--init", str(out / "hsunet.pt"), "--calibration-zoom", "3"]) == 1
     assert main([*args[:args.index("--epochs") + 1], "0", *args[args.index("--epochs") + 2:]]) == 1  # no --init
     widths = init_args.index("--widths") + 1
     wider = [*init_args[:widths], "4", "8", "8", "16", "24", *init_args[widths + 5:]]
