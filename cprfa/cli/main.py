@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the helen_test evaluation sets (cprfa data build outputs)")
     bench.add_argument("--data", type=Path, help="300-W folder for the detection benchmark "
                        "(default: ../shared/data/300w beside the repository)")
-    bench.add_argument("--only", nargs="+", choices=("detection", "dafi", "ablation", "speed"),
+    bench.add_argument("--only", nargs="+", choices=("detection", "dafi", "ablation", "end-to-end", "speed"),
                        help="run only these benchmarks")
     bench.add_argument("--quick", action="store_true", help="a handful of faces each: a smoke run in minutes")
     bench.set_defaults(run=run_bench)
@@ -658,7 +658,7 @@ def run_select_vertices(args: argparse.Namespace) -> int:
 
     model = default_face_model()
     estimator = DafiEstimator.from_file(args.weights)
-    faces = load_faces(args.data, tuple(args.splits), estimator.input_size)
+    faces = load_faces(args.data, tuple(args.splits), estimator.input_size, zoom=estimator.zoom)  # as align crops
     p1, p2 = reference_statistics(estimator, faces, model)
     reference = f"{len(faces)} faces of {', '.join(args.splits)} in {args.data}, HS-U-Net {args.weights or 'shipped'}"
     selection = select_vertices(model, p1, p2, args.count, args.seed, reference)

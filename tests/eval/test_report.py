@@ -13,6 +13,18 @@ def test_bench_writes_a_report_of_the_end_to_end_benchmark(tmp_path, capsys):
     assert "| 16 |" in text and "peak resident memory" in text
 
 
+def test_bench_reports_the_tool_end_to_end_on_real_photos(copy_300w, tmp_path):
+    copy_300w(tmp_path, 3)  # three helen_test photos: a face each, found by the detector and aligned
+    out = tmp_path / "report"
+    assert main(["bench", "--quick", "--only", "end-to-end", "--data", str(tmp_path / "300w"), "-o", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## End to end on the helen_test photos" in text
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| the ")]
+    assert [row[1].strip() for row in rows] == ["the detector", "the annotated landmark box"]
+    for row in rows:
+        assert row[2].strip() == "3 / 3" and 1.0 < float(row[3]) < 6.0 and float(row[6]) == 0.0
+
+
 def test_a_failing_benchmark_is_reported_and_the_others_run(tmp_path, monkeypatch):
     scripts = tmp_path / "benchmarks"
     scripts.mkdir()

@@ -1,0 +1,86 @@
+"""End to end on the 300-W helen_test photos: what `cprfa align` gives a user, face detection included.
+
+Each photo (a crop of twice the landmark box around one annotated face, as ../shared/data/300w has them)
+goes through ``FaceAligner.align_batch`` with its default settings. The face is the result whose box (the
+detector's estimate of the tight 68-landmark box) overlaps the annotated landmarks' box most, with IoU ≥ 0.5;
+otherwise the face is missed, which counts as a failure. The same photos with the annotated landmark box
+given instead of the detector (``boxes``) are the comparison: the protocol of the other benchmarks, through
+the whole tool.
+
+Reported: 68-point NME (%) of ``landmarks_2d`` (the fitted model, 2D convention) and of ``head_landmarks``
+(the HS-U-Net's own points) against the annotation, mean and median over the faces found, the failure rate
+(NME > 10 % or missed, over all faces), and the time per photo.
+
+    python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip]
+                                          [--weights FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cprfa.align import FaceAligner
+from cprfa.data.crop import DEFAULT_ZOOM
+from cprfa.data.images import load_image
+from cprfa.data.readers import iter_300w, landmark_box
+from cprfa.detect.blazeface import box_iou
+from cprfa.eval.metrics import nme
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "300w"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the 300-W folder (default: ../shared)")
+    parser.add_argument("--split", default="helen_test")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N faces")
+    parser.add_argument("--zoom", type=float, default=DEFAULT_ZOOM, help="crop zoom (DafiEstimator.zoom)")
+    parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="test-time flip (FaceAligner's default: on)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    faces = list(iter_300w(args.data, (args.split,)))[:args.limit or None]
+    images = [load_image(face.image) for face in faces]
+    truth = np.stack([face.landmarks for face in faces])
+    boxes = [landmark_box(face.landmarks) for face in faces]
+    aligner = FaceAligner(weights=args.weights, flip=args.flip)
+    aligner.estimator.zoom = args.zoom
+    print(f"{len(faces)} faces of {args.split}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
+          f"zoom {args.zoom}, batches of {args.batch_size} photos\n")
+    print("| faces from | found | landmarks_2d NME mean | median | head_landmarks NME mean | failure % "
+          "| ms / photo |")
+    print("|---|---|---|---|---|---|---|")
+    for label, given in (("the detector", None), ("the annotated landmark box", boxes)):
+        start, results = time.perf_counter(), []
+        for first in range(0, len(images), args.batch_size):
+            chunk = slice(first, first + args.batch_size)
+            results += aligner.align_batch(images[chunk], None if given is None else [[box] for box in given[chunk]])
+        milliseconds = 1000 * (time.perf_counter() - start) / len(images)
+        found = [_matching(candidates, box) for candidates, box in zip(results, boxes, strict=True)]
+        kept = [i for i, face in enumerate(found) if face is not None]
+        fitted = nme(np.stack([found[i].landmarks_2d for i in kept]), truth[kept])
+        head = nme(np.stack([found[i].head_landmarks for i in kept]), truth[kept])
+        failures = (len(faces) - len(kept) + int((fitted > 10).sum())) / len(faces)
+        print(f"| {label} | {len(kept)} / {len(faces)} | {fitted.mean():.2f} | {np.median(fitted):.2f} "
+              f"| {head.mean():.2f} | {100 * failures:.1f} | {milliseconds:.0f} |")
+
+
+def _matching(candidates, box):
+    """The aligned face whose box overlaps the annotated landmark box most (IoU ≥ 0.5), or None."""
+    target = torch.tensor([box], dtype=torch.float64)
+    scored = [(float(box_iou(torch.tensor([face.box], dtype=torch.float64), target)[0, 0]), face)
+              for face in candidates if face is not None]
+    best = max(scored, key=lambda item: item[0], default=(0.0, None))
+    return best[1] if best[0] >= 0.5 else None
+
+
+if __name__ == "__main__":
+    main()
