@@ -62,7 +62,8 @@ def main() -> None:
         start, results = time.perf_counter(), []
         for first in range(0, len(images), args.batch_size):
             chunk = slice(first, first + args.batch_size)
-            results += aligner.align_batch(images[chunk], None if given is None else [[box] for box in given[chunk]])
+            chunk_boxes = None if given is None else [[box] for box in given[chunk]]
+            results += aligner.align_batch(images[chunk], chunk_boxes)
         milliseconds = 1000 * (time.perf_counter() - start) / len(images)
         found = [_matching(candidates, box) for candidates, box in zip(results, boxes, strict=True)]
         kept = [i for i, face in enumerate(found) if face is not None]

@@ -286,7 +286,8 @@ class FaceAligner:
                                                               strict=True)},
                 landmarks_2d=points_2d[row, :, :2].numpy(), landmarks_3d=points_3d[row].numpy(),
                 landmark_visible=landmark_visible[row].numpy(),
-                head_landmarks=points_from_crop(prediction.landmarks[j].astype(np.float64), crop_boxes[j], size),
+                head_landmarks=points_from_crop(prediction.landmarks[j].astype(np.float64), crop_boxes[j],
+                                                size),
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
                 crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
                 timings=per_face)

@@ -561,8 +561,10 @@ def run_train_dafi(args: argparse.Namespace) -> int:
         raise CprfaError(f"--init {args.init}: no such file")
     if args.input_size < 32 or args.input_size % 16:
         raise CprfaError(f"--input-size must be a multiple of 16 and at least 32, got {args.input_size}")
-    if args.calibration_zoom and not 0.5 <= args.calibration_zoom <= 2.0:
-        raise CprfaError(f"--calibration-zoom must lie in [0.5, 2], got {args.calibration_zoom}")
+    if args.calibration_zoom:
+        from cprfa.data.crop import check_zoom
+
+        check_zoom(args.calibration_zoom)
     settings = TrainSettings(
         data=str(args.data), out=str(args.out), validation=str(args.validation), splits=tuple(args.splits),
         input_size=args.input_size, widths=tuple(args.widths), epochs=args.epochs, batch_size=args.batch_size,
@@ -658,7 +660,7 @@ def run_select_vertices(args: argparse.Namespace) -> int:
 
     model = default_face_model()
     estimator = DafiEstimator.from_file(args.weights)
-    faces = load_faces(args.data, tuple(args.splits), estimator.input_size, zoom=estimator.zoom)  # as align crops
+    faces = load_faces(args.data, tuple(args.splits), estimator.input_size, zoom=estimator.zoom)  # align's crops
     p1, p2 = reference_statistics(estimator, faces, model)
     reference = f"{len(faces)} faces of {', '.join(args.splits)} in {args.data}, HS-U-Net {args.weights or 'shipped'}"
     selection = select_vertices(model, p1, p2, args.count, args.seed, reference)

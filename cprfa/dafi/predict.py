@@ -16,7 +16,7 @@ import torch
 
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
 from cprfa.data.augment import FLIP_68
-from cprfa.data.crop import DEFAULT_ZOOM, crop_box, crop_image, zoom_box
+from cprfa.data.crop import DEFAULT_ZOOM, check_zoom, crop_box, crop_image, zoom_box
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.weights import read_weights
 
@@ -88,9 +88,7 @@ class DafiEstimator:
         self.vertex_offsets = network.vertex_offset.cpu().numpy()
         self.network, self.config, self.device = network.to(device).eval(), config, torch.device(device)
         self.flip = flip
-        self.zoom = DEFAULT_ZOOM if zoom is None else float(zoom)
-        if not 0.5 <= self.zoom <= 2.0:
-            raise InvalidInputError(f"zoom must lie in [0.5, 2], got {zoom}")
+        self.zoom = check_zoom(DEFAULT_ZOOM if zoom is None else zoom)
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str | torch.device = "cpu",

@@ -11,11 +11,13 @@ import cv2
 import numpy as np
 import torch
 
+from cprfa.errors import InvalidInputError
 from cprfa.model.projection import N_POSE
 
 CROP_ENLARGE = 1.5
 CROP_SHIFT_UP = 0.1
 DEFAULT_ZOOM = 1.08  # inference: the policy's square cut this much smaller (cprfa.dafi.predict.DafiEstimator)
+ZOOM_RANGE = (0.5, 2.0)
 
 
 def crop_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -26,8 +28,16 @@ def crop_box(box: tuple[float, float, float, float]) -> tuple[float, float, floa
     return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
 
 
+def check_zoom(zoom: float) -> float:
+    """``zoom`` as a float, or InvalidInputError outside ZOOM_RANGE."""
+    if not ZOOM_RANGE[0] <= zoom <= ZOOM_RANGE[1]:
+        raise InvalidInputError(f"zoom must lie in [{ZOOM_RANGE[0]}, {ZOOM_RANGE[1]}], got {zoom}")
+    return float(zoom)
+
+
 def zoom_box(box: tuple[float, float, float, float], zoom: float) -> tuple[float, float, float, float]:
-    """A square box ``zoom`` times smaller about the same centre (zoom > 1: the face fills more of the crop)."""
+    """A square box ``zoom`` times smaller about the same centre (zoom > 1: the face fills more of the
+    crop)."""
     x0, y0, x1, y1 = box
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / (2 * zoom)
     return cx - half, cy - half, cx + half, cy + half

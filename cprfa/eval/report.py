@@ -45,8 +45,8 @@ def benchmarks(sets: tuple[str, ...], data: Path | None, figures: Path) -> list[
         Benchmark("ablation", "The CPR aligner: the paper's ablation, NME by yaw bucket, CED curves, speed",
                   "bench_cpr.py", ("--figures", str(figures), "--sets", *sets), ("--faces", "200", "--limit", "100"),
                   ("--faces", "6", "--limit", "6")),
-        Benchmark("end-to-end", "End to end on the helen_test photos, face detection included", "bench_end_to_end.py",
-                  detect_data, (), ("--limit", "8")),
+        Benchmark("end-to-end", "End to end on the helen_test photos, face detection included",
+                  "bench_end_to_end.py", detect_data, (), ("--limit", "8")),
         Benchmark("speed", "End to end: speed per stage and memory", "bench_align.py", (), (), ("--repeats", "2")),
     ]
 

@@ -19,8 +19,8 @@ record is kept in the new one.
 
 When the epochs are done, the network is calibrated on the training faces (without augmentation), cut
 as ``cprfa align`` cuts a photo (the crop zoom, ``DafiEstimator.zoom``; ``calibration_zoom`` of the
-settings), once without the test-time flip and once with it: the landmark head's mean error per landmark (where the annotated
-landmark lies inside the crop) becomes its ``landmark_offset``, and the mean error per model vertex of the
+settings), once without the test-time flip and once with it: the landmark head's mean error per landmark
+(where the annotated landmark lies inside the crop) becomes its ``landmark_offset``, and the mean error per model vertex of the
 positions retrieved from its DAFI (against where the fitted ground truth puts the vertex; vertices seen on
 fewer than MIN_CALIBRATION_FACES faces keep none) its ``vertex_offset``; both are subtracted from what it
 gives (cprfa.dafi.network). Both errors are consistent, not noise. For the fifth run, with the flip, the
@@ -76,7 +76,8 @@ class FaceArrays:
         return len(self.images)
 
 
-def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int = 0, zoom: float = 1.0) -> FaceArrays:
+def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int = 0,
+               zoom: float = 1.0) -> FaceArrays:
     """Every face of ``root/<split>/shard_*.npz``, resized to ``size``. With ``zoom`` ≠ 1 each crop is first cut
     ``zoom`` times smaller about its centre, as ``DafiEstimator.crop`` cuts a photo (the landmarks and
     parameters follow): the evaluation of what ``cprfa align`` runs."""
@@ -89,16 +90,9 @@ def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int 
             with np.load(shard) as data:
                 built = data["images"].shape[1]
                 box = zoom_box((0.0, 0.0, float(built), float(built)), zoom)
-
-                def resized(images, nearest=False):
-                    if zoom != 1.0:
-                        images = [crop_image(x, box, built, nearest) for x in images]
-                    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-                    return np.stack([cv2.resize(x, (size, size), interpolation=interpolation) for x in images])
-
-                arrays["images"].append(resized(data["images"]).reshape(-1, size, size, 3))
-                arrays["pncc"].append(resized(data["pncc"], nearest=True).reshape(-1, size, size, 3))
-                arrays["mask"].append(resized(data["mask"].view(np.uint8), nearest=True)
+                arrays["images"].append(_resampled(data["images"], box, size).reshape(-1, size, size, 3))
+                arrays["pncc"].append(_resampled(data["pncc"], box, size, nearest=True).reshape(-1, size, size, 3))
+                arrays["mask"].append(_resampled(data["mask"].view(np.uint8), box, size, nearest=True)
                                       .reshape(-1, size, size).astype(bool))
                 arrays["landmarks"].append(points_to_crop(data["landmarks"], box, size).astype(np.float32))
                 arrays["params"].append(params_to_crop(torch.from_numpy(data["params"]), box, size).numpy())
@@ -107,6 +101,17 @@ def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int 
     if limit:
         faces = FaceArrays(*(getattr(faces, key)[:limit] for key in arrays))
     return faces
+
+
+def _resampled(images: np.ndarray, box: tuple[float, float, float, float], size: int,
+               nearest: bool = False) -> np.ndarray:
+    """Built crops (n, B, B, ...) cut to ``box`` (when it is not the whole crop) and resized to ``size``: area
+    averaging for pixels, nearest for labels."""
+    built = images.shape[1]
+    if box != (0.0, 0.0, float(built), float(built)):
+        images = [crop_image(x, box, built, nearest) for x in images]
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return np.stack([cv2.resize(x, (size, size), interpolation=interpolation) for x in images])
 
 
 class AugmentedFaces(Dataset):
@@ -250,7 +255,8 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     network.vertex_offset = vertex_offset.to(device)
     after = evaluate_estimator(DafiEstimator(network, config, device), validation)
     record["calibration"] = {  # mean offsets in crop pixels, without the flip, then with it; validation without
-        "zoom": zoom, "landmark_offset_px": [round(float(value), 3) for value in landmark_offset.norm(dim=-1).mean(dim=1)],
+        "zoom": zoom,
+        "landmark_offset_px": [round(float(value), 3) for value in landmark_offset.norm(dim=-1).mean(dim=1)],
         "vertex_offset_px": [round(float(value), 3) for value in vertex_offset.norm(dim=-1).mean(dim=1)],
         "vertices_calibrated": int(vertex_offset[0].any(dim=-1).sum()),
         **{f"val_{key}_{when}": round(values[key], 4) for when, values in (("before", before), ("after", after))
