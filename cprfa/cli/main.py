@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     dafi.add_argument("--calibration-zoom", type=float, default=0.0,
                       help="crop zoom of the training faces the calibration measures (default: cprfa align's, "
                       "DafiEstimator.zoom; 1 for the training crops)")
+    dafi.add_argument("--train-zoom", type=float, default=defaults.train_zoom,
+                      help="crop zoom of the faces trained and validated on: each built crop cut this many times "
+                      "smaller about its centre (default 1: the built crops; cprfa align cuts at DafiEstimator.zoom)")
     dafi.set_defaults(run=run_train_dafi)
 
     select = train.add_parser(
@@ -561,16 +564,18 @@ def run_train_dafi(args: argparse.Namespace) -> int:
         raise CprfaError(f"--init {args.init}: no such file")
     if args.input_size < 32 or args.input_size % 16:
         raise CprfaError(f"--input-size must be a multiple of 16 and at least 32, got {args.input_size}")
-    if args.calibration_zoom:
-        from cprfa.data.crop import check_zoom
+    from cprfa.data.crop import check_zoom
 
+    check_zoom(args.train_zoom)
+    if args.calibration_zoom:
         check_zoom(args.calibration_zoom)
     settings = TrainSettings(
         data=str(args.data), out=str(args.out), validation=str(args.validation), splits=tuple(args.splits),
         input_size=args.input_size, widths=tuple(args.widths), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, final_lr_ratio=args.final_lr_ratio, landmark_weight=args.landmark_weight,
         workers=args.workers, seed=args.seed, threads=args.threads, limit=args.limit,
-        init=str(args.init) if args.init else "", calibration_zoom=args.calibration_zoom)
+        init=str(args.init) if args.init else "", calibration_zoom=args.calibration_zoom,
+        train_zoom=args.train_zoom)
     record = train_dafi(settings, device=args.device)
     calibrated = record["calibration"]
     print(f"wrote {args.out / 'hsunet.pt'} and record.json: validation landmark NME "

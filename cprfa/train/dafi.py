@@ -3,7 +3,9 @@
 Recipe: the training shards (photos and their profiled views) are loaded once, resized to the network's input
 (image by area, PNCC and mask by nearest neighbour), and every epoch each face is augmented afresh with
 cprfa.data.augment (geometry, flip, occluders taken from another face, photometry), deterministically from
-the seed, the epoch and the face's index. ADAM, learning rate decayed exponentially from ``lr`` to
+the seed, the epoch and the face's index (``train_zoom`` ≠ 1 first cuts each built crop that many times
+smaller about its centre, as ``DafiEstimator.crop`` cuts a photo, so that the augmentation's scales centre
+on the inference crop). ADAM, learning rate decayed exponentially from ``lr`` to
 ``lr × final_lr_ratio`` over the epochs. Loss, on each of the three output groups (paper Fig. 2a): L1 of the
 codes inside the ground-truth mask plus binary cross-entropy of the foreground; plus the landmark head's
 soft-argmax L1 to the annotated landmarks (in units of the crop side, × ``landmark_weight``), for the points
@@ -165,9 +167,9 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     config = HSUNetConfig(settings.input_size, tuple(settings.widths))
-    faces = load_faces(settings.data, settings.splits, config.input_size, settings.limit)
+    faces = load_faces(settings.data, settings.splits, config.input_size, settings.limit, settings.train_zoom)
     validation = load_faces(settings.validation, (settings.validation_split,), config.input_size,
-                            settings.validation_faces)
+                            settings.validation_faces, settings.train_zoom)
     network = HSUNet(config)
     if settings.init:
         initial, initial_config = load_network(settings.init)
@@ -245,7 +247,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
         record["init_record"] = start
     # calibrated on the training faces cut as cprfa align cuts a photo (DafiEstimator.zoom)
     zoom = settings.calibration_zoom or DEFAULT_ZOOM
-    if zoom != 1.0:
+    if zoom != settings.train_zoom:
         faces = load_faces(settings.data, settings.splits, config.input_size, settings.limit, zoom)
         validation = load_faces(settings.validation, (settings.validation_split,), config.input_size,
                                 settings.validation_faces, zoom)

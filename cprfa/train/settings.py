@@ -28,6 +28,7 @@ class TrainSettings:
     limit: int = 0  # use only the first N training faces (0: all), for quick runs and tests
     init: str = ""  # HS-U-Net weights to start from ("": random)
     calibration_zoom: float = 0.0  # crop zoom of the faces the calibration measures (0: cprfa align's)
+    train_zoom: float = 1.0  # crop zoom of the faces trained and validated on (1: the built crops)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from cprfa.model.projection import landmarks_3d
 from cprfa.train.dafi import calibration_offsets, load_faces
 
 
-def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path, capsys):
+def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["train", "dafi", "--data", str(small_build), "--splits", "helen_test", "--validation", str(small_build),
             "--out", str(out), "--input-size", "48", "--widths", "4", "8", "8", "16", "16", "--epochs", "2",
@@ -71,6 +71,18 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     assert not torch.equal(DafiEstimator.from_file(policy / "hsunet.pt").network.landmark_offset,
                            start.network.landmark_offset)
     assert main([*init_args, "--out", str(policy), "--init", str(out / "hsunet.pt"), "--calibration-zoom", "3"]) == 1
+    # --train-zoom: trained and validated on crops cut as cprfa align cuts them, calibrated on the same faces
+    import cprfa.train.dafi as train_module
+
+    zooms = []
+    monkeypatch.setattr(train_module, "load_faces",
+                        lambda *args, **kwargs: zooms.append(args[4]) or load_faces(*args, **kwargs))
+    init_args[init_args.index("--epochs") + 1] = "1"
+    assert main([*init_args, "--out", str(tmp_path / "zoomed"), "--init", str(out / "hsunet.pt"),
+                 "--train-zoom", "1.08"]) == 0
+    assert zooms == [1.08, 1.08]
+    assert json.loads((tmp_path / "zoomed" / "record.json").read_text())["settings"]["train_zoom"] == 1.08
+    assert main([*init_args, "--out", str(tmp_path / "zoomed"), "--train-zoom", "0"]) == 1
     assert main([*args[:args.index("--epochs") + 1], "0", *args[args.index("--epochs") + 2:]]) == 1  # no --init
     widths = init_args.index("--widths") + 1
     wider = [*init_args[:widths], "4", "8", "8", "16", "24", *init_args[widths + 5:]]
