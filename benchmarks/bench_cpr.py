@@ -146,7 +146,7 @@ def _methods(model, aligner):
 
     def on_vertices(fit):
         def run(points, detected, landmarks):
-            return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
+            return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                    fit(model, observed[keep], ids[keep], weights[keep]))
         return run
 
@@ -163,7 +163,7 @@ def _methods(model, aligner):
     def online_with_landmarks(initial_from=None, options=ROBUST):
         def run(points, detected, landmarks):
             initial = initial_from(points, detected, landmarks).double() if initial_from else None
-            return _where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
+            return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                    online_optimization_with_landmarks(
                                        model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
                                        LANDMARK_SHARE, options, None if initial is None else initial[keep]),
@@ -186,7 +186,7 @@ def _methods(model, aligner):
     return rows
 
 
-def _where_fittable(model, points, detected, selected, fit, fallback=None):
+def where_fittable(model, points, detected, selected, fit, fallback=None):
     """``fit(keep, points, ids, weights)`` on the faces with at least 3 detected selected vertices spanning a
     box; the others keep ``fallback`` (default p0: nothing to fit). Returns params (B, P) float32."""
     observed, weights = points[:, selected].double(), detected[:, selected].double()

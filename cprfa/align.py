@@ -63,7 +63,9 @@ from cprfa.model.render import visible_vertices_of
 
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
-LANDMARK_SHARE = 0.5  # weight of the landmark head against the DAFI vertices in the fit
+# Weight of the landmark head against the DAFI vertices in the fit; chosen on the real training photos
+# (README, "Landmark share").
+LANDMARK_SHARE = 0.8
 METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
 POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 2)}  # LM iterations after CPRFA: on the pose alone, then on all
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)

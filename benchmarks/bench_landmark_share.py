@@ -1,0 +1,92 @@
+"""Choose cprfa.align.LANDMARK_SHARE on training photos: the 68-point NME (2D convention) of what
+``cprfa align`` runs by default (CPRFA, then the short on-line refinement over the DAFI's vertices and the
+landmark head) for several weights of the landmarks against the vertices.
+
+Runs on the real photos of a built training set (the profiled views, named ``<face>@yaw..``, are left out:
+their annotations are rotated, not annotated), cut with the crop zoom and read with the test-time flip, as
+``cprfa align`` does; helen_test is not involved, so the chosen value is not tuned on the test faces.
+
+    cprfa data build --data ../shared/data/300w --splits afw helen_train --profile 2 --out /tmp/train_p2
+    python benchmarks/bench_landmark_share.py [--data /tmp/train_p2] [--shares 0.5 0.65 0.8 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_cpr import ROBUST, where_fittable
+
+from cprfa.align import polish_options
+from cprfa.cpr.frame import NormalizedFrame
+from cprfa.cpr.regressor import align_point_sets, load_aligner
+from cprfa.dafi.evaluate import observe
+from cprfa.dafi.predict import DafiEstimator
+from cprfa.data.crop import DEFAULT_ZOOM
+from cprfa.eval.metrics import nme
+from cprfa.fitting.baselines import online_optimization_with_landmarks
+from cprfa.model.contour import landmarks_2d
+from cprfa.model.face_model import default_face_model
+from cprfa.train.dafi import FaceArrays, load_faces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/train_p2"), help="a built training set")
+    parser.add_argument("--splits", nargs="+", default=["afw", "helen_train"])
+    parser.add_argument("--shares", nargs="+", type=float, default=[0.5, 0.65, 0.8, 0.9])
+    parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N real photos of each split")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = default_face_model()
+    aligner = load_aligner(None, model)
+    selected = torch.unique(aligner.channels[:2].reshape(-1))
+    estimator = DafiEstimator.from_file(args.weights, flip=True, zoom=DEFAULT_ZOOM)
+    frame = NormalizedFrame.for_crop(model, estimator.input_size)
+    options = polish_options(ROBUST, "cpr+refine")
+    print("| split | real photos | landmark head | CPRFA | " + " | ".join(f"share {s}" for s in args.shares) + " | seconds |")
+    print("|---" * (5 + len(args.shares)) + "|")
+    for split in args.splits:
+        faces = _real_photos(load_faces(args.data, (split,), estimator.input_size, 0, DEFAULT_ZOOM), args.limit)
+        errors = {key: [] for key in ["head", "cprfa", *args.shares]}
+        start = time.perf_counter()
+        for batch in observe(estimator, faces, model):
+            points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
+            detected = torch.from_numpy(batch.observed.detected)
+            head = frame.points_to_frame(torch.from_numpy(batch.prediction.landmarks))
+            targets = faces.landmarks[batch.start:batch.stop]
+            cprfa = align_point_sets(aligner, points, detected, head, rounds=aligner.config.rounds)
+            fits = {"cprfa": cprfa}
+            for share in args.shares:
+                fits[share] = _refined(model, selected, points, detected, head, cprfa, share, options)
+            errors["head"].append(nme(batch.prediction.landmarks, targets))
+            for key, params in fits.items():
+                errors[key].append(nme(landmarks_2d(model, frame.params_from_frame(params))[..., :2].numpy(),
+                                       targets))
+        print(f"| {split} | {len(faces)} | " + " | ".join(f"{np.concatenate(e).mean():.3f}" for e in errors.values())
+              + f" | {time.perf_counter() - start:.0f} |")
+
+
+def _refined(model, selected, points, detected, head, initial, share, options):
+    """The on-line refinement of ``cprfa align`` from ``initial`` (B, P) with the landmark share ``share``."""
+    return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
+                          online_optimization_with_landmarks(model, observed[keep], ids[keep], weights[keep],
+                                                             head[keep].double(), share, options,
+                                                             initial[keep].double()), initial)
+
+
+def _real_photos(faces: FaceArrays, limit: int) -> FaceArrays:
+    keep = np.array(["@" not in str(name) for name in faces.names])
+    if limit:
+        keep &= np.cumsum(keep) <= limit
+    return FaceArrays(**{field.name: getattr(faces, field.name)[keep] for field in dataclasses.fields(faces)})
+
+
+if __name__ == "__main__":
+    main()
