@@ -147,7 +147,7 @@ def _methods(model, aligner):
     def on_vertices(fit):
         def run(points, detected, landmarks):
             return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
-                                   fit(model, observed[keep], ids[keep], weights[keep]))
+                                  fit(model, observed[keep], ids[keep], weights[keep]))
         return run
 
     def pnp_68(points, detected, landmarks):
@@ -164,10 +164,10 @@ def _methods(model, aligner):
         def run(points, detected, landmarks):
             initial = initial_from(points, detected, landmarks).double() if initial_from else None
             return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
-                                   online_optimization_with_landmarks(
-                                       model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
-                                       LANDMARK_SHARE, options, None if initial is None else initial[keep]),
-                                   None if initial is None else initial.float())
+                                  online_optimization_with_landmarks(
+                                      model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
+                                      LANDMARK_SHARE, options, None if initial is None else initial[keep]),
+                                  None if initial is None else initial.float())
         return run
 
     full = cpr(aligner.config.rounds, fused=True)

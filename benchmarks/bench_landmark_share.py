@@ -3,8 +3,9 @@
 landmark head) for several weights of the landmarks against the vertices.
 
 Runs on the real photos of a built training set (the profiled views, named ``<face>@yaw..``, are left out:
-their annotations are rotated, not annotated), cut with the crop zoom and read with the test-time flip, as
-``cprfa align`` does; helen_test is not involved, so the chosen value is not tuned on the test faces.
+their landmarks are the annotation moved by the fitted model, on a synthesized image), cut with the crop zoom
+and read with the test-time flip, as ``cprfa align`` does; helen_test is not involved, so the chosen value is
+not tuned on the test faces.
 
     cprfa data build --data ../shared/data/300w --splits afw helen_train --profile 2 --out /tmp/train_p2
     python benchmarks/bench_landmark_share.py [--data /tmp/train_p2] [--shares 0.5 0.65 0.8 0.9]
