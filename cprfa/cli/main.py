@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export-onnx", help="write the HS-U-Net and the CPR aligner's networks as ONNX graphs",
         description="Export the HS-U-Net (input: (B, 3, S, S) float32, RGB / 255 - 0.5 as "
         "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and "
-        "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, and the networks of each step of the "
-        "CPR aligner (cprfa.cpr.onnx: CPRs and GRU states in, the step and the next states out) to "
-        "OUT/cpr/<group>_<stage>.onnx, all with a dynamic batch size. Needs pip install -e \".[onnx]\".")
+        "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, and the networks of the CPR aligner's "
+        "steps (cprfa.cpr.onnx: the stage, CPRs and GRU states in, the step and the next states out), one graph "
+        "per parameter group, to OUT/cpr/<group>.onnx, all with a dynamic batch size. Needs pip install -e \".[onnx]\".")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     export.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
@@ -632,8 +632,8 @@ def run_train_cpr(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from cprfa.cpr.onnx import export_step, step_keys
-    from cprfa.cpr.regressor import load_aligner
+    from cprfa.cpr.onnx import export_group
+    from cprfa.cpr.regressor import GROUPS, load_aligner
     from cprfa.dafi.onnx import export_hsunet
     from cprfa.dafi.predict import load_network
 
@@ -642,10 +642,9 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     (args.out / "cpr").mkdir(parents=True, exist_ok=True)
     export_hsunet(network, config.input_size, args.out / "hsunet.onnx")
     print(f"wrote {args.out / 'hsunet.onnx'} (input {config.input_size}², dynamic batch)")
-    keys = step_keys(aligner)
-    for group, stage in keys:
-        export_step(aligner, group, stage, args.out / "cpr" / f"{group}_{stage}.onnx")
-    print(f"wrote {len(keys)} graphs of the CPR aligner's steps to {args.out / 'cpr'}")
+    for group in GROUPS:
+        export_group(aligner, group, args.out / "cpr" / f"{group}.onnx")
+    print(f"wrote {len(GROUPS)} graphs of the CPR aligner's steps (one per parameter group) to {args.out / 'cpr'}")
     return 0
 
 

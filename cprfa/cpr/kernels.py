@@ -64,7 +64,7 @@ def translation_step(observed: torch.Tensor, generated: torch.Tensor, detected: 
 def scale_cpr(points: torch.Tensor, detected: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
     """Λs: entry (i, j) = ‖y_i − y_j‖. ``pairs``: ``pair_mask(detected)`` when the caller has it.
     Shape: (B, K, n, 2), (B, K, n) -> (B, K, n, n)."""
-    return _distances(points) * (pair_mask(detected) if pairs is None else pairs)
+    return masked(_distances(points), pair_mask(detected) if pairs is None else pairs)
 
 
 def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ def rotation_z_input(generated: torch.Tensor, observed: torch.Tensor, detected: 
     unit_g = _unit(centred(generated, detected))
     unit_o = _unit(centred(observed, detected))
     # one product: ŷ^G_i × (ŷ^O_j − ŷ^G_j)
-    return _cross(unit_g, unit_o - unit_g) * (pair_mask(detected) if pairs is None else pairs)
+    return masked(_cross(unit_g, unit_o - unit_g), pair_mask(detected) if pairs is None else pairs)
 
 
 def rotation_xy_cpr(points: torch.Tensor, detected: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,15 +102,26 @@ def rotation_xy_cpr(points: torch.Tensor, detected: torch.Tensor, valid: torch.T
     points = centred(points, detected)
     step = _unit(points - torch.roll(points, shifts=-1, dims=2))  # û(y_j − y_k), (B, K, n, 2)
     # (y_i − y_j) · û_j = y_i · û_j − y_j · û_j, divided by ‖y_i − y_j‖
-    projection = points @ step.transpose(-1, -2) - (points * step).sum(dim=-1)[..., None, :]
-    cosine = (projection / _distances(points).clamp(min=EPSILON)).clamp(-1.0, 1.0)
-    return cosine * (rotation_xy_mask(detected) if valid is None else valid)
+    along = (points * step).sum(dim=-1)[..., None, :].flatten(0, 1)
+    projection = torch.baddbmm(along, points.flatten(0, 1), step.transpose(-1, -2).flatten(0, 1), beta=-1)
+    projection = projection.view(*points.shape[:-1], points.shape[-2])
+    distances = _distances(points)
+    valid = rotation_xy_mask(detected) if valid is None else valid
+    if points.requires_grad:
+        return (projection / distances.clamp(min=EPSILON)).clamp(-1.0, 1.0) * valid
+    return projection.div_(distances.clamp_(min=EPSILON)).clamp_(-1.0, 1.0).mul_(valid)  # see ``masked``
 
 
 def rotation_xy_mask(detected: torch.Tensor) -> torch.Tensor:
     """The entries of Λrxy that exist: i, j and k observed, i ≠ j (û(0) = 0). Shape: (B, K, n) -> (B, K, n, n)."""
     valid = pair_mask(detected) & torch.roll(detected, shifts=-1, dims=2)[..., None, :]
     return valid & (torch.eye(detected.shape[2], device=detected.device) == 0)
+
+
+def masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values · mask``, written into ``values`` (a fresh result of its caller) when no gradient flows through
+    it: an aligner's step then makes one full-size (B, K, n, n) temporary fewer."""
+    return values * mask if values.requires_grad else values.mul_(mask)
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:

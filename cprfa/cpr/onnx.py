@@ -2,10 +2,11 @@
 (``--runtime onnx``).
 
 The networks of a step (``CPRAligner.step_networks``: the DAFI branch's CNN and GRU and, with fusion, the
-sparse branch's and their crossing) become one graph per group and stage, each with its stage's batch-norm
-statistics; the batch size is dynamic. Everything between the networks (the CPRs, Y^G, consistency-aware
-updating, the translation step) stays in torch, so ``OnnxStepNetworks`` stands in for ``step_networks``
-through ``CPRAligner.runtime``. With fusion, a batch without any sparse source runs the fused graphs with the
+sparse branch's and their crossing) become one graph per group. Its first input is the stage (an int64
+scalar), which picks that stage's batch-norm statistics: the stages share every other weight, so one graph
+per stage would repeat them. The batch size is dynamic. Everything between the networks (the CPRs, Y^G,
+consistency-aware updating, the translation step) stays in torch, so ``OnnxStepNetworks`` stands in for
+``step_networks`` through ``CPRAligner.runtime``. With fusion, a batch without any sparse source runs the fused graphs with the
 sparse branch switched off (zero input, ``present`` 0), which gives what the DAFI branch alone gives.
 """
 
@@ -15,10 +16,11 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from cprfa.cpr.regressor import GROUPS, POSE_GROUPS, CPRAligner
+from cprfa.cpr.regressor import GROUPS, CPRAligner
 from cprfa.cpr.sparse import N_LANDMARKS
 from cprfa.dafi.onnx import OPSET, cpu_session, require
 
@@ -26,24 +28,17 @@ DENSE_NAMES = ("cpr", "state")
 FUSED_NAMES = ("cpr", "state", "sparse_cpr", "sparse_state", "present")
 
 
-def step_keys(aligner: CPRAligner) -> list[tuple[str, int]]:
-    """(group, stage) of every step the aligner runs a network in: α in round one only."""
-    config = aligner.config
-    return [(group, stage) for stage in range(config.rounds * config.stages)
-            for group in (GROUPS if stage < config.stages else POSE_GROUPS)]
-
-
-class _StepGraph(nn.Module):
-    def __init__(self, aligner: CPRAligner, group: str, stage: int):
+class _GroupGraph(nn.Module):
+    def __init__(self, aligner: CPRAligner, group: str):
         super().__init__()
-        self.aligner, self.group, self.stage = aligner, group, stage
+        self.aligner, self.group = aligner, group
 
-    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.aligner.step_networks(self.group, self.stage, *tensors)
+    def forward(self, stage: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.aligner.step_networks(self.group, stage, *tensors)
 
 
-def export_step(aligner: CPRAligner, group: str, stage: int, target: str | Path | io.BytesIO) -> None:
-    """Write the networks of one step as an ONNX graph to a file or a buffer."""
+def export_group(aligner: CPRAligner, group: str, target: str | Path | io.BytesIO) -> None:
+    """Write the networks of one group's steps (every stage) as an ONNX graph to a file or a buffer."""
     require("onnx")
     channels, count = aligner.channels.shape
     example = [torch.zeros(2, channels, count, count), torch.zeros(2, aligner.config.hidden)]
@@ -54,8 +49,8 @@ def export_step(aligner: CPRAligner, group: str, stage: int, target: str | Path 
         names, outputs = FUSED_NAMES, outputs + ["sparse_delta", "next_sparse_state"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
-        torch.onnx.export(_StepGraph(aligner, group, stage).eval(), tuple(example), target, input_names=list(names),
-                          output_names=outputs, opset_version=OPSET, dynamo=False,
+        torch.onnx.export(_GroupGraph(aligner, group).eval(), (torch.tensor(0), *example), target,
+                          input_names=["stage", *names], output_names=outputs, opset_version=OPSET, dynamo=False,
                           dynamic_axes={name: {0: "batch"} for name in (*names, *outputs)})
 
 
@@ -65,11 +60,11 @@ class OnnxStepNetworks:
     def __init__(self, aligner: CPRAligner, threads: int | None = None):
         self.fusion = aligner.config.fusion
         self.sessions = {}
-        for group, stage in step_keys(aligner):
+        for group in GROUPS:
             buffer = io.BytesIO()
-            export_step(aligner, group, stage, buffer)
+            export_group(aligner, group, buffer)
             # no spinning: torch runs between the calls
-            self.sessions[group, stage] = cpu_session(buffer.getvalue(), threads, spinning=False)
+            self.sessions[group] = cpu_session(buffer.getvalue(), threads, spinning=False)
 
     def __call__(self, group: str, stage: int, cpr: torch.Tensor, state: torch.Tensor,
                  sparse_cpr: torch.Tensor | None = None, sparse_state: torch.Tensor | None = None,
@@ -83,5 +78,6 @@ class OnnxStepNetworks:
                 tensors += [sparse_cpr, sparse_state, present]
         names = FUSED_NAMES if self.fusion else DENSE_NAMES
         feed = {name: tensor.detach().float().cpu().numpy() for name, tensor in zip(names, tensors, strict=True)}
-        outputs = [torch.from_numpy(value) for value in self.sessions[group, stage].run(None, feed)]
+        feed["stage"] = np.array(stage, dtype=np.int64)
+        outputs = [torch.from_numpy(value) for value in self.sessions[group].run(None, feed)]
         return tuple(outputs if sparse_cpr is not None or not self.fusion else outputs[:2])

@@ -46,6 +46,7 @@ from cprfa.cpr.consistency import ConsistencyWeight, error_pool, path_multiplier
 from cprfa.cpr.kernels import (
     gather_channels,
     inverse_scale,
+    masked,
     pair_mask,
     rotation_xy_cpr,
     rotation_xy_mask,
@@ -119,12 +120,27 @@ class CPRRegressor(nn.Module):
         self.out = nn.Linear(hidden, outputs)
         nn.init.zeros_(self.out.bias)
 
-    def features(self, cpr: torch.Tensor, stage: int) -> torch.Tensor:
-        """The sixth layer's output. Shape: (B, 3, n, n) -> (B, hidden)."""
+    def features(self, cpr: torch.Tensor, stage: int | torch.Tensor) -> torch.Tensor:
+        """The sixth layer's output. ``stage``: an int, or a 0-d integer tensor in eval mode (one graph for
+        every stage, cprfa.cpr.onnx). Shape: (B, 3, n, n) -> (B, hidden)."""
         x = cpr
-        for convolution, norm in zip(self.convolutions, self.norms[stage], strict=True):
-            x = torch.relu(norm(convolution(x)))
+        for index, convolution in enumerate(self.convolutions):
+            x = convolution(x)
+            if isinstance(stage, torch.Tensor):
+                scale, shift = self.stage_affine(index)
+                x = x * scale[stage][:, None, None] + shift[stage][:, None, None]
+            else:
+                x = self.norms[stage][index](x)
+            x = torch.relu(x)
         return self.sixth(average_pool(x, 4).flatten(1))
+
+    def stage_affine(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode batch norms of convolution ``index`` as x·scale + shift, per stage.
+        Shape: -> (stages, width) twice."""
+        norms = [stage_norms[index] for stage_norms in self.norms]
+        scale = torch.stack([norm.weight / torch.sqrt(norm.running_var + norm.eps) for norm in norms])
+        shift = torch.stack([norm.bias for norm in norms]) - torch.stack([norm.running_mean for norm in norms]) * scale
+        return scale, shift
 
     def recur(self, features: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Δ and the next hidden state. Shape: features (B, hidden), state (B, hidden) or None -> (B, outputs),
@@ -374,11 +390,12 @@ class CPRAligner(nn.Module):
             group, stage, cpr, states[group], sparse_cpr, states[f"sparse {group}"], present)
         return [delta, sparse_delta]
 
-    def step_networks(self, group: str, stage: int, cpr: torch.Tensor, state: torch.Tensor,
+    def step_networks(self, group: str, stage: int | torch.Tensor, cpr: torch.Tensor, state: torch.Tensor,
                       sparse_cpr: torch.Tensor | None = None, sparse_state: torch.Tensor | None = None,
                       present: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """The networks of one step (one graph of cprfa.cpr.onnx): the DAFI branch's CNN and GRU, and with a
-        sparse input the sparse branch's, crossing at the sixth layer (its Δ zero for faces without a source).
+        """The networks of one step (a graph of cprfa.cpr.onnx, with ``stage`` a tensor): the DAFI branch's CNN and
+        GRU, and with a sparse input the sparse branch's, crossing at the sixth layer (its Δ zero for faces
+        without a source).
 
         Shape: cpr (B, K, n, n), states (B, hidden), sparse_cpr (B, 3, 68, 68), present (B,) -> Δ (B, d) and
         the next state, then with a sparse input the sparse Δ and state."""
@@ -455,10 +472,11 @@ class _Observed:
     def network_input(self, group: str, generated: torch.Tensor) -> torch.Tensor:
         """A group's network input (module docstring). Shape: generated (B, K, n, 2) -> (B, K, n, n)."""
         if group in ("alpha", "rotation_xy"):
-            return rotation_xy_cpr(generated, self.detected, self.rxy_valid) - self.rxy
+            difference = rotation_xy_cpr(generated, self.detected, self.rxy_valid)
+            return difference - self.rxy if difference.requires_grad else difference.sub_(self.rxy)
         if group == "rotation_z":
             return rotation_z_input(generated, self.points, self.detected, self.pairs)
-        return scale_cpr(generated, self.detected, self.pairs) * self.inverse_scale
+        return masked(scale_cpr(generated, self.detected, self.pairs), self.inverse_scale)
 
 
 def select_observed(points: torch.Tensor, detected: torch.Tensor, channels: torch.Tensor):

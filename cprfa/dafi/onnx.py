@@ -50,7 +50,7 @@ class OnnxNetwork:
     def __init__(self, network: HSUNet, input_size: int, threads: int | None = None):
         buffer = io.BytesIO()
         export_hsunet(network, input_size, buffer)
-        self.session = cpu_session(buffer.getvalue(), threads)
+        self.session = cpu_session(buffer.getvalue(), threads, spinning=False)
 
     def __call__(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         full, heatmaps = self.session.run(None, {"image": images.detach().cpu().float().numpy()})

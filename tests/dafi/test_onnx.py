@@ -6,8 +6,8 @@ import torch
 
 from cprfa.align import FaceAligner
 from cprfa.cli.main import main
-from cprfa.cpr.onnx import FUSED_NAMES, OnnxStepNetworks, step_keys
-from cprfa.cpr.regressor import align_point_sets, load_aligner
+from cprfa.cpr.onnx import FUSED_NAMES, OnnxStepNetworks
+from cprfa.cpr.regressor import GROUPS, align_point_sets, load_aligner
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.data.images import load_image
 from cprfa.data.point_sets import synthetic_point_sets
@@ -46,17 +46,18 @@ def test_export_onnx_writes_graphs_onnxruntime_runs(tmp_path, capsys):
     full, heatmaps = session.run(None, {"image": np.zeros((3, 3, size, size), np.float32)})
     assert full.shape == (3, 4, size, size) and heatmaps.shape[:2] == (3, 68)
     aligner = load_aligner()
-    assert sorted(path.stem for path in (tmp_path / "cpr").glob("*.onnx")) == sorted(
-        f"{group}_{stage}" for group, stage in step_keys(aligner))
-    session = ort.InferenceSession(str(tmp_path / "cpr" / "scale_4.onnx"), providers=["CPUExecutionProvider"])
+    assert sorted(path.stem for path in (tmp_path / "cpr").glob("*.onnx")) == sorted(GROUPS)
+    session = ort.InferenceSession(str(tmp_path / "cpr" / "scale.onnx"), providers=["CPUExecutionProvider"])
     inputs = [torch.rand(3, *aligner.channels.shape, aligner.channels.shape[1]), torch.rand(3, 256),
               torch.rand(3, 3, 68, 68), torch.rand(3, 256), torch.tensor([1.0, 0.0, 1.0])]
-    outputs = session.run(None, {name: value.numpy() for name, value in zip(FUSED_NAMES, inputs, strict=True)})
-    with torch.inference_mode():
-        expected = aligner.step_networks("scale", 4, *inputs)
-    for actual, wanted in zip(outputs, expected, strict=True):
-        assert np.abs(actual - wanted.numpy()).max() < 1e-4
-    assert not outputs[2][1].any()  # a face without a sparse source gets no sparse step
+    feed = {name: value.numpy() for name, value in zip(FUSED_NAMES, inputs, strict=True)}
+    for stage in (0, 4):  # each stage its own batch-norm statistics
+        outputs = session.run(None, {"stage": np.array(stage), **feed})
+        with torch.inference_mode():
+            expected = aligner.step_networks("scale", stage, *inputs)
+        for actual, wanted in zip(outputs, expected, strict=True):
+            assert np.abs(actual - wanted.numpy()).max() < 1e-4
+        assert not outputs[2][1].any()  # a face without a sparse source gets no sparse step
 
 
 def test_onnx_and_torch_aligners_agree_on_synthetic_faces(face_model):
