@@ -1,6 +1,7 @@
-"""Choose cprfa.align.LANDMARK_SHARE on training photos: the 68-point NME (2D convention) of what
-``cprfa align`` runs by default (CPRFA, then the short on-line refinement over the DAFI's vertices and the
-landmark head) for several weights of the landmarks against the vertices.
+"""Choose cprfa.align.LANDMARK_SHARE and POLISH_DAMPING on training photos: the 68-point NME (2D convention) of
+what ``cprfa align`` runs by default (CPRFA, then the short on-line refinement over the DAFI's vertices and the
+landmark head) for several weights of the landmarks against the vertices (at POLISH_DAMPING), and for several
+starting dampings of the refinement's Levenberg–Marquardt (at LANDMARK_SHARE).
 
 Runs on the real photos of a built training set (the profiled views, named ``<face>@yaw..``, are left out:
 their landmarks are the annotation moved by the fitted model, on a synthesized image), cut with the crop zoom
@@ -9,6 +10,7 @@ not tuned on the test faces.
 
     cprfa data build --data ../shared/data/300w --splits afw helen_train --profile 2 --out /tmp/train_p2
     python benchmarks/bench_landmark_share.py [--data /tmp/train_p2] [--shares 0.5 0.65 0.8 0.9]
+                                              [--dampings 0.001 0.1 0.3]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from bench_cpr import ROBUST, where_fittable
 
-from cprfa.align import polish_options
+from cprfa.align import LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.dafi.evaluate import observe
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/train_p2"), help="a built training set")
     parser.add_argument("--splits", nargs="+", default=["afw", "helen_train"])
     parser.add_argument("--shares", nargs="+", type=float, default=[0.5, 0.65, 0.8, 0.9])
+    parser.add_argument("--dampings", nargs="+", type=float, default=[0.001, 0.1, 0.3])
     parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N real photos of each split")
     parser.add_argument("--threads", type=int, default=2)
@@ -51,11 +54,14 @@ def main() -> None:
     estimator = DafiEstimator.from_file(args.weights, flip=True, zoom=DEFAULT_ZOOM)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
     options = polish_options(ROBUST, "cpr+refine")
-    print("| split | real photos | landmark head | CPRFA | " + " | ".join(f"share {s}" for s in args.shares) + " | seconds |")
-    print("|---" * (5 + len(args.shares)) + "|")
+    variants = [(share, options.damping) for share in args.shares]
+    variants += [(LANDMARK_SHARE, damping) for damping in args.dampings if (LANDMARK_SHARE, damping) not in variants]
+    print("| split | real photos | landmark head | CPRFA | "
+          + " | ".join(f"share {share}, damping {damping:g}" for share, damping in variants) + " | seconds |")
+    print("|---" * (5 + len(variants)) + "|")
     for split in args.splits:
         faces = _real_photos(load_faces(args.data, (split,), estimator.input_size, 0, DEFAULT_ZOOM), args.limit)
-        errors = {key: [] for key in ["head", "cprfa", *args.shares]}
+        errors = {key: [] for key in ["head", "cprfa", *variants]}
         start = time.perf_counter()
         for batch in observe(estimator, faces, model):
             points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
@@ -64,8 +70,9 @@ def main() -> None:
             targets = faces.landmarks[batch.start:batch.stop]
             cprfa = align_point_sets(aligner, points, detected, head, rounds=aligner.config.rounds)
             fits = {"cprfa": cprfa}
-            for share in args.shares:
-                fits[share] = _refined(model, selected, points, detected, head, cprfa, share, options)
+            for share, damping in variants:
+                fits[share, damping] = _refined(model, selected, points, detected, head, cprfa, share,
+                                                dataclasses.replace(options, damping=damping))
             errors["head"].append(nme(batch.prediction.landmarks, targets))
             for key, params in fits.items():
                 errors[key].append(nme(landmarks_2d(model, frame.params_from_frame(params))[..., :2].numpy(),

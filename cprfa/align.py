@@ -68,6 +68,10 @@ MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retr
 LANDMARK_SHARE = 0.8
 METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
 POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 2)}  # LM iterations after CPRFA: on the pose alone, then on all
+# LM's starting damping in those few iterations (FitOptions.damping), 100 times the on-line optimization's:
+# from CPRFA's start its nearly Gauss–Newton first steps overshoot. Chosen on the real training photos
+# (README, "Landmark share").
+POLISH_DAMPING = 0.1
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
 # pixels in the 300-W order and 2D convention, NaN for a point it does not give.
 LandmarkSource = Callable[[np.ndarray, list], np.ndarray]
@@ -315,9 +319,10 @@ class FaceAligner:
 
 
 def polish_options(options: FitOptions, method: str) -> FitOptions:
-    """``options`` with the iteration counts of a method that polishes CPRFA's result (POLISH)."""
+    """``options`` with the iteration counts and damping of a method that polishes CPRFA's result (POLISH)."""
     pose_iterations, iterations = POLISH[method]
-    return dataclasses.replace(options, pose_iterations=pose_iterations, iterations=iterations)
+    return dataclasses.replace(options, pose_iterations=pose_iterations, iterations=iterations,
+                               damping=POLISH_DAMPING)
 
 
 def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) -> list[np.ndarray]:

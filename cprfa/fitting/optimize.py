@@ -39,6 +39,8 @@ class FitOptions:
     iterations: LM iterations with the shape free; pose_iterations: LM iterations on the pose alone before.
     robust: "none", "huber" or "geman-mcclure"; robust_scale: its scale as a fraction of the box size.
     fit_identity, fit_expression: which coefficient groups are free (the others stay at their start value).
+    damping: Levenberg–Marquardt's starting damping, a multiple of the diagonal of JᵀJ (each iteration then
+        divides it by 3 after a step that lowers the cost, multiplies it by 4 after one that does not).
     """
 
     identity_weight: float = 6e-6
@@ -49,6 +51,7 @@ class FitOptions:
     robust_scale: float = 0.02
     fit_identity: bool = True
     fit_expression: bool = True
+    damping: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.robust not in ROBUST_LOSSES:
@@ -57,6 +60,8 @@ class FitOptions:
             raise InvalidInputError("prior weights must be >= 0 and robust_scale > 0")
         if self.iterations < 0 or self.pose_iterations < 0:
             raise InvalidInputError("iteration counts must be >= 0")
+        if not 0 < self.damping <= 1e7:
+            raise InvalidInputError(f"damping must lie in (0, 1e7], got {self.damping}")
 
 
 def box_size(points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -189,7 +194,7 @@ def _levenberg_marquardt(model, params, points, weights, size, vertex_for, free,
     free_ids = torch.nonzero(free).squeeze(1)
     shape_free = bool(free[layout.alpha].any())
     eye = torch.eye(len(free_ids), dtype=params.dtype)
-    damping = torch.full((len(params),), 1e-3, dtype=params.dtype)
+    damping = torch.full((len(params),), options.damping, dtype=params.dtype)
 
     fixed_shape = None if shape_free or not iterations else model_shape(model, params)  # every vertex, once
 

@@ -153,6 +153,8 @@ def test_bad_input(face_model):
         fit_landmarks(face_model, torch.zeros(1, 5, 2))
     with pytest.raises(InvalidInputError, match="robust"):
         FitOptions(robust="cauchy")
+    with pytest.raises(InvalidInputError, match="damping"):
+        FitOptions(damping=0.0)
 
 
 def test_a_face_fits_the_same_alone_or_in_a_batch(face_model, shared_data):
