@@ -1,7 +1,8 @@
-"""Choose cprfa.align.LANDMARK_SHARE and POLISH_DAMPING on training photos: the 68-point NME (2D convention) of
-what ``cprfa align`` runs by default (CPRFA, then the short on-line refinement over the DAFI's vertices and the
-landmark head) for several weights of the landmarks against the vertices (at POLISH_DAMPING), and for several
-starting dampings of the refinement's Levenberg–Marquardt (at LANDMARK_SHARE).
+"""Choose cprfa.align.LANDMARK_SHARE, POLISH_DAMPING and POLISH["cpr+refine"] on training photos: the 68-point
+NME (2D convention) of what ``cprfa align`` runs by default (CPRFA, then the short on-line refinement over the
+DAFI's vertices and the landmark head) for several weights of the landmarks against the vertices, starting
+dampings of the refinement's Levenberg–Marquardt, and counts of its iterations (pose alone + every parameter);
+each varied alone, the others at their defaults.
 
 Runs on the real photos of a built training set (the profiled views, named ``<face>@yaw..``, are left out:
 their landmarks are the annotation moved by the fitted model, on a synthesized image), cut with the crop zoom
@@ -10,7 +11,7 @@ not tuned on the test faces.
 
     cprfa data build --data ../shared/data/300w --splits afw helen_train --profile 2 --out /tmp/train_p2
     python benchmarks/bench_landmark_share.py [--data /tmp/train_p2] [--shares 0.5 0.65 0.8 0.9]
-                                              [--dampings 0.001 0.1 0.3]
+                                              [--dampings 0.001 0.1 0.3] [--iterations 3+2 0+3 0+4]
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=["afw", "helen_train"])
     parser.add_argument("--shares", nargs="+", type=float, default=[0.5, 0.65, 0.8, 0.9])
     parser.add_argument("--dampings", nargs="+", type=float, default=[0.001, 0.1, 0.3])
+    parser.add_argument("--iterations", nargs="+", default=["3+2", "0+3", "0+4"],
+                        help="POSE+ALL: LM iterations on the pose alone, then on every parameter")
     parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N real photos of each split")
     parser.add_argument("--threads", type=int, default=2)
@@ -54,10 +57,14 @@ def main() -> None:
     estimator = DafiEstimator.from_file(args.weights, flip=True, zoom=DEFAULT_ZOOM)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
     options = polish_options(ROBUST, "cpr+refine")
-    variants = [(share, options.damping) for share in args.shares]
-    variants += [(LANDMARK_SHARE, damping) for damping in args.dampings if (LANDMARK_SHARE, damping) not in variants]
+    default = (LANDMARK_SHARE, options.damping, options.pose_iterations, options.iterations)
+    variants = [(share, *default[1:]) for share in args.shares]
+    variants += [(default[0], damping, *default[2:]) for damping in args.dampings]
+    variants += [(*default[:2], *map(int, counts.split("+"))) for counts in args.iterations]
+    variants = list(dict.fromkeys(variants))
     print("| split | real photos | landmark head | CPRFA | "
-          + " | ".join(f"share {share}, damping {damping:g}" for share, damping in variants) + " | seconds |")
+          + " | ".join(f"share {share}, damping {damping:g}, {pose}+{full} iterations"
+                       for share, damping, pose, full in variants) + " | seconds |")
     print("|---" * (5 + len(variants)) + "|")
     for split in args.splits:
         faces = _real_photos(load_faces(args.data, (split,), estimator.input_size, 0, DEFAULT_ZOOM), args.limit)
@@ -70,9 +77,10 @@ def main() -> None:
             targets = faces.landmarks[batch.start:batch.stop]
             cprfa = align_point_sets(aligner, points, detected, head, rounds=aligner.config.rounds)
             fits = {"cprfa": cprfa}
-            for share, damping in variants:
-                fits[share, damping] = _refined(model, selected, points, detected, head, cprfa, share,
-                                                dataclasses.replace(options, damping=damping))
+            for share, damping, pose, full in variants:
+                fits[share, damping, pose, full] = _refined(
+                    model, selected, points, detected, head, cprfa, share,
+                    dataclasses.replace(options, damping=damping, pose_iterations=pose, iterations=full))
             errors["head"].append(nme(batch.prediction.landmarks, targets))
             for key, params in fits.items():
                 errors[key].append(nme(landmarks_2d(model, frame.params_from_frame(params))[..., :2].numpy(),
