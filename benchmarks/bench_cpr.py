@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
 
-from cprfa.align import LANDMARK_SHARE, polish_options
+from cprfa.align import LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
@@ -166,7 +166,8 @@ def _methods(model, aligner):
             return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                   online_optimization_with_landmarks(
                                       model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
-                                      LANDMARK_SHARE, options, None if initial is None else initial[keep]),
+                                      LANDMARK_SHARE, options, None if initial is None else initial[keep],
+                                      LANDMARK_ROBUST_SCALE),
                                   None if initial is None else initial.float())
         return run
 

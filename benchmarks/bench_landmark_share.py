@@ -1,8 +1,9 @@
-"""Choose cprfa.align.LANDMARK_SHARE, POLISH_DAMPING and POLISH["cpr+refine"] on training photos: the 68-point
-NME (2D convention) of what ``cprfa align`` runs by default (CPRFA, then the short on-line refinement over the
-DAFI's vertices and the landmark head) for several weights of the landmarks against the vertices, starting
-dampings of the refinement's Levenberg–Marquardt, and counts of its iterations (pose alone + every parameter);
-each varied alone, the others at their defaults.
+"""Choose cprfa.align.LANDMARK_SHARE, POLISH_DAMPING, POLISH["cpr+refine"] and LANDMARK_ROBUST_SCALE on training
+photos: the 68-point NME (2D convention) of what ``cprfa align`` runs by default (CPRFA, then the short on-line
+refinement over the DAFI's vertices and the landmark head) for several weights of the landmarks against the
+vertices, starting dampings of the refinement's Levenberg–Marquardt, counts of its iterations (pose alone +
+every parameter) and scales of the robust loss on the landmarks; each varied alone, the others at their
+defaults.
 
 Runs on the real photos of a built training set (the profiled views, named ``<face>@yaw..``, are left out:
 their landmarks are the annotation moved by the fitted model, on a synthesized image), cut with the crop zoom
@@ -12,6 +13,7 @@ not tuned on the test faces.
     cprfa data build --data ../shared/data/300w --splits afw helen_train --profile 2 --out /tmp/train_p2
     python benchmarks/bench_landmark_share.py [--data /tmp/train_p2] [--shares 0.5 0.65 0.8 0.9]
                                               [--dampings 0.001 0.1 0.3] [--iterations 3+2 0+3 0+4]
+                                              [--landmark-scales 0.02 0.05 1000]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from bench_cpr import ROBUST, where_fittable
 
-from cprfa.align import LANDMARK_SHARE, polish_options
+from cprfa.align import LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.dafi.evaluate import observe
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--dampings", nargs="+", type=float, default=[0.001, 0.1, 0.3])
     parser.add_argument("--iterations", nargs="+", default=["3+2", "0+3", "0+4"],
                         help="POSE+ALL: LM iterations on the pose alone, then on every parameter")
+    parser.add_argument("--landmark-scales", nargs="+", type=float, default=[0.02, 0.05, 1000],
+                        help="scales of the robust loss on the landmarks (fractions of the box size)")
     parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N real photos of each split")
     parser.add_argument("--threads", type=int, default=2)
@@ -57,14 +61,15 @@ def main() -> None:
     estimator = DafiEstimator.from_file(args.weights, flip=True, zoom=DEFAULT_ZOOM)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
     options = polish_options(ROBUST, "cpr+refine")
-    default = (LANDMARK_SHARE, options.damping, options.pose_iterations, options.iterations)
+    default = (LANDMARK_SHARE, options.damping, options.pose_iterations, options.iterations, LANDMARK_ROBUST_SCALE)
     variants = [(share, *default[1:]) for share in args.shares]
     variants += [(default[0], damping, *default[2:]) for damping in args.dampings]
-    variants += [(*default[:2], *map(int, counts.split("+"))) for counts in args.iterations]
+    variants += [(*default[:2], *map(int, counts.split("+")), default[4]) for counts in args.iterations]
+    variants += [(*default[:4], scale) for scale in args.landmark_scales]
     variants = list(dict.fromkeys(variants))
     print("| split | real photos | landmark head | CPRFA | "
-          + " | ".join(f"share {share}, damping {damping:g}, {pose}+{full} iterations"
-                       for share, damping, pose, full in variants) + " | seconds |")
+          + " | ".join(f"share {share}, damping {damping:g}, {pose}+{full} iterations, landmark scale {scale:g}"
+                       for share, damping, pose, full, scale in variants) + " | seconds |")
     print("|---" * (5 + len(variants)) + "|")
     for split in args.splits:
         faces = _real_photos(load_faces(args.data, (split,), estimator.input_size, 0, DEFAULT_ZOOM), args.limit)
@@ -77,10 +82,10 @@ def main() -> None:
             targets = faces.landmarks[batch.start:batch.stop]
             cprfa = align_point_sets(aligner, points, detected, head, rounds=aligner.config.rounds)
             fits = {"cprfa": cprfa}
-            for share, damping, pose, full in variants:
-                fits[share, damping, pose, full] = _refined(
+            for share, damping, pose, full, scale in variants:
+                fits[share, damping, pose, full, scale] = _refined(
                     model, selected, points, detected, head, cprfa, share,
-                    dataclasses.replace(options, damping=damping, pose_iterations=pose, iterations=full))
+                    dataclasses.replace(options, damping=damping, pose_iterations=pose, iterations=full), scale)
             errors["head"].append(nme(batch.prediction.landmarks, targets))
             for key, params in fits.items():
                 errors[key].append(nme(landmarks_2d(model, frame.params_from_frame(params))[..., :2].numpy(),
@@ -89,12 +94,12 @@ def main() -> None:
               + f" | {time.perf_counter() - start:.0f} |")
 
 
-def _refined(model, selected, points, detected, head, initial, share, options):
+def _refined(model, selected, points, detected, head, initial, share, options, landmark_scale):
     """The on-line refinement of ``cprfa align`` from ``initial`` (B, P) with the landmark share ``share``."""
     return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                           online_optimization_with_landmarks(model, observed[keep], ids[keep], weights[keep],
                                                              head[keep].double(), share, options,
-                                                             initial[keep].double()), initial)
+                                                             initial[keep].double(), landmark_scale), initial)
 
 
 def _real_photos(faces: FaceArrays, limit: int) -> FaceArrays:

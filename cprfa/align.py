@@ -17,13 +17,13 @@ Five fitting stages (``method``):
 - ``"cpr+refine"`` (default): as ``"cpr+pose"``, then two iterations with identity and expression free
   too (POLISH): most of what the full on-line optimization adds to CPRFA for a small part of its time.
 - ``"online"``: the paper's on-line optimization over the DAFI (Fig. 1a) with the HS-U-Net's 68
-  landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, each source weighing half):
-  Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on the retrieved vertices — those
-  of the shipped CPR vertex selection when enough of them are found (they are the best detected and placed),
-  else up to ``max_points`` of all retrieved ones — and on the landmarks, whose jaw points follow the
-  silhouette.
+  landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, the landmarks weighing
+  LANDMARK_SHARE of the whole): Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on
+  the retrieved vertices — those of the shipped CPR vertex selection when enough of them are found (they are
+  the best detected and placed), else up to ``max_points`` of all retrieved ones — and, with a wider scale
+  (LANDMARK_ROBUST_SCALE), on the landmarks, whose jaw points follow the silhouette.
 - ``"cpr+online"``: the on-line optimization in full, started from the CPR aligner's result instead of the
-  frontal mean face: several times slower, a little more precise on near-frontal and large-pose faces.
+  frontal mean face: several times slower, about as precise as ``"cpr+refine"``.
 
 The 68 sparse landmarks (the on-line fits' landmark term, the CPR aligner's CPR-C2 source) are the
 HS-U-Net landmark head's, or the caller's (``align(landmarks=...)``), or those of any other detector passed as
@@ -72,6 +72,11 @@ POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 2)}  # LM iterations after CPRFA
 # from CPRFA's start its nearly Gauss–Newton first steps overshoot. Chosen on the real training photos
 # (README, "Landmark share").
 POLISH_DAMPING = 0.1
+# The robust loss's scale on the landmarks in the on-line fits, a fraction of the box size (the DAFI's vertices
+# keep FitOptions.robust_scale, 0.02): the head's points are rarely wrong by much, and a narrow Geman–McClure
+# loss held back the ones the fit most needed to follow. Chosen on the real training photos (README,
+# "Landmark share").
+LANDMARK_ROBUST_SCALE = 0.05
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
 # pixels in the 300-W order and 2D convention, NaN for a point it does not give.
 LandmarkSource = Callable[[np.ndarray, list], np.ndarray]
@@ -263,7 +268,8 @@ class FaceAligner:
             if self.method in POLISH:
                 options = polish_options(options, self.method)
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
-                                                             LANDMARK_SHARE, options, crop_params)
+                                                             LANDMARK_SHARE, options, crop_params,
+                                                             LANDMARK_ROBUST_SCALE)
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()

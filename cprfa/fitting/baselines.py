@@ -51,9 +51,12 @@ def _fit(model, points, vertex_ids, weights, options, initial=None):
 def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,
                                        weights: torch.Tensor, landmarks: torch.Tensor, landmark_share: float = 0.5,
                                        options: FitOptions | None = None,
-                                       initial: torch.Tensor | None = None) -> torch.Tensor:
+                                       initial: torch.Tensor | None = None,
+                                       landmark_robust_scale: float | None = None) -> torch.Tensor:
     """Pose, identity and expression from DAFI correspondences plus 68 landmarks (2D convention), from
-    ``initial`` parameters (default: the mean face placed on the points' box).
+    ``initial`` parameters (default: the mean face placed on the points' box). ``landmark_robust_scale``: the
+    robust loss's scale on the landmarks (a fraction of the box size; default ``options.robust_scale``, the
+    vertices' own).
 
     Shape: points (B, M, 2), vertex_ids (B, M), weights (B, M), landmarks (B, 68, 2), initial (B, P) ->
     params (B, P)."""
@@ -72,4 +75,8 @@ def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, v
     def vertex_for(params):
         return torch.cat([vertex_ids, silhouette_landmark_ids(model, params)], dim=1)
 
-    return fit_points(model, all_points, vertex_for, all_weights, options or FitOptions(), initial)
+    options = options or FitOptions()
+    scales = torch.full((all_points.shape[1],), options.robust_scale, dtype=torch.float64)
+    if landmark_robust_scale is not None:
+        scales[-68:] = landmark_robust_scale
+    return fit_points(model, all_points, vertex_for, all_weights, options, initial, scales)

@@ -65,3 +65,19 @@ def test_adding_landmarks_rescues_a_fit_from_corrupted_dafi_points(face_model):
     assert landmark_error(fused) < 0.3 * landmark_error(alone)  # 60 % outliers: the landmarks hold the fit
     with pytest.raises(InvalidInputError):
         online_optimization_with_landmarks(face_model, points, ids, weights, landmarks, 1.0)
+
+
+def test_the_landmarks_robust_scale_decides_how_far_they_pull(face_model):
+    truth, ids, points = dense_case(face_model, n_points=200, seed=4)
+    moved = landmarks_2d(face_model, truth)[..., :2].clone()
+    moved[:, 48:68, 1] += 6.0  # the mouth's points 6 px lower than the face the vertices show
+    weights = torch.ones(ids.shape, dtype=torch.float64)
+    options = FitOptions(robust="geman-mcclure", robust_scale=0.02)
+
+    def mouth_error(scale):
+        params = online_optimization_with_landmarks(face_model, points, ids, weights, moved, 0.8, options,
+                                                    landmark_robust_scale=scale)
+        return (landmarks_2d(face_model, params)[:, 48:68, :2] - moved[:, 48:68]).norm(dim=-1).mean()
+
+    narrow, wide = mouth_error(None), mouth_error(1000.0)  # None: the vertices' scale
+    assert wide < 0.3 * narrow  # a wide loss lets the landmarks pull the mouth towards them
