@@ -70,12 +70,12 @@ METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
 POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 2)}  # LM iterations after CPRFA: on the pose alone, then on all
 # LM's starting damping in those few iterations (FitOptions.damping), 100 times the on-line optimization's:
 # from CPRFA's start its nearly Gauss–Newton first steps overshoot. Chosen on the real training photos
-# (README, "Landmark share").
+# (README, "The refinement's damping").
 POLISH_DAMPING = 0.1
 # The robust loss's scale on the landmarks in the on-line fits, a fraction of the box size (the DAFI's vertices
 # keep FitOptions.robust_scale, 0.02): the head's points are rarely wrong by much, and a narrow Geman–McClure
-# loss held back the ones the fit most needed to follow. Chosen on the real training photos (README,
-# "Landmark share").
+# loss held back the ones the fit most needed to follow. Chosen on plain and occluded training photos
+# (README, "The landmarks' robust scale").
 LANDMARK_ROBUST_SCALE = 0.05
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
 # pixels in the 300-W order and 2D convention, NaN for a point it does not give.

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and "
         "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, and the networks of the CPR aligner's "
         "steps (cprfa.cpr.onnx: the stage, CPRs and GRU states in, the step and the next states out), one graph "
-        "per parameter group, to OUT/cpr/<group>.onnx, all with a dynamic batch size. Needs pip install -e \".[onnx]\".")
+        "per parameter group, to OUT/cpr/<group>.onnx, all with a dynamic batch size. "
+        "Needs pip install -e \".[onnx]\".")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     export.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")

@@ -6,8 +6,9 @@ sparse branch's and their crossing) become one graph per group. Its first input 
 scalar), which picks that stage's batch-norm statistics: the stages share every other weight, so one graph
 per stage would repeat them. The batch size is dynamic. Everything between the networks (the CPRs, Y^G,
 consistency-aware updating, the translation step) stays in torch, so ``OnnxStepNetworks`` stands in for
-``step_networks`` through ``CPRAligner.runtime``. With fusion, a batch without any sparse source runs the fused graphs with the
-sparse branch switched off (zero input, ``present`` 0), which gives what the DAFI branch alone gives.
+``step_networks`` through ``CPRAligner.runtime``. With fusion, a batch without any sparse source runs the
+fused graphs with the sparse branch switched off (zero input, ``present`` 0), which gives what the DAFI
+branch alone gives.
 """
 
 from __future__ import annotations

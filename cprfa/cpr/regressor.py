@@ -139,8 +139,8 @@ class CPRRegressor(nn.Module):
         Shape: -> (stages, width) twice."""
         norms = [stage_norms[index] for stage_norms in self.norms]
         scale = torch.stack([norm.weight / torch.sqrt(norm.running_var + norm.eps) for norm in norms])
-        shift = torch.stack([norm.bias for norm in norms]) - torch.stack([norm.running_mean for norm in norms]) * scale
-        return scale, shift
+        mean = torch.stack([norm.running_mean for norm in norms])
+        return scale, torch.stack([norm.bias for norm in norms]) - mean * scale
 
     def recur(self, features: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Δ and the next hidden state. Shape: features (B, hidden), state (B, hidden) or None -> (B, outputs),
