@@ -101,20 +101,20 @@ def fit_points(
     points = torch.where(valid[..., None], points, 0.0)
     layout = ParamLayout.of(model)
     size = box_size(points, weights)
-    scales = torch.full((n_points,), options.robust_scale, dtype=torch.float64)
     if robust_scales is not None:
         check_shape("robust_scales", robust_scales, (n_points,))
-        scales = torch.as_tensor(robust_scales, dtype=torch.float64)
+    scales = options.robust_scale if robust_scales is None else torch.as_tensor(robust_scales, dtype=torch.float64)
+    robust_pixels = size[:, None] * scales  # (B, 1 or M)
     if initial is None:
         initial = initial_params(model, points, weights)
     params = initial.to(torch.float64).clone()
     free = torch.zeros(layout.size, dtype=torch.bool)
     free[layout.pose] = True
-    params = _levenberg_marquardt(model, params, points, weights, size, scales, vertex_for, free, options,
+    params = _levenberg_marquardt(model, params, points, weights, size, robust_pixels, vertex_for, free, options,
                                   options.pose_iterations)
     free[layout.identity] = options.fit_identity
     free[layout.expression] = options.fit_expression
-    return _levenberg_marquardt(model, params, points, weights, size, scales, vertex_for, free, options,
+    return _levenberg_marquardt(model, params, points, weights, size, robust_pixels, vertex_for, free, options,
                                 options.iterations)
 
 
@@ -190,7 +190,8 @@ class _Correspondence:
         return points, derivatives
 
 
-def _levenberg_marquardt(model, params, points, weights, size, scales, vertex_for, free, options, iterations):
+def _levenberg_marquardt(model, params, points, weights, size, robust_pixels, vertex_for, free, options,
+                         iterations):
     """Minimize the data term plus the priors over the ``free`` parameters. The priors enter the normal
     equations directly (JᵀJ + diag(λ), Jᵀr + λ·x) rather than as extra residual rows."""
     layout = ParamLayout.of(model)
@@ -208,7 +209,7 @@ def _levenberg_marquardt(model, params, points, weights, size, scales, vertex_fo
     for _ in range(iterations):
         correspondence = _Correspondence(model, params, vertex_for(params), fixed_shape)
         projected, d_projected = correspondence.project(params, jacobian=True, shape_jacobian=shape_free)
-        sqrt_w = _robust_sqrt_weights(projected, points, weights, size[:, None] * scales, options)
+        sqrt_w = _robust_sqrt_weights(projected, points, weights, robust_pixels, options)
         factor = (sqrt_w / size[:, None])[..., None]  # (B, M, 1)
 
         residual = ((projected - points) * factor).flatten(1)  # (B, 2M)
@@ -256,11 +257,11 @@ def _cost(params, projected, points, factor, prior) -> torch.Tensor:
     return (((projected - points) * factor) ** 2).sum(dim=(1, 2)) + (prior * params ** 2).sum(dim=1)
 
 
-def _robust_sqrt_weights(projected, points, weights, scale, options):
+def _robust_sqrt_weights(projected, points, weights, robust_pixels, options):
     """sqrt of the per-point weights: the given weights times the IRLS weights of the robust loss."""
     if options.robust == "none":
         return weights.sqrt()
-    error = (projected.detach() - points).norm(dim=-1) / scale  # scale (B, M): pixels
+    error = (projected.detach() - points).norm(dim=-1) / robust_pixels  # the robust loss's scale in pixels
     if options.robust == "huber":
         irls = torch.where(error <= 1, torch.ones_like(error), 1 / error.clamp(min=1e-12))
     else:  # Geman–McClure
