@@ -3,7 +3,7 @@ batch), median of ``--repeats`` runs after one warm-up, 2 torch threads; then th
 memory once it has also aligned a batch of 32 faces.
 
 Run: python benchmarks/bench_align.py [--method cpr+refine|cpr+pose|cpr|online|cpr+online] [--runtime torch|onnx]
-     [--no-flip]
+     [--no-flip] [--no-refine]
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="cpr+refine", help="FaceAligner method (default cpr+refine)")
     parser.add_argument("--runtime", default="torch", help="what runs the networks: torch (default) or onnx")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="test-time flip augmentation of the HS-U-Net (FaceAligner's default: on)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    aligner = FaceAligner(method=args.method, runtime=args.runtime, flip=args.flip)
+    aligner = FaceAligner(method=args.method, runtime=args.runtime, flip=args.flip, refine=args.refine)
     image = load_image(EXAMPLES / "astronaut.jpg")
     box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
     print("| faces per call | crop | dafi | retrieval | fit | outputs | total |")

@@ -45,14 +45,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
+from evaluation_sets import LARGE_POSE, add_set_arguments, estimator_of, evaluation_sets
 
 from cprfa.align import LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.dafi.evaluate import observe
-from cprfa.dafi.predict import DafiEstimator
 from cprfa.data.point_sets import OCCLUDED_TEST, PointSetSettings, synthetic_point_sets
 from cprfa.eval.metrics import FAILURE_NME, YAW_BUCKETS, nme, yaw_bucket
 from cprfa.fitting.baselines import online_optimization, online_optimization_with_landmarks, pnp
@@ -116,9 +115,9 @@ def main() -> None:
               f"{sets.detected[:, aligner.channels[:2].reshape(-1)].float().mean() * 100:.0f} % of the selected "
               "vertices detected, landmarks with 3 % noise\n")
         _table(rows, yaw_bucket(np.degrees(truth[:, 1].numpy())), count, extra=True)
-    estimator = DafiEstimator.from_file(args.weights, flip=args.flip, zoom=args.zoom)
+    estimator = estimator_of(args, args.flip, args.zoom)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
-    for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
+    for name, faces in evaluation_sets(args, estimator.input_size, args.limit, estimator.detail_size):
         convention = landmarks_3d if name == LARGE_POSE else landmarks_2d
         rows = {method: {"nme": [], "ms": 0.0} for method in methods}
         for batch in observe(estimator, faces, model):

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_foundation import median_seconds
-from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
+from evaluation_sets import LARGE_POSE, add_set_arguments, estimator_of, evaluation_sets
 
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.evaluate import bucket_table, dafi_errors, format_table
-from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.model.face_model import default_face_model
 from cprfa.train.dafi import load_faces
@@ -36,7 +35,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    estimator = DafiEstimator.from_file(args.weights, flip=args.flip, zoom=args.zoom)
+    estimator = estimator_of(args, args.flip, args.zoom)
     model = default_face_model()
     vertex_sets = {"68": np.asarray(model.landmarks68), "all": np.arange(model.n_vertices)}
     if args.selection.is_file():
@@ -44,8 +43,9 @@ def main() -> None:
         vertex_sets[f"{selection.count} for CPR"] = selection.vertex_ids
     print(f"HS-U-Net {args.weights or 'shipped'}: input {estimator.input_size}², widths {estimator.config.widths}, "
           f"{sum(p.numel() for p in estimator.network.parameters()):,} parameters; {args.threads} threads"
-          f"{'; flip test-time augmentation' if args.flip else ''}\n")
-    for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
+          f"{'; flip test-time augmentation' if args.flip else ''}"
+          f"{'; the landmark head refined (cprfa.dafi.refine)' if estimator.refiner is not None else ''}\n")
+    for name, faces in evaluation_sets(args, estimator.input_size, args.limit, estimator.detail_size):
         errors = dafi_errors(estimator, faces, model=model, vertex_sets=vertex_sets)
         convention = "3D" if name == LARGE_POSE else "2D (300-W annotation)"
         print(f"### {name}: {len(faces)} faces of {args.split}; landmark ground truth in the {convention} convention\n")
@@ -55,10 +55,11 @@ def main() -> None:
     if not (first / args.split).is_dir():
         print(f"(speed: {first}/{args.split} not built, skipped)")
         return
-    crops = load_faces(str(first), (args.split,), estimator.input_size, limit=32).images
-    one = 1000 * median_seconds(lambda: estimator.predict(crops[:1]), 50)
-    batch = 1000 * median_seconds(lambda: estimator.predict(crops), 5) / len(crops)
-    prediction = estimator.predict(crops)
+    faces = load_faces(str(first), (args.split,), estimator.input_size, limit=32, detail=estimator.detail_size)
+    crops, detail = faces.images, faces.detail
+    one = 1000 * median_seconds(lambda: estimator.predict(crops[:1], detail=detail if detail is None else detail[:1]), 50)
+    batch = 1000 * median_seconds(lambda: estimator.predict(crops, detail=detail), 5) / len(crops)
+    prediction = estimator.predict(crops, detail=detail)
     retriever = VertexRetriever(model)
     retrieval = 1000 * median_seconds(lambda: retriever(prediction.dafi[:1], prediction.mask[:1]), 50)
     print(f"forward pass: {one:.1f} ms for one face, {batch:.1f} ms per face in a batch of {len(crops)}; "

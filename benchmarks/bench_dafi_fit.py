@@ -24,10 +24,9 @@ import time
 
 import numpy as np
 import torch
-from evaluation_sets import LARGE_POSE, add_set_arguments, evaluation_sets
+from evaluation_sets import LARGE_POSE, add_set_arguments, estimator_of, evaluation_sets
 
 from cprfa.dafi.evaluate import observe
-from cprfa.dafi.predict import DafiEstimator
 from cprfa.eval.metrics import FAILURE_NME, YAW_BUCKETS, nme, yaw_bucket
 from cprfa.fitting.baselines import online_optimization, online_optimization_with_landmarks, pnp
 from cprfa.fitting.optimize import FitOptions
@@ -46,9 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
-    estimator = DafiEstimator.from_file(args.weights, flip=args.flip, zoom=args.zoom)
+    estimator = estimator_of(args, args.flip, args.zoom)
     options = FitOptions(robust="geman-mcclure", identity_weight=args.prior_weight, expression_weight=args.prior_weight)
-    for name, faces in evaluation_sets(args, estimator.input_size, args.limit):
+    for name, faces in evaluation_sets(args, estimator.input_size, args.limit, estimator.detail_size):
         convention = landmarks_3d if name == LARGE_POSE else landmarks_2d
         rng = np.random.default_rng(0)
         errors = {"landmark head": [], "PnP + DAFI": [], "on-line optimization + DAFI": [],

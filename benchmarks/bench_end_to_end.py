@@ -11,7 +11,7 @@ Reported: 68-point NME (%) of ``landmarks_2d`` (the fitted model, 2D convention)
 (the HS-U-Net's own points) against the annotation, mean and median over the faces found, the failure rate
 (NME > 10 % or missed, over all faces), and the time per photo.
 
-    python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip]
+    python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip] [--no-refine]
                                           [--weights FILE]
 """
 
@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces")
     parser.add_argument("--zoom", type=float, default=DEFAULT_ZOOM, help="crop zoom (DafiEstimator.zoom)")
     parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="test-time flip (FaceAligner's default: on)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -51,9 +53,10 @@ def main() -> None:
     images = [load_image(face.image) for face in faces]
     truth = np.stack([face.landmarks for face in faces])
     boxes = [landmark_box(face.landmarks) for face in faces]
-    aligner = FaceAligner(weights=args.weights, flip=args.flip)
+    aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine)
     aligner.estimator.zoom = args.zoom
     print(f"{len(faces)} faces of {args.split}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
+          f"refiner {'on' if args.refine else 'off'}, "
           f"zoom {args.zoom}, batches of {args.batch_size} photos\n")
     print("| faces from | found | landmarks_2d NME mean | median | head_landmarks NME mean | failure % "
           "| ms / photo |")

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_cpr import ROBUST, where_fittable
+from evaluation_sets import add_estimator_arguments, estimator_of
 
 from cprfa.align import LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.dafi.evaluate import observe
-from cprfa.dafi.predict import DafiEstimator
 from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.eval.metrics import nme
 from cprfa.fitting.baselines import online_optimization_with_landmarks
@@ -50,7 +50,7 @@ def main() -> None:
                         help="POSE+ALL: LM iterations on the pose alone, then on every parameter")
     parser.add_argument("--landmark-scales", nargs="+", type=float, default=[0.02, 0.05, 1000],
                         help="scales of the robust loss on the landmarks (fractions of the box size)")
-    parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    add_estimator_arguments(parser)
     parser.add_argument("--limit", type=int, default=0, help="only the first N real photos of each split")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -58,7 +58,7 @@ def main() -> None:
     model = default_face_model()
     aligner = load_aligner(None, model)
     selected = torch.unique(aligner.channels[:2].reshape(-1))
-    estimator = DafiEstimator.from_file(args.weights, flip=True, zoom=DEFAULT_ZOOM)
+    estimator = estimator_of(args, True, DEFAULT_ZOOM)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
     options = polish_options(ROBUST, "cpr+refine")
     default = (LANDMARK_SHARE, options.damping, options.pose_iterations, options.iterations, LANDMARK_ROBUST_SCALE)
@@ -72,7 +72,8 @@ def main() -> None:
                        for share, damping, pose, full, scale in variants) + " | seconds |")
     print("|---" * (5 + len(variants)) + "|")
     for split in args.splits:
-        faces = _real_photos(load_faces(args.data, (split,), estimator.input_size, 0, DEFAULT_ZOOM), args.limit)
+        faces = _real_photos(load_faces(args.data, (split,), estimator.input_size, 0, DEFAULT_ZOOM,
+                                                    estimator.detail_size), args.limit)
         errors = {key: [] for key in ["head", "cprfa", *variants]}
         start = time.perf_counter()
         for batch in observe(estimator, faces, model):
@@ -106,7 +107,8 @@ def _real_photos(faces: FaceArrays, limit: int) -> FaceArrays:
     keep = np.array(["@" not in str(name) for name in faces.names])
     if limit:
         keep &= np.cumsum(keep) <= limit
-    return FaceArrays(**{field.name: getattr(faces, field.name)[keep] for field in dataclasses.fields(faces)})
+    return FaceArrays(**{field.name: None if getattr(faces, field.name) is None else getattr(faces, field.name)[keep]
+                         for field in dataclasses.fields(faces)})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """``FaceAligner``: photo in, 3D face alignment out (``FaceResult`` per face).
 
 Pipeline per face (DESIGN.md): face box (the BlazeFace detector's, cprfa.detect, or the caller's tight
-68-landmark box) → crop by the crop policy, zoomed (``DafiEstimator.zoom``) → HS-U-Net DAFI and landmarks →
-vertex retrieval (Y^O) → model fit → pose, coefficients, dense mesh and 68 landmarks in image space.
+68-landmark box) → crop by the crop policy, zoomed (``DafiEstimator.zoom``) → HS-U-Net DAFI and landmarks,
+the landmarks refined on the crop at twice the resolution (cprfa.dafi.refine) → vertex retrieval (Y^O) → model
+fit → pose, coefficients, dense mesh and 68 landmarks in image space.
 
 Five fitting stages (``method``):
 
@@ -26,7 +27,7 @@ Five fitting stages (``method``):
   frontal mean face: several times slower, about as precise as ``"cpr+refine"``.
 
 The 68 sparse landmarks (the on-line fits' landmark term, the CPR aligner's CPR-C2 source) are the
-HS-U-Net landmark head's, or the caller's (``align(landmarks=...)``), or those of any other detector passed as
+HS-U-Net landmark head's (refined), or the caller's (``align(landmarks=...)``), or those of any other detector passed as
 ``FaceAligner(landmark_source=...)`` (``LandmarkSource``); the head fills the points a source does not give.
 
 Which is more accurate on which set is measured by benchmarks/bench_cpr.py (README, "The CPR aligner").
@@ -150,19 +151,22 @@ class FaceAligner:
 
     ``flip`` (default) runs the HS-U-Net on each crop and on its mirror image and averages the two
     (cprfa.dafi.predict.DafiEstimator): a more precise DAFI and landmark head for twice the network's work,
-    about 5 % of the whole per face; ``flip=False`` for speed."""
+    about 5 % of the whole per face; ``flip=False`` for speed. ``refine`` (default) refines the landmark head's
+    points with the landmark refiner of ``refiner_weights`` (default: the shipped one; cprfa.dafi.refine)."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
                  selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr+refine",
                  cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None,
-                 runtime: str = "torch", flip: bool = True):
+                 runtime: str = "torch", flip: bool = True, refine: bool = True,
+                 refiner_weights: str | Path | None = None):
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}, got '{method}'")
         self.model = model or default_face_model()
         if runtime == "onnx" and device != "cpu":
             raise InvalidInputError("runtime 'onnx' runs on the CPU; use device='cpu'")
-        self.estimator = DafiEstimator.from_file(weights, device=device, runtime=runtime, flip=flip)
+        self.estimator = DafiEstimator.from_file(weights, device=device, runtime=runtime, flip=flip, refine=refine,
+                                                 refiner_path=refiner_weights)
         calibrated = self.estimator.vertex_offset
         if calibrated is not None and len(calibrated) != self.model.n_vertices:
             raise ModelFileError(f"the HS-U-Net {weights or 'shipped'} was calibrated for a face model of "
@@ -237,9 +241,13 @@ class FaceAligner:
         start = time.perf_counter()
         crops, crop_boxes = zip(*(self.estimator.crop(images[k].image, images[k].boxes[i]) for k, i in owners),
                                 strict=True)
+        detail = None
+        if self.estimator.refiner is not None:
+            detail = np.stack([self.estimator.detail_crop(images[k].image, crop_boxes[j])
+                               for j, (k, _) in enumerate(owners)])
         timings["crop"] = time.perf_counter() - start
         start = time.perf_counter()
-        prediction = self.estimator.predict(np.stack(crops))
+        prediction = self.estimator.predict(np.stack(crops), detail=detail)
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
         observed = self.retriever(prediction.dafi, prediction.mask, offset=self.estimator.vertex_offset)

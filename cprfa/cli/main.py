@@ -17,7 +17,7 @@ import numpy as np
 
 from cprfa.errors import CprfaError
 from cprfa.eval.report import DEFAULT_SETS
-from cprfa.train.settings import CPRTrainSettings, TrainSettings
+from cprfa.train.settings import CPRTrainSettings, RefinerTrainSettings, TrainSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="test-time flip augmentation: the HS-U-Net also reads each mirrored crop and the two "
                        "predictions are averaged (a more precise DAFI and landmark head, twice the network's work; "
                        "on by default, --no-flip for speed)")
+    align.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                       help="refine the landmark head's points on the crop at twice the HS-U-Net's resolution "
+                       "(on by default, --no-refine for speed)")
+    align.add_argument("--refiner-weights", type=Path, help="landmark refiner weights (default: the shipped ones)")
     align.add_argument("--batch-size", type=int, default=8,
                        help="images aligned together: their faces share the network passes and fits (default 8)")
     align.add_argument("--workers", type=int, default=2,
@@ -103,13 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
         "export-onnx", help="write the HS-U-Net and the CPR aligner's networks as ONNX graphs",
         description="Export the HS-U-Net (input: (B, 3, S, S) float32, RGB / 255 - 0.5 as "
         "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and "
-        "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, and the networks of the CPR aligner's "
+        "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, the landmark refiner (detail crops "
+        "(B, 3, 2S, 2S) and points (B, 68, 2) in, refined points out) to OUT/refiner.onnx, and the networks of the CPR aligner's "
         "steps (cprfa.cpr.onnx: the stage, CPRs and GRU states in, the step and the next states out), one graph "
         "per parameter group, to OUT/cpr/<group>.onnx, all with a dynamic batch size. "
         "Needs pip install -e \".[onnx]\".")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     export.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
+    export.add_argument("--refiner-weights", type=Path, help="landmark refiner weights (default: the shipped ones, "
+                        "exported with the shipped HS-U-Net only)")
     export.set_defaults(run=run_export_onnx)
 
     bench = commands.add_parser(
@@ -200,6 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="crop zoom of the faces trained and validated on: each built crop cut this many times "
                       "smaller about its centre (default 1: the built crops; cprfa align cuts at DafiEstimator.zoom)")
     dafi.set_defaults(run=run_train_dafi)
+
+    refiner = train.add_parser(
+        "refiner", help="train the landmark refiner on the HS-U-Net head's points (cprfa.dafi.refine)",
+        description="Train the refiner that looks again at each of the landmark head's points on a crop at twice "
+        "the HS-U-Net's resolution, on augmented training faces. Resumable: rerun the same command. Each epoch "
+        "prints the validation landmark NME of the head and of the refined head; the end writes "
+        "OUT/refiner.pt and OUT/record.json (copy both into cprfa/dafi/assets/ to ship).")
+    refiner_defaults = SimpleNamespace(**{field.name: field.default for field in fields(RefinerTrainSettings)})
+    refiner.add_argument("--data", type=Path, required=True, help="training build (cprfa data build --out)")
+    refiner.add_argument("--validation", type=Path, required=True, help="build of helen_test for validation")
+    refiner.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, weights)")
+    refiner.add_argument("--splits", nargs="+", default=list(refiner_defaults.splits))
+    refiner.add_argument("--dafi-weights", type=Path, help="the HS-U-Net whose points are refined (default: the "
+                         "shipped one)")
+    refiner.add_argument("--patch-size", type=int, default=refiner_defaults.patch_size)
+    refiner.add_argument("--pitches", type=float, nargs="+", default=list(refiner_defaults.pitches),
+                         help="one patch per pitch, in detail pixels (default %(default)s)")
+    refiner.add_argument("--jitter", type=float, default=refiner_defaults.jitter,
+                         help="noise added to the head's points in training, detail pixels (default %(default)s)")
+    refiner.add_argument("--epochs", type=int, default=refiner_defaults.epochs)
+    refiner.add_argument("--batch-size", type=int, default=refiner_defaults.batch_size)
+    refiner.add_argument("--lr", type=float, default=refiner_defaults.lr)
+    refiner.add_argument("--final-lr-ratio", type=float, default=refiner_defaults.final_lr_ratio)
+    refiner.add_argument("--init", type=Path, help="refiner weights to start from (default: random)")
+    refiner.add_argument("--validation-faces", type=int, default=0, help="only the first N (default: all)")
+    refiner.add_argument("--workers", type=int, default=refiner_defaults.workers, help="augmentation processes")
+    refiner.add_argument("--threads", type=int, default=refiner_defaults.threads, help="torch threads")
+    refiner.add_argument("--device", default="cpu", help="cpu or cuda (only the speed changes; default cpu)")
+    refiner.add_argument("--seed", type=int, default=refiner_defaults.seed)
+    refiner.add_argument("--limit", type=int, default=0, help="use only the first N training samples (quick runs)")
+    refiner.set_defaults(run=run_train_refiner)
 
     select = train.add_parser(
         "select-vertices", help="rank vertices by detection and accuracy on a reference set; pick the CPR's C",
@@ -344,7 +382,8 @@ def run_align(args: argparse.Namespace) -> int:
         raise CprfaError("--batch-size must be at least 1 and --workers not negative")
     _check_device(args.device)
     aligner = FaceAligner(weights=args.weights, device=args.device, method=args.method, cpr_weights=args.cpr_weights,
-                          runtime=args.runtime, flip=args.flip)
+                          runtime=args.runtime, flip=args.flip, refine=args.refine,
+                          refiner_weights=args.refiner_weights)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
     failures = 0
@@ -585,6 +624,33 @@ def run_train_dafi(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_refiner(args: argparse.Namespace) -> int:
+
+    from cprfa.train.refine import train_refiner
+
+    _check_training_options(args, ("epochs", "batch_size", "threads"))
+    if not 0 < args.lr < 1 or not 0 < args.final_lr_ratio <= 1:
+        raise CprfaError("--lr must lie in (0, 1), --final-lr-ratio in (0, 1]")
+    if min(args.workers, args.limit, args.validation_faces, args.jitter) < 0:
+        raise CprfaError("--workers, --limit, --validation-faces and --jitter must not be negative")
+    if args.patch_size < 8 or args.patch_size % 8 or min(args.pitches) <= 0:
+        raise CprfaError("--patch-size must be a positive multiple of 8 and --pitches positive")
+    for option, path in (("--init", args.init), ("--dafi-weights", args.dafi_weights)):
+        if path is not None and not path.is_file():
+            raise CprfaError(f"{option} {path}: no such file")
+    settings = RefinerTrainSettings(
+        data=str(args.data), out=str(args.out), validation=str(args.validation), splits=tuple(args.splits),
+        validation_faces=args.validation_faces, dafi_weights=str(args.dafi_weights or ""),
+        patch_size=args.patch_size, pitches=tuple(args.pitches), jitter=args.jitter, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, final_lr_ratio=args.final_lr_ratio, workers=args.workers,
+        seed=args.seed, threads=args.threads, limit=args.limit, init=str(args.init or ""))
+    record = train_refiner(settings, device=args.device)
+    final = record["final"]
+    print(f"wrote {args.out / 'refiner.pt'} and record.json: validation landmark NME "
+          f"{final.get('val_head_nme', float('nan')):.3f} % (head) -> {final.get('val_refined_nme', float('nan')):.3f} %")
+    return 0
+
+
 def _check_training_options(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
     """The options of the training commands that every one checks: counts of at least 1, an existing device."""
     for name in positive:
@@ -635,14 +701,20 @@ def run_train_cpr(args: argparse.Namespace) -> int:
 def run_export_onnx(args: argparse.Namespace) -> int:
     from cprfa.cpr.onnx import export_group
     from cprfa.cpr.regressor import GROUPS, load_aligner
-    from cprfa.dafi.onnx import export_hsunet
+    from cprfa.dafi.onnx import export_hsunet, export_refiner
     from cprfa.dafi.predict import load_network
+    from cprfa.dafi.refine import load_refiner
 
     network, config = load_network(args.weights)
     aligner = load_aligner(args.cpr_weights)
     (args.out / "cpr").mkdir(parents=True, exist_ok=True)
     export_hsunet(network, config.input_size, args.out / "hsunet.onnx")
     print(f"wrote {args.out / 'hsunet.onnx'} (input {config.input_size}², dynamic batch)")
+    if args.weights is None or args.refiner_weights is not None:  # the shipped refiner goes with the shipped network
+        refiner = load_refiner(args.refiner_weights)
+        side = refiner.config.scale * config.input_size
+        export_refiner(refiner, side, args.out / "refiner.onnx")
+        print(f"wrote {args.out / 'refiner.onnx'} (detail crops {side}² and 68 points, dynamic batch)")
     for group in GROUPS:
         export_group(aligner, group, args.out / "cpr" / f"{group}.onnx")
     print(f"wrote {len(GROUPS)} graphs of the CPR aligner's steps (one per parameter group) to {args.out / 'cpr'}")
@@ -665,7 +737,8 @@ def run_select_vertices(args: argparse.Namespace) -> int:
 
     model = default_face_model()
     estimator = DafiEstimator.from_file(args.weights)
-    faces = load_faces(args.data, tuple(args.splits), estimator.input_size, zoom=estimator.zoom)  # align's crops
+    faces = load_faces(args.data, tuple(args.splits), estimator.input_size, zoom=estimator.zoom,  # align's crops
+                       detail=estimator.detail_size)
     p1, p2 = reference_statistics(estimator, faces, model)
     reference = f"{len(faces)} faces of {', '.join(args.splits)} in {args.data}, HS-U-Net {args.weights or 'shipped'}"
     selection = select_vertices(model, p1, p2, args.count, args.seed, reference)

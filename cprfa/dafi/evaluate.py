@@ -42,12 +42,13 @@ class ObservedBatch:
 
 def observe(estimator: DafiEstimator, faces, model: FaceModel, batch_size: int = 32) -> Iterator[ObservedBatch]:
     """Run the HS-U-Net and vertex retrieval over built faces (cprfa.train.dafi.FaceArrays at the estimator's
-    input size), batch by batch, with the estimator's calibration of the retrieved positions. The face size is
+    input size, with detail crops at its ``detail_size`` when it refines its landmarks), batch by batch, with the estimator's calibration of the retrieved positions. The face size is
     sqrt(w·h) of the ground-truth landmark box."""
     retriever = VertexRetriever(model)
     for start in range(0, len(faces), batch_size):
         stop = min(start + batch_size, len(faces))
-        prediction = estimator.predict(faces.images[start:stop])
+        detail = None if faces.detail is None else faces.detail[start:stop]
+        prediction = estimator.predict(faces.images[start:stop], detail=detail)
         observed = retriever(prediction.dafi, prediction.mask, offset=estimator.vertex_offset)
         truth = image_vertices(model, torch.from_numpy(faces.params[start:stop]).double())[..., :2].numpy()
         targets = faces.landmarks[start:stop]

@@ -1,9 +1,11 @@
-"""The HS-U-Net through ONNX: export it (``cprfa export-onnx``) and run it with onnxruntime (``--runtime onnx``).
+"""The HS-U-Net and the landmark refiner through ONNX: export them (``cprfa export-onnx``) and run them with
+onnxruntime (``--runtime onnx``).
 
-The exported graph takes the network's input (B, 3, S, S) and returns its full-resolution output group
-(B, 4, S, S: DAFI codes and foreground logit) and the landmark heatmaps (B, 68, h, w); the batch size is
-dynamic. ``OnnxNetwork`` stands in for the torch network inside ``DafiEstimator``, so crops, retrieval and
-everything after are shared. onnx and onnxruntime are optional (``pip install -e ".[onnx]"``).
+The HS-U-Net's graph takes the network's input (B, 3, S, S) and returns its full-resolution output group
+(B, 4, S, S: DAFI codes and foreground logit) and the landmark heatmaps (B, 68, h, w); the refiner's takes the
+detail crops (B, 3, R, R) and the points (B, 68, 2) and returns the refined points. The batch size is dynamic.
+``OnnxNetwork`` and ``OnnxRefiner`` stand in for the torch networks inside ``DafiEstimator``, so crops,
+retrieval and everything after are shared. onnx and onnxruntime are optional (``pip install -e ".[onnx]"``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from cprfa.dafi.network import HSUNet
+from cprfa.dafi.refine import LandmarkRefiner
 from cprfa.errors import CprfaError
 
 OPSET = 17
@@ -61,6 +64,31 @@ class OnnxNetwork:
 
     def eval(self) -> OnnxNetwork:
         return self
+
+
+def export_refiner(refiner: LandmarkRefiner, detail_size: int, target: str | Path | io.BytesIO) -> None:
+    """Write the landmark refiner as an ONNX graph to a file or a buffer."""
+    require("onnx")
+    example = (torch.zeros(1, 3, detail_size, detail_size), torch.full((1, 68, 2), detail_size / 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(refiner.eval(), example, target, input_names=["image", "points"], output_names=["refined"],
+                          opset_version=OPSET, dynamo=False,
+                          dynamic_axes={name: {0: "batch"} for name in ("image", "points", "refined")})
+
+
+class OnnxRefiner:
+    """An onnxruntime session that answers like ``LandmarkRefiner.forward``, with its ``config``."""
+
+    def __init__(self, refiner: LandmarkRefiner, detail_size: int, threads: int | None = None):
+        buffer = io.BytesIO()
+        export_refiner(refiner, detail_size, buffer)
+        self.config = refiner.config
+        self.session = cpu_session(buffer.getvalue(), threads, spinning=False)
+
+    def __call__(self, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        feeds = {"image": images.detach().cpu().float().numpy(), "points": points.detach().cpu().float().numpy()}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
 def cpu_session(graph: bytes, threads: int | None = None, spinning: bool = True):

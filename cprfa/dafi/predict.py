@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
+from cprfa.dafi.refine import LandmarkRefiner, load_refiner
 from cprfa.data.augment import FLIP_68
 from cprfa.data.crop import DEFAULT_ZOOM, check_zoom, crop_box, crop_image, zoom_box
 from cprfa.errors import InvalidInputError, ModelFileError
@@ -25,6 +26,7 @@ WEIGHTS_VERSION = 3  # 1: without the calibration offsets, 2: without the vertex
 DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "hsunet.pt"
 BUILD_SIZE = 256  # crop side of the training data (cprfa data build's default)
 MIRRORED_LANDMARKS = torch.tensor(FLIP_68)
+REFINER_CHUNK = 4  # faces refined together (DafiEstimator._refined)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,13 +79,19 @@ class DafiEstimator:
     Twice the network's work for a more precise result. The landmarks are corrected by the network's
     ``landmark_offset`` of the mode; ``vertex_offset`` is that mode's for the retrieved positions.
 
+    ``refiner`` (cprfa.dafi.refine): the head's landmarks are refined on detail crops (``detail_crop``: the
+    same square at ``detail_size``), which ``predict`` then needs beside the crops; with ``flip`` the
+    refinement runs on the mirrored detail crop too and the two are averaged.
+
     ``zoom``: ``crop`` cuts the crop policy's square ``zoom`` times smaller about its centre, so that the face
     fills more of the network's input (DEFAULT_ZOOM, chosen on training faces: README, "DAFI estimation")."""
 
     def __init__(self, network: HSUNet | None = None, config: HSUNetConfig | None = None,
-                 device: str | torch.device = "cpu", flip: bool = False, zoom: float | None = None):
+                 device: str | torch.device = "cpu", flip: bool = False, zoom: float | None = None,
+                 refiner: LandmarkRefiner | None = None):
         if network is None:
             network, config = load_network()
+        self.refiner = refiner.fused().to(device) if refiner is not None else None
         self.landmark_offset = network.landmark_offset.to(device)
         self.vertex_offsets = network.vertex_offset.cpu().numpy()
         self.network, self.config, self.device = network.to(device).eval(), config, torch.device(device)
@@ -92,23 +100,34 @@ class DafiEstimator:
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
-                  runtime: str = "torch", flip: bool = False, zoom: float | None = None) -> DafiEstimator:
+                  runtime: str = "torch", flip: bool = False, zoom: float | None = None, refine: bool = True,
+                  refiner_path: str | Path | None = None) -> DafiEstimator:
         """The network of a weights file (default: the shipped one) run by torch on ``device``, or by
-        onnxruntime (``runtime="onnx"``, CPU; cprfa.dafi.onnx)."""
-        network, config = load_network(path)
-        if runtime == "onnx":
-            from cprfa.dafi.onnx import OnnxNetwork
-
-            estimator = cls(network, config, flip=flip, zoom=zoom)
-            estimator.network = OnnxNetwork(network, config.input_size)
-            return estimator
-        if runtime != "torch":
+        onnxruntime (``runtime="onnx"``, CPU; cprfa.dafi.onnx). Unless ``refine`` is False, with the landmark
+        refiner of ``refiner_path`` (run the same way); without one, the shipped refiner refines the shipped
+        network, which it was trained on, and another network goes unrefined."""
+        if runtime not in ("torch", "onnx"):
             raise InvalidInputError(f"runtime must be 'torch' or 'onnx', got '{runtime}'")
-        return cls(network, config, device=device, flip=flip, zoom=zoom)
+        network, config = load_network(path)
+        refiner = load_refiner(refiner_path) if refine and (refiner_path is not None or path is None) else None
+        if runtime == "onnx":
+            from cprfa.dafi.onnx import OnnxNetwork, OnnxRefiner
+
+            estimator = cls(network, config, flip=flip, zoom=zoom, refiner=refiner)
+            estimator.network = OnnxNetwork(network, config.input_size)
+            if refiner is not None:
+                estimator.refiner = OnnxRefiner(refiner, estimator.detail_size)
+            return estimator
+        return cls(network, config, device=device, flip=flip, zoom=zoom, refiner=refiner)
 
     @property
     def input_size(self) -> int:
         return self.config.input_size
+
+    @property
+    def detail_size(self) -> int:
+        """Side of the detail crops the refiner reads (0 without a refiner)."""
+        return self.refiner.config.scale * self.input_size if self.refiner is not None else 0
 
     @property
     def vertex_offset(self) -> np.ndarray | None:
@@ -124,13 +143,25 @@ class DafiEstimator:
         crop = crop_image(image, box, max(BUILD_SIZE, self.input_size))
         return cv2.resize(crop, (self.input_size,) * 2, interpolation=cv2.INTER_AREA), box
 
+    def detail_crop(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """The refiner's input for the crop box ``box`` (from ``crop``): (R, R, 3) uint8, R = detail_size."""
+        if self.refiner is None:
+            raise InvalidInputError("this estimator has no landmark refiner, so it takes no detail crops")
+        return crop_image(image, box, self.detail_size)
+
     @torch.inference_mode()
-    def predict(self, crops: np.ndarray, batch_size: int = 32) -> DafiPrediction:
-        """Shape: crops (B, S, S, 3) uint8 RGB, S = input_size -> DafiPrediction."""
+    def predict(self, crops: np.ndarray, batch_size: int = 32, detail: np.ndarray | None = None) -> DafiPrediction:
+        """Shape: crops (B, S, S, 3) uint8 RGB, S = input_size; detail (B, R, R, 3) uint8 RGB, R = detail_size,
+        with a refiner (``detail_crop``), else None -> DafiPrediction."""
         crops = np.asarray(crops)
         size = self.input_size
-        if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
-            raise InvalidInputError(f"crops must be (B, {size}, {size}, 3) uint8 RGB, got {crops.shape} {crops.dtype}")
+        _check_crops("crops", crops, size)
+        if (detail is None) != (self.refiner is None):
+            raise InvalidInputError("predict needs detail crops when the estimator has a landmark refiner, and "
+                                    "only then")
+        if detail is not None:
+            detail = np.asarray(detail)
+            _check_crops("detail", detail, self.detail_size, len(crops))
         if not len(crops):
             return DafiPrediction(np.zeros((0, size, size, 3), np.float32), np.zeros((0, size, size), np.float32),
                                   np.zeros((0, size, size), bool), np.zeros((0, 68, 2), np.float32))
@@ -138,6 +169,9 @@ class DafiEstimator:
         for start in range(0, len(crops), batch_size):
             batch = torch.from_numpy(crops[start:start + batch_size]).to(self.device)
             codes, probability, points = self._forward(to_input(batch))
+            if detail is not None:
+                points = self._refined(to_input(torch.from_numpy(detail[start:start + batch_size]).to(self.device)),
+                                       points)
             dafi.append(codes.permute(0, 2, 3, 1).cpu())
             foreground.append(probability.cpu())
             landmarks.append(points.cpu())
@@ -159,6 +193,33 @@ class DafiEstimator:
         weights = torch.stack([probability[:count], probability[count:].flip(2)])  # (2, B, S, S)
         merged = (weights[0, :, None] * codes[:count] + weights[1, :, None] * mirrored_codes) / (
             weights.sum(dim=0)[:, None].clamp(min=1e-6))
-        mirrored_points = points[count:, MIRRORED_LANDMARKS]
-        mirrored_points = torch.stack([size - mirrored_points[..., 0], mirrored_points[..., 1]], dim=-1)
-        return merged, weights.mean(dim=0), (points[:count] + mirrored_points) / 2 - self.landmark_offset[1]
+        points = (points[:count] + _mirrored(points[count:], size)) / 2
+        return merged, weights.mean(dim=0), points - self.landmark_offset[1]
+
+    def _refined(self, detail: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The refiner's landmarks from the head's, averaged with those of the mirrored crop with ``flip``; by
+        REFINER_CHUNK faces at a time (a whole batch's patches at once are slower: they leave the caches).
+        Shape: detail (B, 3, R, R), points (B, 68, 2) crop pixels at S -> (B, 68, 2) crop pixels at S."""
+        scale, side = self.refiner.config.scale, self.detail_size
+        refined = []
+        for start in range(0, len(points), REFINER_CHUNK):
+            images, starts = detail[start:start + REFINER_CHUNK], points[start:start + REFINER_CHUNK].float() * scale
+            if not self.flip:
+                refined.append(self.refiner(images, starts) / scale)
+                continue
+            both = self.refiner(torch.cat([images, images.flip(3)]), torch.cat([starts, _mirrored(starts, side)]))
+            refined.append((both[:len(starts)] + _mirrored(both[len(starts):], side)) / (2 * scale))
+        return torch.cat(refined)
+
+
+def _mirrored(points: torch.Tensor, size: int) -> torch.Tensor:
+    """The landmarks of the mirrored crop of side ``size``, re-indexed left to right. Shape: (B, 68, 2)."""
+    points = points[:, MIRRORED_LANDMARKS]
+    return torch.stack([size - points[..., 0], points[..., 1]], dim=-1)
+
+
+def _check_crops(name: str, crops: np.ndarray, size: int, count: int | None = None) -> None:
+    if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8 or (
+            count is not None and len(crops) != count):
+        expected = f"({count if count is not None else 'B'}, {size}, {size}, 3) uint8 RGB"
+        raise InvalidInputError(f"{name} must be {expected}, got {crops.shape} {crops.dtype}")

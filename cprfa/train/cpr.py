@@ -124,7 +124,8 @@ class RealPointSets:
         from cprfa.train.dafi import load_faces
 
         estimator = DafiEstimator.from_file(weights or None)
-        faces = load_faces(folder, splits, estimator.input_size, zoom=estimator.zoom)  # as cprfa align crops
+        faces = load_faces(folder, splits, estimator.input_size, zoom=estimator.zoom,  # as cprfa align crops
+                           detail=estimator.detail_size)
         frame = NormalizedFrame.for_crop(model, estimator.input_size)
         points, detected, landmarks = [], [], []
         for batch in tqdm(observe(estimator, faces, model), total=math.ceil(len(faces) / 32),

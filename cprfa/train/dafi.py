@@ -65,7 +65,8 @@ MIN_CALIBRATION_FACES = 50
 @dataclass(frozen=True, eq=False)
 class FaceArrays:
     """Faces of built shards at the network's input size: images (n, S, S, 3) uint8, pncc (n, S, S, 3)
-    uint16, mask (n, S, S) bool, landmarks (n, 68, 2) float32, params (n, P) float32 (crop pixels at S)."""
+    uint16, mask (n, S, S) bool, landmarks (n, 68, 2) float32, params (n, P) float32 (crop pixels at S); and,
+    when asked for, the same crops at the landmark refiner's side R: detail (n, R, R, 3) uint8."""
 
     images: np.ndarray
     pncc: np.ndarray
@@ -73,17 +74,20 @@ class FaceArrays:
     landmarks: np.ndarray
     params: np.ndarray
     names: np.ndarray
+    detail: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
 
 def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int = 0,
-               zoom: float = 1.0) -> FaceArrays:
+               zoom: float = 1.0, detail: int = 0) -> FaceArrays:
     """Every face of ``root/<split>/shard_*.npz``, resized to ``size``. With ``zoom`` ≠ 1 each crop is first cut
     ``zoom`` times smaller about its centre, as ``DafiEstimator.crop`` cuts a photo (the landmarks and
-    parameters follow): the evaluation of what ``cprfa align`` runs."""
-    arrays = {key: [] for key in ("images", "pncc", "mask", "landmarks", "params", "names")}
+    parameters follow): the evaluation of what ``cprfa align`` runs. ``detail`` > 0 also keeps each crop at
+    that side (``DafiEstimator.detail_size``, for the landmark refiner)."""
+    keys = ("images", "pncc", "mask", "landmarks", "params", "names") + (("detail",) if detail else ())
+    arrays = {key: [] for key in keys}
     for split in splits:
         shards = sorted((Path(root) / split).glob("shard_*.npz"))
         if not shards:
@@ -99,10 +103,9 @@ def load_faces(root: str | Path, splits: tuple[str, ...], size: int, limit: int 
                 arrays["landmarks"].append(points_to_crop(data["landmarks"], box, size).astype(np.float32))
                 arrays["params"].append(params_to_crop(torch.from_numpy(data["params"]), box, size).numpy())
                 arrays["names"].append(data["names"])
-    faces = FaceArrays(**{key: np.concatenate(value) for key, value in arrays.items()})
-    if limit:
-        faces = FaceArrays(*(getattr(faces, key)[:limit] for key in arrays))
-    return faces
+                if detail:
+                    arrays["detail"].append(_resampled(data["images"], box, detail).reshape(-1, detail, detail, 3))
+    return FaceArrays(**{key: np.concatenate(value)[:limit or None] for key, value in arrays.items()})
 
 
 def _resampled(images: np.ndarray, box: tuple[float, float, float, float], size: int,
@@ -240,7 +243,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
         "training_faces": len(faces), "validation_faces": len(validation), "epochs": settings.epochs,
         "train_seconds": round(seconds, 1), "machine": f"{platform.processor() or platform.machine()}, "
         f"{settings.threads} torch threads, torch {torch.__version__}",
-        "data": _manifest_summary(settings.data), "validation_data": _manifest_summary(settings.validation),
+        "data": manifest_summary(settings.data), "validation_data": manifest_summary(settings.validation),
         "final": history[-1] if history else {}, "history": history,
     }
     if (start := starting_record(settings.init)) is not None:  # how the starting weights were made
@@ -301,7 +304,7 @@ def calibration_offsets(network: HSUNet, config: HSUNetConfig, faces: FaceArrays
     return torch.from_numpy(np.stack(landmark_offsets)).float(), torch.from_numpy(np.stack(vertex_offsets)).float()
 
 
-def _manifest_summary(folder: str) -> dict:
+def manifest_summary(folder: str) -> dict:
     """What `cprfa data build` recorded about a data folder: its settings and sample counts."""
     path = Path(folder) / "manifest.json"
     if not path.is_file():

@@ -58,6 +58,31 @@ class CPRTrainSettings:
     threads: int = 2
 
 
+@dataclass(frozen=True)
+class RefinerTrainSettings:
+    data: str  # folder of cprfa data build output (training splits)
+    out: str
+    validation: str  # folder of a cprfa data build of the evaluation split
+    splits: tuple[str, ...] = ("afw", "helen_train")
+    validation_split: str = "helen_test"
+    validation_faces: int = 0  # 0: all
+    dafi_weights: str = ""  # the HS-U-Net whose points are refined ("": the shipped one)
+    patch_size: int = 24
+    pitches: tuple[float, ...] = (1.0, 3.0)
+    widths: tuple[int, ...] = (24, 32, 64, 96)
+    hidden: int = 128
+    jitter: float = 1.0  # detail pixels
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    final_lr_ratio: float = 0.02
+    workers: int = 1
+    seed: int = 0
+    threads: int = 2
+    limit: int = 0  # only the first N training faces (0: all)
+    init: str = ""  # refiner weights to start from ("": random)
+
+
 def starting_record(init: str) -> dict | None:
     """The record beside the weights a run starts from (``<weights>.record.json``), if there is one."""
     path = Path(init).with_suffix(".record.json") if init else None

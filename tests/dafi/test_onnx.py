@@ -9,6 +9,7 @@ from cprfa.cli.main import main
 from cprfa.cpr.onnx import FUSED_NAMES, OnnxStepNetworks
 from cprfa.cpr.regressor import GROUPS, align_point_sets, load_aligner
 from cprfa.dafi.predict import DafiEstimator
+from cprfa.dafi.refine import load_refiner
 from cprfa.data.images import load_image
 from cprfa.data.point_sets import synthetic_point_sets
 from cprfa.errors import InvalidInputError
@@ -25,9 +26,11 @@ EXAMPLE_BOX = (178.0, 80.0, 262.0, 180.0)
 def test_onnx_and_torch_agree_on_the_bundled_example():
     image = load_image(EXAMPLE)
     torch_estimator, onnx_estimator = DafiEstimator.from_file(), DafiEstimator.from_file(runtime="onnx")
-    crop, _ = torch_estimator.crop(image, EXAMPLE_BOX)
+    crop, box = torch_estimator.crop(image, EXAMPLE_BOX)
     crops = np.stack([crop, crop[:, ::-1]])  # a batch of two
-    expected, actual = torch_estimator.predict(crops), onnx_estimator.predict(crops)
+    detail = torch_estimator.detail_crop(image, box)
+    details = np.stack([detail, detail[:, ::-1]])  # the landmark refiner runs by torch in both
+    expected, actual = torch_estimator.predict(crops, detail=details), onnx_estimator.predict(crops, detail=details)
     assert np.abs(actual.dafi - expected.dafi).max() < 1e-3
     assert np.abs(actual.foreground - expected.foreground).max() < 1e-3
     assert np.abs(actual.landmarks - expected.landmarks).max() < 0.05  # crop pixels
@@ -45,6 +48,11 @@ def test_export_onnx_writes_graphs_onnxruntime_runs(tmp_path, capsys):
     size = DafiEstimator.from_file().input_size
     full, heatmaps = session.run(None, {"image": np.zeros((3, 3, size, size), np.float32)})
     assert full.shape == (3, 4, size, size) and heatmaps.shape[:2] == (3, 68)
+    session = ort.InferenceSession(str(tmp_path / "refiner.onnx"), providers=["CPUExecutionProvider"])
+    points = np.full((2, 68, 2), size, np.float32)
+    (refined,) = session.run(None, {"image": np.zeros((2, 3, 2 * size, 2 * size), np.float32), "points": points})
+    expected = load_refiner()(torch.zeros(2, 3, 2 * size, 2 * size), torch.from_numpy(points)).detach().numpy()
+    assert refined.shape == (2, 68, 2) and np.abs(refined - expected).max() < 1e-3
     aligner = load_aligner()
     assert sorted(path.stem for path in (tmp_path / "cpr").glob("*.onnx")) == sorted(GROUPS)
     session = ort.InferenceSession(str(tmp_path / "cpr" / "scale.onnx"), providers=["CPUExecutionProvider"])

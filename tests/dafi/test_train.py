@@ -105,7 +105,7 @@ def test_calibration_measures_and_removes_consistent_errors(small_build, face_mo
     faces = load_faces(small_build, ("helen_test",), 48)
     index = {image.tobytes(): k for k, image in enumerate(faces.images)}
 
-    def shifted(self, crops, batch_size=32):
+    def shifted(self, crops, batch_size=32, detail=None):
         rows = [index[crop.tobytes()] for crop in crops]
         codes = np.roll(faces.pncc[rows].astype(np.float32) / PNCC_SCALE, 2, axis=2)
         mask = np.roll(faces.mask[rows], 2, axis=2)
