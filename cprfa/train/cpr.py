@@ -57,6 +57,7 @@ from cprfa.eval.metrics import nme
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, landmarks_3d, project
+from cprfa.train.common import decaying_adam
 from cprfa.train.settings import CPRTrainSettings, starting_record
 
 LOSS_VERTEX_STRIDE = 10
@@ -238,9 +239,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
     if settings.init:
         initialize_from(aligner, settings.init)
     aligner.to(device)
-    optimizer = torch.optim.Adam(aligner.parameters(), lr=settings.lr)
-    decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    optimizer, scheduler = decaying_adam(aligner.parameters(), settings.lr, settings.final_lr_ratio, settings.epochs)
     checkpoint_path = out / "checkpoint.pt"
     start_epoch, seconds, history = 0, 0.0, []
     if checkpoint_path.is_file():

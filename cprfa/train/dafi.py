@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cprfa.dafi.network import N_LANDMARKS, HSUNet, HSUNetConfig, soft_argmax, to_input, widened
@@ -57,6 +57,7 @@ from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
 from cprfa.data.crop import DEFAULT_ZOOM, crop_image, params_to_crop, points_to_crop, zoom_box
 from cprfa.errors import CprfaError
 from cprfa.model.face_model import FaceModel, default_face_model
+from cprfa.train.common import decaying_adam, epoch_loader
 from cprfa.train.settings import TrainSettings, starting_record
 
 MIN_CALIBRATION_FACES = 50
@@ -182,9 +183,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
             raise CprfaError(f"{settings.init} is an HS-U-Net of {initial_config}, which cannot start the {config} "
                              "asked for (same input size, no narrower level)") from None
     network = network.to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
-    decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    optimizer, scheduler = decaying_adam(network.parameters(), settings.lr, settings.final_lr_ratio, settings.epochs)
     checkpoint_path, history_path = out / "checkpoint.pt", out / "history.jsonl"
     start_epoch, seconds, history = 0, 0.0, []
     if checkpoint_path.is_file():
@@ -204,9 +203,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         dataset.epoch = epoch
-        loader = DataLoader(dataset, settings.batch_size, shuffle=True, drop_last=True,
-                            num_workers=settings.workers,
-                            generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))
+        loader = epoch_loader(dataset, settings.batch_size, settings.workers, settings.seed, epoch)
         network.train()
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)

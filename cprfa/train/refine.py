@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cprfa.dafi.network import to_input
@@ -34,6 +33,7 @@ from cprfa.dafi.refine import LandmarkRefiner, RefinerConfig, load_refiner, save
 from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
+from cprfa.train.common import decaying_adam, epoch_loader
 from cprfa.train.dafi import AugmentedFaces, load_faces, manifest_summary
 from cprfa.train.settings import RefinerTrainSettings, starting_record
 
@@ -67,9 +67,7 @@ def train_refiner(settings: RefinerTrainSettings, progress: bool = True, device:
             raise CprfaError(f"{settings.init} is a refiner of {start.config}, not of {config}")
         refiner = start
     refiner = refiner.to(device)
-    optimizer = torch.optim.Adam(refiner.parameters(), lr=settings.lr)
-    decay = settings.final_lr_ratio ** (1 / max(settings.epochs - 1, 1))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    optimizer, scheduler = decaying_adam(refiner.parameters(), settings.lr, settings.final_lr_ratio, settings.epochs)
     checkpoint_path = out / "checkpoint.pt"
     start_epoch, seconds, history = 0, 0.0, []
     if checkpoint_path.is_file():
@@ -86,9 +84,7 @@ def train_refiner(settings: RefinerTrainSettings, progress: bool = True, device:
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         dataset.epoch = epoch
-        loader = DataLoader(dataset, settings.batch_size, shuffle=True, drop_last=True,
-                            num_workers=settings.workers,
-                            generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))
+        loader = epoch_loader(dataset, settings.batch_size, settings.workers, settings.seed, epoch)
         refiner.train()
         total = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
