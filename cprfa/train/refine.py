@@ -79,7 +79,7 @@ def train_refiner(settings: RefinerTrainSettings, progress: bool = True, device:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, seconds, history = state["epoch"] + 1, state["seconds"], state["history"]
         print(f"resuming {out} after epoch {start_epoch}")
-    head = DafiEstimator(network, network_config, device, flip=True).predict(validation.images).landmarks
+    head = estimator.predict(validation.images).landmarks
     dataset = AugmentedFaces(faces, settings.seed)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
