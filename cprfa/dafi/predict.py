@@ -198,7 +198,7 @@ class DafiEstimator:
 
     def _refined(self, detail: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """The refiner's landmarks from the head's, averaged with those of the mirrored crop with ``flip``; by
-        REFINER_CHUNK faces at a time (a whole batch's patches at once are slower: they leave the caches).
+        REFINER_CHUNK faces at a time (a whole batch's patches at once were slower).
         Shape: detail (B, 3, R, R), points (B, 68, 2) crop pixels at S -> (B, 68, 2) crop pixels at S."""
         scale, side = self.refiner.config.scale, self.detail_size
         refined = []
