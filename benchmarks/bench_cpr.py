@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
-    aligner = load_aligner(args.cpr_weights, model)
+    aligner = load_aligner(args.cpr_weights, model).fused()
     methods = {name: fit for name, fit in _methods(model, aligner).items()
                if not args.rows or name.startswith(tuple(args.rows))}
     count = 2 * aligner.channels.shape[1]
@@ -124,10 +124,11 @@ def main() -> None:
             points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
             detected = torch.from_numpy(batch.observed.detected)
             head = frame.points_to_frame(torch.from_numpy(batch.prediction.landmarks))
+            confidence = torch.from_numpy(batch.prediction.landmark_foreground)
             targets = faces.landmarks[batch.start:batch.stop]
             for method, fit in methods.items():
                 start = time.perf_counter()
-                params = frame.params_from_frame(fit(points, detected, head))
+                params = frame.params_from_frame(fit(points, detected, head, confidence))
                 rows[method]["ms"] += 1000 * (time.perf_counter() - start) / len(faces)
                 rows[method]["nme"].append(nme(convention(model, params)[..., :2].numpy(), targets))
         for row in rows.values():
@@ -140,33 +141,35 @@ def main() -> None:
 
 
 def _methods(model, aligner):
-    """row -> fit(points (B, N, 2) normalized frame, detected (B, N), landmarks (B, 68, 2)) -> params (B, P)."""
+    """row -> fit(points (B, N, 2) normalized frame, detected (B, N), landmarks (B, 68, 2), optional landmark
+    confidence (B, 68), which the on-line fits from CPRFA's result use as cprfa.align does) -> params (B, P)."""
     selected = torch.unique(aligner.channels[:2].reshape(-1))
 
     def on_vertices(fit):
-        def run(points, detected, landmarks):
+        def run(points, detected, landmarks, confidence=None):
             return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                   fit(model, observed[keep], ids[keep], weights[keep]))
         return run
 
-    def pnp_68(points, detected, landmarks):
+    def pnp_68(points, detected, landmarks, confidence=None):
         options = FitOptions(pose_iterations=20, iterations=0, fit_identity=False, fit_expression=False)
         return fit_points(model, landmarks.double(), lambda params: silhouette_landmark_ids(model, params), None,
                           options).float()
 
     def cpr(rounds, fused):
-        def run(points, detected, landmarks):
+        def run(points, detected, landmarks, confidence=None):
             return align_point_sets(aligner, points, detected, landmarks if fused else None, rounds=rounds)
         return run
 
     def online_with_landmarks(initial_from=None, options=ROBUST):
-        def run(points, detected, landmarks):
+        def run(points, detected, landmarks, confidence=None):
             initial = initial_from(points, detected, landmarks).double() if initial_from else None
             return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                   online_optimization_with_landmarks(
                                       model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
                                       LANDMARK_SHARE, options, None if initial is None else initial[keep],
-                                      LANDMARK_ROBUST_SCALE),
+                                      LANDMARK_ROBUST_SCALE,
+                                      None if confidence is None or initial is None else confidence[keep]),
                                   None if initial is None else initial.float())
         return run
 

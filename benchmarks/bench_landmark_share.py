@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = default_face_model()
-    aligner = load_aligner(None, model)
+    aligner = load_aligner(None, model).fused()
     selected = torch.unique(aligner.channels[:2].reshape(-1))
     estimator = estimator_of(args, True, DEFAULT_ZOOM)
     frame = NormalizedFrame.for_crop(model, estimator.input_size)
@@ -80,12 +80,13 @@ def main() -> None:
             points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
             detected = torch.from_numpy(batch.observed.detected)
             head = frame.points_to_frame(torch.from_numpy(batch.prediction.landmarks))
+            confidence = torch.from_numpy(batch.prediction.landmark_foreground)
             targets = faces.landmarks[batch.start:batch.stop]
             cprfa = align_point_sets(aligner, points, detected, head, rounds=aligner.config.rounds)
             fits = {"cprfa": cprfa}
             for share, damping, pose, full, scale in variants:
                 fits[share, damping, pose, full, scale] = _refined(
-                    model, selected, points, detected, head, cprfa, share,
+                    model, selected, points, detected, head, confidence, cprfa, share,
                     dataclasses.replace(options, damping=damping, pose_iterations=pose, iterations=full), scale)
             errors["head"].append(nme(batch.prediction.landmarks, targets))
             for key, params in fits.items():
@@ -95,12 +96,13 @@ def main() -> None:
               + f" | {time.perf_counter() - start:.0f} |")
 
 
-def _refined(model, selected, points, detected, head, initial, share, options, landmark_scale):
+def _refined(model, selected, points, detected, head, confidence, initial, share, options, landmark_scale):
     """The on-line refinement of ``cprfa align`` from ``initial`` (B, P) with the landmark share ``share``."""
     return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                           online_optimization_with_landmarks(model, observed[keep], ids[keep], weights[keep],
                                                              head[keep].double(), share, options,
-                                                             initial[keep].double(), landmark_scale), initial)
+                                                             initial[keep].double(), landmark_scale,
+                                                             confidence[keep]), initial)
 
 
 def _real_photos(faces: FaceArrays, limit: int) -> FaceArrays:

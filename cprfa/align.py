@@ -26,6 +26,12 @@ Five fitting stages (``method``):
 - ``"cpr+online"``: the on-line optimization in full, started from the CPR aligner's result instead of the
   frontal mean face: several times slower, about as precise as ``"cpr+refine"``.
 
+In the on-line fits that start from the CPR aligner's result, each of the head's landmarks weighs in proportion
+to the foreground probability at its point (``DafiPrediction.landmark_foreground``): a landmark hidden by an
+occluder, where the head can only guess, weighs little, and the DAFI's vertices and the model place it. From the
+mean face (``"online"``) the guessed points are still needed to place the face, so there they weigh fully
+(README, "The ablation of the paper": measured both ways).
+
 The 68 sparse landmarks (the on-line fits' landmark term, the CPR aligner's CPR-C2 source) are the
 HS-U-Net landmark head's (refined), or the caller's (``align(landmarks=...)``), or those of any other detector passed as
 ``FaceAligner(landmark_source=...)`` (``LandmarkSource``); the head fills the points a source does not give.
@@ -92,7 +98,8 @@ class FaceResult:
     frame); identity (K_id,); expression {ARKit name: weight}; landmarks_2d (68, 2) 300-W convention (jaw on
     the silhouette); landmarks_3d (68, 3) fixed vertices with depth; landmark_visible (68,) bool;
     head_landmarks (68, 2) the HS-U-Net landmark head's own points (300-W convention; whatever sparse source
-    the fit used), more precise in 2D than landmarks_2d on near-frontal faces (README); vertices
+    the fit used), more precise in 2D than landmarks_2d on near-frontal faces (README); head_confidence (68,)
+    the HS-U-Net's foreground probability at each of them (near 0 where an occluder hides it); vertices
     (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box; observed
     vertices retrieved from the DAFI; timings in ms."""
 
@@ -111,6 +118,7 @@ class FaceResult:
     landmarks_3d: np.ndarray = field(repr=False)
     landmark_visible: np.ndarray = field(repr=False)
     head_landmarks: np.ndarray = field(repr=False)
+    head_confidence: np.ndarray = field(repr=False)
     vertices: np.ndarray = field(repr=False)
     dafi: np.ndarray = field(repr=False)
     dafi_mask: np.ndarray = field(repr=False)
@@ -127,7 +135,7 @@ class FaceResult:
             "identity": self.identity.tolist(), "expression": self.expression,
             "landmarks_2d": self.landmarks_2d.tolist(), "landmarks_3d": self.landmarks_3d.tolist(),
             "landmark_visible": self.landmark_visible.tolist(), "head_landmarks": self.head_landmarks.tolist(),
-            "crop_box": list(self.crop_box),
+            "head_confidence": self.head_confidence.tolist(), "crop_box": list(self.crop_box),
             "observed_vertices": self.observed_vertices, "timings_ms": self.timings,
         }
         if dense:
@@ -177,7 +185,7 @@ class FaceAligner:
         has_selection = selection is not None and Path(selection).is_file()
         self.selected = VertexSelection.load(selection).vertex_ids if has_selection else None
         self.method = method
-        self.cpr = load_aligner(cpr_weights, self.model) if method.startswith("cpr") else None
+        self.cpr = load_aligner(cpr_weights, self.model).fused() if method.startswith("cpr") else None
         if self.cpr is not None and runtime == "onnx":
             from cprfa.cpr.onnx import OnnxStepNetworks
 
@@ -258,11 +266,14 @@ class FaceAligner:
         if not faces:
             return results
         head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
+        confidence = torch.from_numpy(prediction.landmark_foreground[faces])
         for row, j in enumerate(faces):  # the caller's or the landmark source's points; the head fills gaps
             k, i = owners[j]
             if images[k].landmarks is not None:
                 source = torch.from_numpy(points_to_crop(images[k].landmarks[i], crop_boxes[j], size))
-                head[row] = torch.where(torch.isfinite(source), source, head[row])
+                given = torch.isfinite(source).all(dim=1)
+                head[row] = torch.where(given[:, None], source, head[row])
+                confidence[row, given] = 1.0
         crop_params = None
         if self.cpr is not None:
             frame = NormalizedFrame.for_crop(self.model, size)
@@ -277,7 +288,8 @@ class FaceAligner:
                 options = polish_options(options, self.method)
             crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
                                                              LANDMARK_SHARE, options, crop_params,
-                                                             LANDMARK_ROBUST_SCALE)
+                                                             LANDMARK_ROBUST_SCALE,
+                                                             confidence if self.cpr is not None else None)
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -308,6 +320,7 @@ class FaceAligner:
                 landmark_visible=landmark_visible[row].numpy(),
                 head_landmarks=points_from_crop(prediction.landmarks[j].astype(np.float64), crop_boxes[j],
                                                 size),
+                head_confidence=prediction.landmark_foreground[j].copy(),
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
                 crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
                 timings=per_face)

@@ -37,6 +37,7 @@ def test_aligns_the_bundled_example_from_a_path_an_array_or_a_pil_image(aligner)
     assert face.landmark_visible[27:31].all()  # the bridge of the nose is seen
     size = np.sqrt((x1 - x0) * (y1 - y0))  # the head's own points: near the fit's, not the same
     assert 0 < np.linalg.norm(face.head_landmarks - face.landmarks_2d, axis=1).mean() < 0.05 * size
+    assert face.head_confidence.shape == (68,) and np.median(face.head_confidence) > 0.9  # nothing hides the face
     assert np.allclose(face.rotation @ face.rotation.T, np.eye(3), atol=1e-6)
     json.dumps(face.to_dict())
 

@@ -34,6 +34,7 @@ In eval mode no layer depends on the batch, so a face gets the same result alone
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,20 +120,44 @@ class CPRRegressor(nn.Module):
         self.cell = nn.GRUCell(hidden, hidden)
         self.out = nn.Linear(hidden, outputs)
         nn.init.zeros_(self.out.bias)
+        self.folded: nn.ModuleList | None = None  # per stage, the convolutions with their norms (fold_norms)
 
     def features(self, cpr: torch.Tensor, stage: int | torch.Tensor) -> torch.Tensor:
         """The sixth layer's output. ``stage``: an int, or a 0-d integer tensor in eval mode (one graph for
         every stage, cprfa.cpr.onnx). Shape: (B, 3, n, n) -> (B, hidden)."""
         x = cpr
         for index, convolution in enumerate(self.convolutions):
-            x = convolution(x)
             if isinstance(stage, torch.Tensor):
                 scale, shift = self.stage_affine(index)
-                x = x * scale[stage][:, None, None] + shift[stage][:, None, None]
+                x = convolution(x) * scale[stage][:, None, None] + shift[stage][:, None, None]
+            elif self.folded is not None:
+                x = self.folded[stage][index](x)
             else:
-                x = self.norms[stage][index](x)
+                x = self.norms[stage][index](convolution(x))
             x = torch.relu(x)
         return self.sixth(average_pool(x, 4).flatten(1))
+
+    def fold_norms(self) -> None:
+        """For inference: each stage's eval-mode batch norms folded into copies of the convolutions, which
+        ``features`` then runs (the same result, the CNN in about half the time at batch 1); ``train()`` drops
+        them."""
+        folded = []
+        for stage in range(len(self.norms)):
+            layers = []
+            for index, convolution in enumerate(self.convolutions):
+                scale, shift = (value[stage].detach() for value in self.stage_affine(index))
+                layer = nn.Conv2d(convolution.in_channels, convolution.out_channels, convolution.kernel_size,
+                                  convolution.stride, convolution.padding)
+                layer.weight.data = convolution.weight.detach() * scale[:, None, None, None]
+                layer.bias.data = shift
+                layers.append(layer)
+            folded.append(nn.ModuleList(layers))
+        self.folded = nn.ModuleList(folded).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CPRRegressor:
+        if mode:
+            self.folded = None
+        return super().train(mode)
 
     def stage_affine(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The eval-mode batch norms of convolution ``index`` as x·scale + shift, per stage.
@@ -304,6 +329,15 @@ class CPRAligner(nn.Module):
             if config.rounds > 1:
                 self.sparse_consistency = nn.ModuleDict({group: ConsistencyWeight(config.path_samples)
                                                          for group in POSE_GROUPS})
+
+    def fused(self) -> CPRAligner:
+        """A copy for inference that computes the same with every regressor's batch norms folded into its
+        convolutions (``CPRRegressor.fold_norms``)."""
+        fused = copy.deepcopy(self).eval()
+        for regressors in (fused.regressors, getattr(fused, "sparse_regressors", {})):
+            for regressor in regressors.values():
+                regressor.fold_norms()
+        return fused
 
     def shapes(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Model-space shapes under ``params``' α of the selected vertices, of the 68 landmark vertices and of the

@@ -32,12 +32,16 @@ REFINER_CHUNK = 4  # faces refined together (DafiEstimator._refined)
 @dataclass(frozen=True, eq=False)
 class DafiPrediction:
     """For a batch of B crops of side S: dafi (B, S, S, 3) float32 codes in [0, 1], foreground (B, S, S)
-    float32 probability, mask (B, S, S) bool (foreground > 0.5), landmarks (B, 68, 2) float32 crop pixels."""
+    float32 probability, mask (B, S, S) bool (foreground > 0.5), landmarks (B, 68, 2) float32 crop pixels,
+    landmark_foreground (B, 68) float32: the foreground probability at each landmark. The network learned to
+    leave occluders out of the foreground, so a landmark where it is low is hidden and the head's point there
+    a guess (the on-line fits weigh each landmark by it: cprfa.align)."""
 
     dafi: np.ndarray
     foreground: np.ndarray
     mask: np.ndarray
     landmarks: np.ndarray
+    landmark_foreground: np.ndarray
 
 
 def save_weights(network: HSUNet, config: HSUNetConfig, path: str | Path) -> None:
@@ -164,7 +168,8 @@ class DafiEstimator:
             _check_crops("detail", detail, self.detail_size, len(crops))
         if not len(crops):
             return DafiPrediction(np.zeros((0, size, size, 3), np.float32), np.zeros((0, size, size), np.float32),
-                                  np.zeros((0, size, size), bool), np.zeros((0, 68, 2), np.float32))
+                                  np.zeros((0, size, size), bool), np.zeros((0, 68, 2), np.float32),
+                                  np.zeros((0, 68), np.float32))
         dafi, foreground, landmarks = [], [], []
         for start in range(0, len(crops), batch_size):
             batch = torch.from_numpy(crops[start:start + batch_size]).to(self.device)
@@ -175,8 +180,9 @@ class DafiEstimator:
             dafi.append(codes.permute(0, 2, 3, 1).cpu())
             foreground.append(probability.cpu())
             landmarks.append(points.cpu())
-        foreground = torch.cat(foreground).numpy()
-        return DafiPrediction(torch.cat(dafi).numpy(), foreground, foreground > 0.5, torch.cat(landmarks).numpy())
+        foreground, landmarks = torch.cat(foreground), torch.cat(landmarks)
+        return DafiPrediction(torch.cat(dafi).numpy(), foreground.numpy(), foreground.numpy() > 0.5,
+                              landmarks.numpy(), sample_image(foreground[:, None], landmarks)[:, 0].numpy())
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """DAFI codes, foreground probability and landmarks, merged with the mirrored crops' with ``flip``.
@@ -210,6 +216,13 @@ class DafiEstimator:
             both = self.refiner(torch.cat([images, images.flip(3)]), torch.cat([starts, _mirrored(starts, side)]))
             refined.append((both[:len(starts)] + _mirrored(both[len(starts):], side)) / (2 * scale))
         return torch.cat(refined)
+
+
+def sample_image(images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of square images at points in pixels (origin at the top-left corner, pixel centres at
+    +0.5; the border value beyond it). Shape: images (B, C, S, S), points (B, L, 2) -> (B, C, L)."""
+    grid = (points.to(images.dtype) * (2 / images.shape[-1]) - 1)[:, :, None]
+    return torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="border")[..., 0]
 
 
 def _mirrored(points: torch.Tensor, size: int) -> torch.Tensor:

@@ -52,14 +52,16 @@ def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, v
                                        weights: torch.Tensor, landmarks: torch.Tensor, landmark_share: float = 0.5,
                                        options: FitOptions | None = None,
                                        initial: torch.Tensor | None = None,
-                                       landmark_robust_scale: float | None = None) -> torch.Tensor:
+                                       landmark_robust_scale: float | None = None,
+                                       landmark_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Pose, identity and expression from DAFI correspondences plus 68 landmarks (2D convention), from
     ``initial`` parameters (default: the mean face placed on the points' box). ``landmark_robust_scale``: the
     robust loss's scale on the landmarks (a fraction of the box size; default ``options.robust_scale``, the
-    vertices' own).
+    vertices' own). ``landmark_weights`` in [0, 1] scale each landmark's part of ``landmark_share`` (default:
+    all 1), so that a hidden or uncertain landmark weighs less.
 
-    Shape: points (B, M, 2), vertex_ids (B, M), weights (B, M), landmarks (B, 68, 2), initial (B, P) ->
-    params (B, P)."""
+    Shape: points (B, M, 2), vertex_ids (B, M), weights (B, M), landmarks (B, 68, 2), initial (B, P),
+    landmark_weights (B, 68) -> params (B, P)."""
     if not 0.0 <= landmark_share < 1.0:
         raise InvalidInputError(f"landmark_share must lie in [0, 1), got {landmark_share}")
     vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long)
@@ -68,6 +70,9 @@ def online_optimization_with_landmarks(model: FaceModel, points: torch.Tensor, v
     weights = weights.to(torch.float64)
     dense = (1.0 - landmark_share) * weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
     sparse = torch.full((len(points), 68), landmark_share / 68, dtype=torch.float64)
+    if landmark_weights is not None:
+        check_shape("landmark_weights", landmark_weights, (points.shape[0], 68))
+        sparse = sparse * landmark_weights.to(torch.float64).clamp(0.0, 1.0)
     scale = points.shape[1] + 68  # keep the data term's weight per point near 1, as the priors were tuned
     all_points = torch.cat([points.to(torch.float64), landmarks.to(torch.float64)], dim=1)
     all_weights = torch.cat([dense, sparse], dim=1) * scale

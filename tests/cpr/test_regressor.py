@@ -247,3 +247,16 @@ def testaverage_pool_matches_adaptive_pooling(size):
     features = torch.randn(2, 3, size, size + 3)
     assert torch.allclose(average_pool(features, 4), torch.nn.functional.adaptive_avg_pool2d(features, 4),
                           atol=1e-6)
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped CPR weights")
+def test_the_fused_aligner_computes_what_the_aligner_computes(face_model):
+    aligner = load_aligner(model=face_model)
+    fused = aligner.fused()
+    sets = synthetic_point_sets(face_model, 4, seed=5)
+    landmarks = landmarks_2d(face_model, sets.params)[..., :2].float()
+    expected = align_point_sets(aligner, sets.points, sets.detected, landmarks)
+    assert torch.allclose(align_point_sets(fused, sets.points, sets.detected, landmarks), expected, atol=1e-4)
+    assert all(regressor.folded is not None for regressor in fused.regressors.values())
+    assert all(regressor.folded is None for regressor in fused.train().regressors.values())  # training: the norms
+    assert aligner.regressors["scale"].folded is None  # the original is untouched

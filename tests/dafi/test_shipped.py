@@ -87,3 +87,27 @@ def test_flip_averages_a_crop_with_its_mirror_image():
     again = (flipped.predict(crop[None, :, ::-1].copy()).landmarks[0] + offset[1])[FLIP_68]
     again[:, 0] = size - again[:, 0]
     assert np.allclose(again, both.landmarks[0] + offset[1], atol=1e-3)
+
+
+def test_sampling_an_image_at_pixel_centres_gives_its_pixels():
+    import torch
+
+    from cprfa.dafi.predict import sample_image
+
+    image = torch.arange(64.0).reshape(1, 1, 8, 8)
+    points = torch.tensor([[[0.5, 0.5], [3.5, 2.5], [4.0, 2.5], [100.0, 0.5]]])
+    assert sample_image(image, points)[0, 0].tolist() == [0.0, 19.0, 19.5, 7.0]  # (u, v); beyond: the border
+
+
+def test_landmarks_behind_an_occluder_have_a_low_foreground():
+    estimator = DafiEstimator(flip=True)
+    face_box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    crop, _ = estimator.crop(load_image(EXAMPLES / "astronaut.jpg"), face_box)
+    seen = estimator.predict(crop[None])
+    assert np.median(seen.landmark_foreground[0]) > 0.9
+    mouth = seen.landmarks[0, 48:68]
+    (x0, y0), (x1, y1) = mouth.min(axis=0) - 6, mouth.max(axis=0) + 6
+    covered = crop.copy()
+    covered[int(y0):int(y1), int(x0):int(x1)] = (40, 90, 160)  # a blue card over the mouth
+    hidden = estimator.predict(covered[None]).landmark_foreground[0]
+    assert hidden[48:68].mean() < 0.5 < hidden[36:48].mean()

@@ -110,7 +110,7 @@ def test_calibration_measures_and_removes_consistent_errors(small_build, face_mo
         codes = np.roll(faces.pncc[rows].astype(np.float32) / PNCC_SCALE, 2, axis=2)
         mask = np.roll(faces.mask[rows], 2, axis=2)
         landmarks = faces.landmarks[rows] + np.float32([0, -1]) - self.landmark_offset[int(self.flip)].numpy()
-        return DafiPrediction(codes, mask.astype(np.float32), mask, landmarks)
+        return DafiPrediction(codes, mask.astype(np.float32), mask, landmarks, np.ones(landmarks.shape[:2], np.float32))
 
     monkeypatch.setattr(DafiEstimator, "predict", shifted)
     config = HSUNetConfig(input_size=48, widths=(4, 8, 8, 16, 16))

@@ -81,3 +81,24 @@ def test_the_landmarks_robust_scale_decides_how_far_they_pull(face_model):
 
     narrow, wide = mouth_error(None), mouth_error(1000.0)  # None: the vertices' scale
     assert wide < 0.3 * narrow  # a wide loss lets the landmarks pull the mouth towards them
+
+
+def test_a_landmark_of_weight_zero_does_not_pull_the_fit(face_model):
+    truth, ids, points = dense_case(face_model, n_points=200, seed=5)
+    landmarks = landmarks_2d(face_model, truth)[..., :2]
+    moved = landmarks.clone()
+    moved[:, 48:68, 1] += 8.0  # the mouth's points 8 px off, as the head guesses behind an occluder
+    weights = torch.ones(ids.shape, dtype=torch.float64)
+    hidden = torch.ones(2, 68, dtype=torch.float64)
+    hidden[:, 48:68] = 0.0
+    options = FitOptions(robust="geman-mcclure")
+
+    def fit(target, landmark_weights=None):
+        return online_optimization_with_landmarks(face_model, points, ids, weights, target, 0.8, options,
+                                                  landmark_robust_scale=1000.0, landmark_weights=landmark_weights)
+
+    assert torch.allclose(fit(moved, hidden), fit(landmarks, hidden), atol=1e-9)
+    mouth = lambda params: (landmarks_2d(face_model, params)[:, 48:68, :2] - landmarks[:, 48:68]).norm(dim=-1).mean()
+    assert mouth(fit(moved, hidden)) < 0.3 * mouth(fit(moved))
+    with pytest.raises(InvalidInputError, match="landmark_weights"):
+        fit(moved, hidden[:, :10])
