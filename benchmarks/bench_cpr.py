@@ -13,7 +13,7 @@ all retrieved vertices (for round two's error pool), and 68 sparse landmarks in 
 - CPR-H + CAPU (CPRFA): both rounds, round two with consistency-aware updating (§2.4);
 - and what ``cprfa align`` can run: the on-line optimization over the vertices and the landmarks (``online``),
   a few of its iterations on the pose alone after CPRFA (``cpr+pose``), those and two more on every parameter
-  (``cpr+refine``), and that optimization in full started from CPRFA's result (``cpr+online``).
+  after CPR-H (``cpr+refine``), and that optimization in full started from CPRFA's result (``cpr+online``).
 
 All CPR rows come from the one shipped network (cprfa/cpr/assets/cpr.pt), switched between round one and
 both rounds, with or without the sparse source; the paper trains its rows separately.
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from evaluation_sets import LARGE_POSE, add_set_arguments, estimator_of, evaluation_sets
 
-from cprfa.align import LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
+from cprfa.align import CPR_ROUNDS, LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
@@ -182,9 +182,10 @@ def _methods(model, aligner):
     if aligner.config.rounds > 1:
         rows["CPR-H + CAPU (CPRFA)" if aligner.config.fusion else "CPR + CAPU"] = full
     rows["on-line optimization + landmarks (align --method online)"] = online_with_landmarks()
-    for method, description in (("cpr+pose", "on-line on the pose"), ("cpr+refine", "a short on-line refinement")):
-        rows[f"CPRFA, then {description} (align --method {method})"] = online_with_landmarks(
-            full, polish_options(ROBUST, method))
+    rows["CPRFA, then on-line on the pose (align --method cpr+pose)"] = online_with_landmarks(
+        full, polish_options(ROBUST, "cpr+pose"))
+    rows["CPR-H, then a short on-line refinement (align --method cpr+refine)"] = online_with_landmarks(
+        cpr(CPR_ROUNDS["cpr+refine"], fused=True), polish_options(ROBUST, "cpr+refine"))
     rows["CPRFA, then on-line + landmarks (align --method cpr+online)"] = online_with_landmarks(full)
     return rows
 

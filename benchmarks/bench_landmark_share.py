@@ -1,5 +1,5 @@
 """Choose cprfa.align.LANDMARK_SHARE, POLISH_DAMPING, POLISH["cpr+refine"] and LANDMARK_ROBUST_SCALE on training
-photos: the 68-point NME (2D convention) of what ``cprfa align`` runs by default (CPRFA, then the short on-line
+photos: the 68-point NME (2D convention) of what ``cprfa align`` runs by default (CPR-H, then the short on-line
 refinement over the DAFI's vertices and the landmark head) for several weights of the landmarks against the
 vertices, starting dampings of the refinement's Levenberg–Marquardt, counts of its iterations (pose alone +
 every parameter) and scales of the robust loss on the landmarks; each varied alone, the others at their
@@ -28,7 +28,7 @@ import torch
 from bench_cpr import ROBUST, where_fittable
 from evaluation_sets import add_estimator_arguments, estimator_of
 
-from cprfa.align import LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
+from cprfa.align import CPR_ROUNDS, LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.dafi.evaluate import observe
@@ -67,14 +67,14 @@ def main() -> None:
     variants += [(*default[:2], *map(int, counts.split("+")), default[4]) for counts in args.iterations]
     variants += [(*default[:4], scale) for scale in args.landmark_scales]
     variants = list(dict.fromkeys(variants))
-    print("| split | real photos | landmark head | CPRFA | "
+    print("| split | real photos | landmark head | CPR-H | "
           + " | ".join(f"share {share}, damping {damping:g}, {pose}+{full} iterations, landmark scale {scale:g}"
                        for share, damping, pose, full, scale in variants) + " | seconds |")
     print("|---" * (5 + len(variants)) + "|")
     for split in args.splits:
         faces = _real_photos(load_faces(args.data, (split,), estimator.input_size, 0, DEFAULT_ZOOM,
                                                     estimator.detail_size), args.limit)
-        errors = {key: [] for key in ["head", "cprfa", *variants]}
+        errors = {key: [] for key in ["head", "cpr_h", *variants]}
         start = time.perf_counter()
         for batch in observe(estimator, faces, model):
             points = frame.points_to_frame(torch.from_numpy(batch.observed.positions))
@@ -82,11 +82,11 @@ def main() -> None:
             head = frame.points_to_frame(torch.from_numpy(batch.prediction.landmarks))
             confidence = torch.from_numpy(batch.prediction.landmark_foreground)
             targets = faces.landmarks[batch.start:batch.stop]
-            cprfa = align_point_sets(aligner, points, detected, head, rounds=aligner.config.rounds)
-            fits = {"cprfa": cprfa}
+            cpr_h = align_point_sets(aligner, points, detected, head, rounds=CPR_ROUNDS["cpr+refine"])
+            fits = {"cpr_h": cpr_h}
             for share, damping, pose, full, scale in variants:
                 fits[share, damping, pose, full, scale] = _refined(
-                    model, selected, points, detected, head, confidence, cprfa, share,
+                    model, selected, points, detected, head, confidence, cpr_h, share,
                     dataclasses.replace(options, damping=damping, pose_iterations=pose, iterations=full), scale)
             errors["head"].append(nme(batch.prediction.landmarks, targets))
             for key, params in fits.items():

@@ -85,7 +85,10 @@ class DafiEstimator:
 
     ``refiner`` (cprfa.dafi.refine): the head's landmarks are refined on detail crops (``detail_crop``: the
     same square at ``detail_size``), which ``predict`` then needs beside the crops; with ``flip`` the
-    refinement runs on the mirrored detail crop too and the two are averaged.
+    refinement runs on the mirrored detail crop too and the two are averaged. The refiner sees only a small
+    patch around each point, which under an occluder shows the occluder, so each point takes the share
+    √(foreground probability at the head's point) of its refinement step (the head's point stays where the
+    network sees no face; chosen on the training photos: README, "Landmark refinement").
 
     ``zoom``: ``crop`` cuts the crop policy's square ``zoom`` times smaller about its centre, so that the face
     fills more of the network's input (DEFAULT_ZOOM, chosen on training faces: README, "DAFI estimation")."""
@@ -175,8 +178,10 @@ class DafiEstimator:
             batch = torch.from_numpy(crops[start:start + batch_size]).to(self.device)
             codes, probability, points = self._forward(to_input(batch))
             if detail is not None:
-                points = self._refined(to_input(torch.from_numpy(detail[start:start + batch_size]).to(self.device)),
-                                       points)
+                refined = self._refined(to_input(torch.from_numpy(detail[start:start + batch_size]).to(self.device)),
+                                        points)
+                trust = sample_image(probability[:, None], points)[:, 0].clamp(0.0, 1.0).sqrt()
+                points = points + trust[..., None] * (refined - points)
             dafi.append(codes.permute(0, 2, 3, 1).cpu())
             foreground.append(probability.cpu())
             landmarks.append(points.cpu())

@@ -79,9 +79,11 @@ def test_estimator_refines_only_with_detail_crops(monkeypatch):
         monkeypatch.setattr(predict_module, "REFINER_CHUNK", 1)  # refined face by face: the same points
         assert np.allclose(estimator.predict(crops, detail=detail).landmarks, refined.landmarks, atol=1e-4)
         monkeypatch.undo()
-        if not flip:  # the refiner's constant offset, in crop pixels at S (half the detail pixels)
+        if not flip:  # the refiner's constant offset, in crop pixels at S (half the detail pixels), taken in the
+            # share √(foreground at the head's point)
             offset = 4.0 * refiner.output_bias.detach().numpy() / 2
-            assert np.allclose(refined.landmarks - plain.landmarks, offset, atol=1e-4)
+            trust = np.sqrt(plain.landmark_foreground)[..., None]
+            assert np.allclose(refined.landmarks - plain.landmarks, trust * offset, atol=1e-4)
         with pytest.raises(InvalidInputError, match="needs detail crops"):
             estimator.predict(crops)
         with pytest.raises(InvalidInputError, match="detail must be"):

@@ -111,3 +111,20 @@ def test_landmarks_behind_an_occluder_have_a_low_foreground():
     covered[int(y0):int(y1), int(x0):int(x1)] = (40, 90, 160)  # a blue card over the mouth
     hidden = estimator.predict(covered[None]).landmark_foreground[0]
     assert hidden[48:68].mean() < 0.5 < hidden[36:48].mean()
+
+
+def test_the_refiner_leaves_the_heads_points_where_an_occluder_hides_them():
+    refining, head = DafiEstimator.from_file(flip=True), DafiEstimator.from_file(flip=True, refine=False)
+    face_box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    image = load_image(EXAMPLES / "astronaut.jpg")
+    crop, box = head.crop(image, face_box)
+    mouth = head.predict(crop[None]).landmarks[0, 48:68] * (box[2] - box[0]) / head.input_size + box[:2]
+    (x0, y0), (x1, y1) = mouth.min(axis=0) - 8, mouth.max(axis=0) + 8
+    image = image.copy()
+    image[int(y0):int(y1), int(x0):int(x1)] = (40, 90, 160)  # a blue card over the mouth
+    crop, box = head.crop(image, face_box)
+    seen = head.predict(crop[None]).landmarks[0]
+    refined = refining.predict(crop[None], detail=refining.detail_crop(image, box)[None]).landmarks[0]
+    moved = np.linalg.norm(refined - seen, axis=1)
+    # crop pixels: the eyes are refined (0.7 px on average), the hidden mouth's points hardly move (0.08)
+    assert moved[48:68].max() < 0.25 and moved[48:68].mean() < 0.25 * moved[36:48].mean()
