@@ -15,10 +15,10 @@ Five fitting stages (``method``):
   objective (below) on the pose alone (POLISH); shape and expression stay the aligner's. The regressors
   leave the pose a little off, which a few cheap iterations on the same points correct: more accurate than
   ``"cpr"`` on every benchmark set for about a tenth more time.
-- ``"cpr+refine"`` (default): as ``"cpr+pose"`` from the aligner's round one alone (CPR-H: the refinement
-  ends where it ends from CPRFA, for about 50 ms less per face; CPR_ROUNDS), then two iterations with
-  identity and expression free too (POLISH): most of what the full on-line optimization adds to CPRFA for a
-  small part of its time.
+- ``"cpr+refine"`` (default): the aligner's round one alone (CPR-H; from both rounds the refinement ends in
+  the same place, about 50 ms later for one face: CPR_ROUNDS), then the three pose iterations of
+  ``"cpr+pose"`` and two with identity and expression free too (POLISH): most of what the full on-line
+  optimization adds to CPRFA for a small part of its time.
 - ``"online"``: the paper's on-line optimization over the DAFI (Fig. 1a) with the HS-U-Net's 68
   landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, the landmarks weighing
   LANDMARK_SHARE of the whole): Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on
@@ -105,7 +105,9 @@ class FaceResult:
     the silhouette); landmarks_3d (68, 3) fixed vertices with depth; landmark_visible (68,) bool;
     head_landmarks (68, 2) the HS-U-Net landmark head's own points (300-W convention; whatever sparse source
     the fit used), more precise in 2D than landmarks_2d on near-frontal faces (README); head_confidence (68,)
-    the HS-U-Net's foreground probability at each of them (near 0 where an occluder hides it); vertices
+    the HS-U-Net's foreground probability at each of them: near 0 where an occluder hides the point, but
+    also low at the inner lips of an open mouth (the face model's mouth opening is not face) and at times on
+    the outline; vertices
     (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box; observed
     vertices retrieved from the DAFI; timings in ms."""
 
