@@ -1,4 +1,4 @@
-"""What the training loops share: the optimizer with its decaying learning rate, and each epoch's loader."""
+"""What the training loops share: the optimizer with its decaying learning rate, and each epoch's batches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 
 def decaying_adam(parameters: Iterable[torch.nn.Parameter], lr: float, final_lr_ratio: float,
@@ -17,7 +18,10 @@ def decaying_adam(parameters: Iterable[torch.nn.Parameter], lr: float, final_lr_
     return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
 
 
-def epoch_loader(dataset: Dataset, batch_size: int, workers: int, seed: int, epoch: int) -> DataLoader:
-    """Shuffled full batches of ``dataset``, in an order fixed by the seed and the epoch."""
-    return DataLoader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+def epoch_batches(dataset: Dataset, settings, epoch: int, progress: bool) -> tqdm:
+    """Epoch ``epoch`` of ``dataset`` (augmented afresh for it: ``dataset.epoch``) in shuffled full batches of
+    ``settings.batch_size``, in an order fixed by ``settings.seed`` and the epoch, behind a progress bar."""
+    dataset.epoch = epoch
+    loader = DataLoader(dataset, settings.batch_size, shuffle=True, drop_last=True, num_workers=settings.workers,
+                        generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))
+    return tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)

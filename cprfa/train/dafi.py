@@ -49,7 +49,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from cprfa.dafi.network import N_LANDMARKS, HSUNet, HSUNetConfig, soft_argmax, to_input, widened
 from cprfa.dafi.predict import DafiEstimator, load_network, save_weights
@@ -57,7 +56,7 @@ from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
 from cprfa.data.crop import DEFAULT_ZOOM, crop_image, params_to_crop, points_to_crop, zoom_box
 from cprfa.errors import CprfaError
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.train.common import decaying_adam, epoch_loader
+from cprfa.train.common import decaying_adam, epoch_batches
 from cprfa.train.settings import TrainSettings, starting_record
 
 MIN_CALIBRATION_FACES = 50
@@ -202,11 +201,9 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
     dataset = AugmentedFaces(faces, settings.seed)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
-        dataset.epoch = epoch
-        loader = epoch_loader(dataset, settings.batch_size, settings.workers, settings.seed, epoch)
         network.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
+        bar = epoch_batches(dataset, settings, epoch, progress)
         for batch in bar:
             images, pncc, mask, landmarks = (tensor.to(device) for tensor in batch)
             groups, heatmaps = network(to_input(images))
@@ -218,7 +215,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{loss.item():.3f}", lmk=f"{parts['landmarks']:.4f}")
         scheduler.step()
-        batches = max(len(loader), 1)
+        batches = max(len(bar), 1)
         metrics = evaluate_estimator(DafiEstimator(network.eval(), config, device), validation)
         seconds += time.perf_counter() - started
         entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1),

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from cprfa.dafi.network import to_input
 from cprfa.dafi.predict import DEFAULT_WEIGHTS, DafiEstimator, load_network
@@ -33,7 +32,7 @@ from cprfa.dafi.refine import LandmarkRefiner, RefinerConfig, load_refiner, save
 from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
-from cprfa.train.common import decaying_adam, epoch_loader
+from cprfa.train.common import decaying_adam, epoch_batches
 from cprfa.train.dafi import AugmentedFaces, load_faces, manifest_summary
 from cprfa.train.settings import RefinerTrainSettings, starting_record
 
@@ -83,11 +82,9 @@ def train_refiner(settings: RefinerTrainSettings, progress: bool = True, device:
     dataset = AugmentedFaces(faces, settings.seed)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
-        dataset.epoch = epoch
-        loader = epoch_loader(dataset, settings.batch_size, settings.workers, settings.seed, epoch)
         refiner.train()
         total = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
+        bar = epoch_batches(dataset, settings, epoch, progress)
         for images, _, _, landmarks in bar:
             images, landmarks = images.to(device), landmarks.to(device)
             start = head_points(estimator, images)
@@ -105,7 +102,7 @@ def train_refiner(settings: RefinerTrainSettings, progress: bool = True, device:
             validation.images, detail=validation.detail).landmarks
         seconds += time.perf_counter() - started
         entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1),
-                 "train_loss_px": round(total / max(len(loader), 1), 4),
+                 "train_loss_px": round(total / max(len(bar), 1), 4),
                  "val_head_nme": round(float(nme(head, validation.landmarks).mean()), 4),
                  "val_refined_nme": round(float(nme(refined, validation.landmarks).mean()), 4)}
         history.append(entry)
