@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from evaluation_sets import LARGE_POSE, add_set_arguments, estimator_of, evaluation_sets
 
-from cprfa.align import CPR_ROUNDS, LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
+from cprfa.align import CPR_ROUNDS, LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_fit, polish_options
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
@@ -161,16 +161,26 @@ def _methods(model, aligner):
             return align_point_sets(aligner, points, detected, landmarks if fused else None, rounds=rounds)
         return run
 
-    def online_with_landmarks(initial_from=None, options=ROBUST):
+    def online_with_landmarks(initial_from=None):
         def run(points, detected, landmarks, confidence=None):
             initial = initial_from(points, detected, landmarks).double() if initial_from else None
             return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
                                   online_optimization_with_landmarks(
                                       model, observed[keep], ids[keep], weights[keep], landmarks[keep].double(),
-                                      LANDMARK_SHARE, options, None if initial is None else initial[keep],
+                                      LANDMARK_SHARE, ROBUST, None if initial is None else initial[keep],
                                       LANDMARK_ROBUST_SCALE,
                                       None if confidence is None or initial is None else confidence[keep]),
                                   None if initial is None else initial.float())
+        return run
+
+    def polished(initial_from, method):
+        def run(points, detected, landmarks, confidence=None):
+            initial = initial_from(points, detected, landmarks).double()
+            confidence = torch.ones(len(points), 68) if confidence is None else confidence
+            return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
+                                  polish_fit(model, observed[keep], ids[keep], weights[keep],
+                                             landmarks[keep].double(), confidence[keep], initial[keep],
+                                             polish_options(ROBUST, method)), initial.float())
         return run
 
     full = cpr(aligner.config.rounds, fused=True)
@@ -182,10 +192,9 @@ def _methods(model, aligner):
     if aligner.config.rounds > 1:
         rows["CPR-H + CAPU (CPRFA)" if aligner.config.fusion else "CPR + CAPU"] = full
     rows["on-line optimization + landmarks (align --method online)"] = online_with_landmarks()
-    rows["CPRFA, then on-line on the pose (align --method cpr+pose)"] = online_with_landmarks(
-        full, polish_options(ROBUST, "cpr+pose"))
-    rows["CPR-H, then a short on-line refinement (align --method cpr+refine)"] = online_with_landmarks(
-        cpr(CPR_ROUNDS["cpr+refine"], fused=True), polish_options(ROBUST, "cpr+refine"))
+    rows["CPRFA, then on-line on the pose (align --method cpr+pose)"] = polished(full, "cpr+pose")
+    rows["CPR-H, then a short on-line refinement (align --method cpr+refine)"] = polished(
+        cpr(CPR_ROUNDS["cpr+refine"], fused=True), "cpr+refine")
     rows["CPRFA, then on-line + landmarks (align --method cpr+online)"] = online_with_landmarks(full)
     return rows
 

@@ -1,9 +1,11 @@
-"""Choose cprfa.align.LANDMARK_SHARE, POLISH_DAMPING, POLISH["cpr+refine"] and LANDMARK_ROBUST_SCALE on training
-photos: the 68-point NME (2D convention) of what ``cprfa align`` runs by default (CPR-H, then the short on-line
-refinement over the DAFI's vertices and the landmark head) for several weights of the landmarks against the
-vertices, starting dampings of the refinement's Levenberg–Marquardt, counts of its iterations (pose alone +
-every parameter) and scales of the robust loss on the landmarks; each varied alone, the others at their
-defaults.
+"""Choose cprfa.align.LANDMARK_SHARE, POLISH_DAMPING, POLISH["cpr+refine"], OCCLUDED_CONFIDENCE and
+LANDMARK_ROBUST_SCALE on training photos: the 68-point NME (2D convention) of what ``cprfa align`` runs by
+default (CPR-H, then the short on-line refinement over the DAFI's vertices and the landmark head) for several
+weights of the landmarks against the vertices, starting dampings of the refinement's Levenberg–Marquardt,
+counts of its iterations (pose alone + every parameter) and scales of the robust loss on the landmarks; each
+varied alone, the others at their defaults. ``--occluded-confidence 0`` lets every face take all the
+iterations (cprfa.align.polish_fit); run it on a set built with occluders too (``--data /tmp/afw_occ``, built
+with ``--occlude 0.2 0.4``), since plain photos cannot say what the iterations cost under occluders.
 
 Runs on the real photos of a built training set (the profiled views, named ``<face>@yaw..``, are left out:
 their landmarks are the annotation moved by the fitted model, on a synthesized image), cut with the crop zoom
@@ -14,6 +16,7 @@ not tuned on the test faces.
     python benchmarks/bench_landmark_share.py [--data /tmp/train_p2] [--shares 0.5 0.65 0.8 0.9]
                                               [--dampings 0.001 0.1 0.3] [--iterations 3+2 0+3 0+4]
                                               [--landmark-scales 0.02 0.05 1000]
+                                              [--occluded-confidence 0.8]
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ import torch
 from bench_cpr import ROBUST, where_fittable
 from evaluation_sets import add_estimator_arguments, estimator_of
 
-from cprfa.align import CPR_ROUNDS, LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_options
+from cprfa.align import (
+    CPR_ROUNDS,
+    LANDMARK_ROBUST_SCALE,
+    LANDMARK_SHARE,
+    OCCLUDED_CONFIDENCE,
+    polish_fit,
+    polish_options,
+)
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.dafi.evaluate import observe
 from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.eval.metrics import nme
-from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
 from cprfa.train.dafi import FaceArrays, load_faces
@@ -46,10 +55,13 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=["afw", "helen_train"])
     parser.add_argument("--shares", nargs="+", type=float, default=[0.5, 0.65, 0.8, 0.9])
     parser.add_argument("--dampings", nargs="+", type=float, default=[0.001, 0.1, 0.3])
-    parser.add_argument("--iterations", nargs="+", default=["3+2", "0+3", "0+4"],
+    parser.add_argument("--iterations", nargs="+", default=["3+1", "3+2", "3+6", "3+8"],
                         help="POSE+ALL: LM iterations on the pose alone, then on every parameter")
     parser.add_argument("--landmark-scales", nargs="+", type=float, default=[0.02, 0.05, 1000],
                         help="scales of the robust loss on the landmarks (fractions of the box size)")
+    parser.add_argument("--occluded-confidence", type=float, default=OCCLUDED_CONFIDENCE,
+                        help="faces whose mean landmark confidence is below it take at most "
+                             "OCCLUDED_ITERATIONS on every parameter (0: none)")
     add_estimator_arguments(parser)
     parser.add_argument("--limit", type=int, default=0, help="only the first N real photos of each split")
     parser.add_argument("--threads", type=int, default=2)
@@ -87,7 +99,8 @@ def main() -> None:
             for share, damping, pose, full, scale in variants:
                 fits[share, damping, pose, full, scale] = _refined(
                     model, selected, points, detected, head, confidence, cpr_h, share,
-                    dataclasses.replace(options, damping=damping, pose_iterations=pose, iterations=full), scale)
+                    dataclasses.replace(options, damping=damping, pose_iterations=pose, iterations=full), scale,
+                    args.occluded_confidence)
             errors["head"].append(nme(batch.prediction.landmarks, targets))
             for key, params in fits.items():
                 errors[key].append(nme(landmarks_2d(model, frame.params_from_frame(params))[..., :2].numpy(),
@@ -96,13 +109,13 @@ def main() -> None:
               + f" | {time.perf_counter() - start:.0f} |")
 
 
-def _refined(model, selected, points, detected, head, confidence, initial, share, options, landmark_scale):
+def _refined(model, selected, points, detected, head, confidence, initial, share, options, landmark_scale,
+             occluded_confidence):
     """The on-line refinement of ``cprfa align`` from ``initial`` (B, P) with the landmark share ``share``."""
     return where_fittable(model, points, detected, selected, lambda keep, observed, ids, weights:
-                          online_optimization_with_landmarks(model, observed[keep], ids[keep], weights[keep],
-                                                             head[keep].double(), share, options,
-                                                             initial[keep].double(), landmark_scale,
-                                                             confidence[keep]), initial)
+                          polish_fit(model, observed[keep], ids[keep], weights[keep], head[keep].double(),
+                                     confidence[keep], initial[keep].double(), options, share, landmark_scale,
+                                     occluded_confidence), initial)
 
 
 def _real_photos(faces: FaceArrays, limit: int) -> FaceArrays:

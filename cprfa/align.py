@@ -17,8 +17,10 @@ Five fitting stages (``method``):
   ``"cpr"`` on every benchmark set for about a tenth more time.
 - ``"cpr+refine"`` (default): the aligner's round one alone (CPR-H; from both rounds the refinement ends in
   the same place, about 50 ms later for one face: CPR_ROUNDS), then the three pose iterations of
-  ``"cpr+pose"`` and two with identity and expression free too (POLISH): most of what the full on-line
-  optimization adds to CPRFA for a small part of its time.
+  ``"cpr+pose"`` and six with identity and expression free too (POLISH): most of what the full on-line
+  optimization adds to CPRFA for a small part of its time. A face the landmark head mostly did not see
+  (mean landmark confidence under OCCLUDED_CONFIDENCE: an occluder) takes one of the six: there the
+  regressors' shape is better than what more iterations fit to the part left visible.
 - ``"online"``: the paper's on-line optimization over the DAFI (Fig. 1a) with the HS-U-Net's 68
   landmarks added (cprfa.fitting.baselines.online_optimization_with_landmarks, the landmarks weighing
   LANDMARK_SHARE of the whole): Levenberg–Marquardt with Gaussian priors and a Geman–McClure robust loss on
@@ -76,7 +78,12 @@ MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retr
 # (README, "Landmark share").
 LANDMARK_SHARE = 0.8
 METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
-POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 2)}  # LM iterations after CPRFA: on the pose alone, then on all
+POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 6)}  # LM iterations after CPRFA: on the pose alone, then on all
+# A face whose landmarks' mean confidence (DafiPrediction.landmark_foreground) is below OCCLUDED_CONFIDENCE takes
+# at most OCCLUDED_ITERATIONS of those on all. Chosen on the real training photos, plain and occluded (README,
+# "Iterations of the refinement").
+OCCLUDED_CONFIDENCE = 0.8
+OCCLUDED_ITERATIONS = 1
 # The CPR aligner's rounds per method (absent: all the weights have). After round one (CPR-H) the refinement of
 # "cpr+refine" lands where it lands after both rounds (CPRFA), within 0.01 % NME on the training photos, plain,
 # occluded and profiled, and round two costs about 50 ms for one face (README, "Round two before the refinement").
@@ -291,13 +298,14 @@ class FaceAligner:
             crop_params = frame.params_from_frame(normalized).double()
         if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])
-            options = self.fit_options
             if self.method in POLISH:
-                options = polish_options(options, self.method)
-            crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
-                                                             LANDMARK_SHARE, options, crop_params,
-                                                             LANDMARK_ROBUST_SCALE,
-                                                             confidence if self.cpr is not None else None)
+                crop_params = polish_fit(self.model, points, ids, weights, head, confidence, crop_params,
+                                         polish_options(self.fit_options, self.method))
+            else:
+                crop_params = online_optimization_with_landmarks(self.model, points, ids, weights, head,
+                                                                 LANDMARK_SHARE, self.fit_options, crop_params,
+                                                                 LANDMARK_ROBUST_SCALE,
+                                                                 confidence if self.cpr is not None else None)
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -358,6 +366,27 @@ def polish_options(options: FitOptions, method: str) -> FitOptions:
     pose_iterations, iterations = POLISH[method]
     return dataclasses.replace(options, pose_iterations=pose_iterations, iterations=iterations,
                                damping=POLISH_DAMPING)
+
+
+def polish_fit(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor, weights: torch.Tensor,
+               landmarks: torch.Tensor, confidence: torch.Tensor, initial: torch.Tensor, options: FitOptions,
+               landmark_share: float = LANDMARK_SHARE, landmark_robust_scale: float = LANDMARK_ROBUST_SCALE,
+               occluded_confidence: float = OCCLUDED_CONFIDENCE) -> torch.Tensor:
+    """The on-line fit over the DAFI's vertices and the landmarks (each weighed by its ``confidence``) that
+    polishes the CPR aligner's ``initial`` parameters with ``options`` (polish_options); faces whose mean
+    landmark confidence is below ``occluded_confidence`` take at most OCCLUDED_ITERATIONS iterations with the
+    shape free. Shape: points (B, M, 2), vertex_ids (B, M), weights (B, M), landmarks (B, 68, 2),
+    confidence (B, 68), initial (B, P) -> params (B, P)."""
+    occluded = confidence.mean(dim=1) < occluded_confidence
+    params = initial.clone()
+    capped = dataclasses.replace(options, iterations=min(options.iterations, OCCLUDED_ITERATIONS))
+    for rows, group_options in ((~occluded, options), (occluded, capped)):
+        if rows.any():
+            params[rows] = online_optimization_with_landmarks(model, points[rows], vertex_ids[rows], weights[rows],
+                                                              landmarks[rows], landmark_share, group_options,
+                                                              initial[rows], landmark_robust_scale,
+                                                              confidence[rows]).to(params.dtype)
+    return params
 
 
 def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) -> list[np.ndarray]:

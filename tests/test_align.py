@@ -6,13 +6,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from cprfa.align import FaceAligner
+from cprfa.align import (
+    LANDMARK_ROBUST_SCALE,
+    LANDMARK_SHARE,
+    OCCLUDED_ITERATIONS,
+    FaceAligner,
+    polish_fit,
+    polish_options,
+)
 from cprfa.cpr.regressor import DEFAULT_WEIGHTS as DEFAULT_CPR_WEIGHTS
 from cprfa.data.images import load_image
 from cprfa.errors import InvalidInputError, ModelFileError
+from cprfa.fitting.baselines import online_optimization_with_landmarks
+from cprfa.fitting.optimize import FitOptions
+from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
+from cprfa.model.projection import ParamLayout, image_vertices
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
 BOX = (178.0, 80.0, 262.0, 180.0)
@@ -160,3 +172,31 @@ def test_the_package_exports_the_aligner_without_importing_it_eagerly():
     probe = "import sys, cprfa; print('torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "False"
+
+
+def test_a_mostly_hidden_face_takes_fewer_refinement_iterations(face_model):
+    g = torch.Generator().manual_seed(6)
+    layout = ParamLayout.of(face_model)
+    truth = layout.initial(2, dtype=torch.float64)
+    truth[:, :6] = torch.tensor([[0.1, 0.4, -0.1, 5.0, 128, 128], [-0.2, -0.6, 0.2, 4.0, 120, 130]], dtype=torch.float64)
+    truth[:, layout.identity] = torch.randn(2, layout.n_identity, generator=g, dtype=torch.float64) * 0.5
+    ids = torch.randint(0, face_model.n_vertices, (2, 300), generator=g)
+    points = image_vertices(face_model, truth, ids)[..., :2]
+    weights = torch.ones(ids.shape, dtype=torch.float64)
+    landmarks = landmarks_2d(face_model, truth)[..., :2]
+    initial = truth.clone()
+    initial[:, 6:] = 0.0  # the pose right, the shape the mean's: the iterations on every parameter fit it
+    options = polish_options(FitOptions(robust="geman-mcclure"), "cpr+refine")
+    confidence = torch.tensor([[1.0], [0.3]], dtype=torch.float64).expand(2, 68)  # the second face: occluded
+    fitted = polish_fit(face_model, points, ids, weights, landmarks, confidence, initial, options)
+
+    def alone(row, iterations):
+        return online_optimization_with_landmarks(
+            face_model, points[row:row + 1], ids[row:row + 1], weights[row:row + 1], landmarks[row:row + 1],
+            LANDMARK_SHARE, dataclasses.replace(options, iterations=iterations), initial[row:row + 1],
+            LANDMARK_ROBUST_SCALE, confidence[row:row + 1])
+
+    assert options.iterations > OCCLUDED_ITERATIONS
+    assert torch.allclose(fitted[0], alone(0, options.iterations)[0], atol=1e-6)
+    assert torch.allclose(fitted[1], alone(1, OCCLUDED_ITERATIONS)[0], atol=1e-6)
+    assert not torch.allclose(fitted[1], alone(1, options.iterations)[0], atol=1e-6)

@@ -80,12 +80,13 @@ def test_foreign_npz_and_missing_file(tmp_path):
 
 
 def test_inconsistent_model_is_refused(face_model):
-    fields = dict(
-        name="broken", mean=face_model.mean, identity_basis=face_model.identity_basis[:2],
-        expression_basis=face_model.expression_basis[:1], expression_names=("a",), expression_prior="blendshape",
-        triangles=face_model.triangles, landmarks68=face_model.landmarks68, contour_right=face_model.contour_right,
-        contour_left=face_model.contour_left, face_area=face_model.face_area,
-    )
+    fields = {
+        "name": "broken", "mean": face_model.mean, "identity_basis": face_model.identity_basis[:2],
+        "expression_basis": face_model.expression_basis[:1], "expression_names": ("a",),
+        "expression_prior": "blendshape", "triangles": face_model.triangles, "landmarks68": face_model.landmarks68,
+        "contour_right": face_model.contour_right, "contour_left": face_model.contour_left,
+        "face_area": face_model.face_area,
+    }
     FaceModel(**fields)  # consistent: accepted
     with pytest.raises(ModelFileError, match="vertex ids outside"):
         FaceModel(**{**fields, "triangles": face_model.triangles + 10})
