@@ -241,8 +241,9 @@ def _table(rows: dict, bucket: np.ndarray, count: int, extra: bool) -> None:
     header = "| method | " + " | ".join(f"[{lo:.0f}°, {hi:.0f}°] (n={n})" for (lo, hi), n in
                                      zip(YAW_BUCKETS, counts, strict=True)) + " | balanced | std | mean | failure %"
     header += " | dense NME | pitch / yaw / roll error (°)" if extra else ""
-    print(header + " | ms / face |")
-    print("|---" * (header.count("|")) + "|")
+    header += " | ms / face |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
     for method, row in rows.items():
         values = row["nme"]
         cells = [values[bucket == b].mean() if counts[b] else np.nan for b in range(len(YAW_BUCKETS))]

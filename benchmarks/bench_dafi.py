@@ -2,7 +2,7 @@
 the predicted DAFI, by |yaw| bucket, on helen_test and its occluded and large-pose sets; the landmark head's
 68-point NME beside it; and the speed of the forward pass and of vertex retrieval.
 
-Build the sets first (README, "Data"):
+Build the sets first (`cprfa data build`, README "Command line"):
     cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/pgt
     cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/occ --occlude 0.2 0.4
     cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/lp --large-pose

@@ -1,6 +1,6 @@
 """The helen_test evaluation sets the DAFI benchmarks share: their command-line options and loading.
 
-Build them first (README, "Data"; recorded in benchmarks/sets/):
+Build them first (`cprfa data build`, README "Command line"; recorded in benchmarks/sets/):
     cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/pgt
     cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/occ --occlude 0.2 0.4
     cprfa data build --data ../shared/data/300w --splits helen_test --out /tmp/lp --large-pose

@@ -89,7 +89,7 @@ OCCLUDED_ITERATIONS = 1
 # occluded and profiled, and round two costs about 50 ms for one face (README, "Round two before the refinement").
 CPR_ROUNDS = {"cpr+refine": 1}
 # LM's starting damping in those few iterations (FitOptions.damping), 100 times the on-line optimization's:
-# from CPRFA's start its nearly Gauss–Newton first steps overshoot. Chosen on the real training photos
+# from the CPR aligner's start its nearly Gauss–Newton first steps overshoot. Chosen on the real training photos
 # (README, "The refinement's damping").
 POLISH_DAMPING = 0.1
 # The robust loss's scale on the landmarks in the on-line fits, a fraction of the box size (the DAFI's vertices

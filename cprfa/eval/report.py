@@ -1,8 +1,8 @@
 """``cprfa bench``: run the project's benchmarks and gather their tables and figures in one Markdown report.
 
 Each benchmark is a script of the repository's ``benchmarks/`` folder (a source checkout; they read the data
-sets that README "Data" builds, and skip what is absent). The report holds, per benchmark, the command that
-reproduces it, its output (Markdown tables), its run time, and the PNG figures it wrote into the report's
+sets that ``cprfa data build`` makes, README "Command line", and skip what is absent). The report holds, per
+benchmark, the command that reproduces it, its output (Markdown tables), its run time, and the PNG figures it wrote into the report's
 folder. A benchmark that fails is reported with the end of its error output and the others still run.
 ``quick`` runs every benchmark on a handful of faces: a smoke test of the report, not figures to quote.
 """
