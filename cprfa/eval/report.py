@@ -48,6 +48,8 @@ def benchmarks(sets: tuple[str, ...], data: Path | None, figures: Path) -> list[
         Benchmark("end-to-end", "End to end on the helen_test photos, face detection included",
                   "bench_end_to_end.py", detect_data, (), ("--limit", "8")),
         Benchmark("speed", "End to end: speed per stage and memory", "bench_align.py", (), (), ("--repeats", "2")),
+        Benchmark("tradeoffs", "Speed against accuracy: the options of cprfa align", "bench_tradeoffs.py", detect_data,
+                  (), ("--limit", "4", "--repeats", "1")),
     ]
 
 

@@ -25,6 +25,17 @@ def test_bench_reports_the_tool_end_to_end_on_real_photos(copy_300w, tmp_path):
         assert row[2].strip() == "3 / 3" and 1.0 < float(row[3]) < 6.0 and float(row[6]) == 0.0
 
 
+def test_bench_reports_speed_against_accuracy_for_each_option(copy_300w, tmp_path):
+    copy_300w(tmp_path, 2)
+    out = tmp_path / "report"
+    assert main(["bench", "--quick", "--only", "tradeoffs", "--data", str(tmp_path / "300w"), "-o", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    rows = [line.split("|") for line in text.splitlines() if line.startswith(("| (defaults", "| --"))]
+    assert len(rows) == 8 and "--method cpr+pose" in {row[1].strip() for row in rows}
+    for row in rows:
+        assert 1.0 < float(row[2]) < 6.0 and float(row[4]) == 0.0 and float(row[5]) > 0
+
+
 def test_a_failing_benchmark_is_reported_and_the_others_run(tmp_path, monkeypatch):
     scripts = tmp_path / "benchmarks"
     scripts.mkdir()
