@@ -49,13 +49,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    faces = list(iter_300w(args.data, (args.split,)))[:args.limit or None]
-    images = [load_image(face.image) for face in faces]
-    truth = np.stack([face.landmarks for face in faces])
-    boxes = [landmark_box(face.landmarks) for face in faces]
+    images, truth, boxes = load_photos(args.data, args.split, args.limit)
     aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine)
     aligner.estimator.zoom = args.zoom
-    print(f"{len(faces)} faces of {args.split}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
+    print(f"{len(images)} faces of {args.split}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
           f"refiner {'on' if args.refine else 'off'}, "
           f"zoom {args.zoom}, batches of {args.batch_size} photos\n")
     print("| faces from | found | landmarks_2d NME mean | median | head_landmarks NME mean | failure % "
@@ -72,9 +69,17 @@ def main() -> None:
         kept = [i for i, face in enumerate(found) if face is not None]
         fitted = nme(np.stack([found[i].landmarks_2d for i in kept]), truth[kept])
         head = nme(np.stack([found[i].head_landmarks for i in kept]), truth[kept])
-        failures = (len(faces) - len(kept) + int((fitted > 10).sum())) / len(faces)
-        print(f"| {label} | {len(kept)} / {len(faces)} | {fitted.mean():.2f} | {np.median(fitted):.2f} "
+        failures = (len(images) - len(kept) + int((fitted > 10).sum())) / len(images)
+        print(f"| {label} | {len(kept)} / {len(images)} | {fitted.mean():.2f} | {np.median(fitted):.2f} "
               f"| {head.mean():.2f} | {100 * failures:.1f} | {milliseconds:.0f} |")
+
+
+def load_photos(data: Path, split: str, limit: int = 0):
+    """The photos of a 300-W split (the first ``limit``), their annotated 68 landmarks (F, 68, 2) and the tight
+    boxes of those."""
+    faces = list(iter_300w(data, (split,)))[:limit or None]
+    return ([load_image(face.image) for face in faces], np.stack([face.landmarks for face in faces]),
+            [landmark_box(face.landmarks) for face in faces])
 
 
 def _matching(candidates, box):

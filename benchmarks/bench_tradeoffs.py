@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_end_to_end import DEFAULT_DATA, load_photos
 
 from cprfa.align import FaceAligner
 from cprfa.data.boxes import read_boxes
 from cprfa.data.images import load_image
-from cprfa.data.readers import iter_300w, landmark_box
 from cprfa.eval.metrics import nme
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "300w"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # (command-line options of `cprfa align`, FaceAligner keywords)
 CONFIGURATIONS = (
@@ -50,10 +49,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    faces = list(iter_300w(args.data, (args.split,)))[:args.limit or None]
-    images = [load_image(face.image) for face in faces]
-    truth = np.stack([face.landmarks for face in faces])
-    boxes = [[landmark_box(face.landmarks)] for face in faces]
+    images, truth, boxes = load_photos(args.data, args.split, args.limit)
+    boxes = [[box] for box in boxes]
     aligners = [FaceAligner(**options) for _, options in CONFIGURATIONS]
 
     rows = []
@@ -66,7 +63,7 @@ def main() -> None:
         kept = [i for i, face in enumerate(results) if face is not None]
         fitted = nme(np.stack([results[i].landmarks_2d for i in kept]), truth[kept])
         head = nme(np.stack([results[i].head_landmarks for i in kept]), truth[kept])
-        failures = (len(faces) - len(kept) + int((fitted > 10).sum())) / len(faces)
+        failures = (len(images) - len(kept) + int((fitted > 10).sum())) / len(images)
         rows.append({"fitted": fitted.mean(), "head": head.mean(), "failures": 100 * failures, "batched": batched})
 
     image = load_image(EXAMPLES / "astronaut.jpg")
@@ -80,7 +77,7 @@ def main() -> None:
                 aligner.align(image, [box])
                 times.append(1000 * (time.perf_counter() - start))
 
-    print(f"{len(faces)} faces of {args.split} with the annotated landmark box, {args.threads} threads; one face: "
+    print(f"{len(images)} faces of {args.split} with the annotated landmark box, {args.threads} threads; one face: "
           f"the bundled example, median of 2 × {args.repeats} warm runs; batched: the accuracy run, "
           f"{args.batch_size} photos a batch\n")
     print("| `cprfa align` options | `landmarks_2d` NME % | `head_landmarks` NME % | failure % "
