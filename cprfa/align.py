@@ -62,7 +62,7 @@ from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.boxes import check_box, check_landmarks, landmark_box
 from cprfa.data.crop import params_from_crop, points_from_crop, points_to_crop, vertices_to_crop
 from cprfa.data.images import load_image
-from cprfa.detect.detector import FaceDetector
+from cprfa.detect.detector import Detection, FaceDetector
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.fitting.optimize import FitOptions
@@ -232,6 +232,13 @@ class FaceAligner:
                                                  None if landmarks is None else landmarks[k])
                                   for k, image in enumerate(images)])
 
+    def detect(self, image) -> list[Detection]:
+        """The faces the detector finds in ``image`` (a path, an RGB array or a PIL image), best score first;
+        ``Detection.face_box`` is the box ``align`` takes."""
+        if self.detector is None:
+            self.detector = FaceDetector()
+        return self.detector.detect(_as_rgb(image))
+
     def _faces_of(self, image, boxes, landmarks) -> _ImageFaces:
         """An image's face boxes (given, from the given landmarks, or detected), scores and sparse landmarks."""
         image = _as_rgb(image)
@@ -242,9 +249,7 @@ class FaceAligner:
             given = [check_landmarks(face, f"landmarks of face {i}") for i, face in enumerate(landmarks)]
             boxes = [landmark_box(face) for face in given]
         if boxes is None:
-            if self.detector is None:
-                self.detector = FaceDetector()
-            detections = self.detector.detect(image)
+            detections = self.detect(image)
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:
             boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]

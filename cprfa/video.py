@@ -1,9 +1,17 @@
 """Align the faces of a video frame by frame, with temporal smoothing (``align_video``).
 
-Frames go through ``FaceAligner.align_batch`` ``batch_size`` at a time (the detector finds the faces; the
-frames of a batch share the network passes and fits). Faces are followed from frame to
-frame by their box: a face takes the previous frame's face whose box overlaps it most (IoU ≥ ``MIN_IOU``,
-each previous face used once). With ``smoothing`` s in [0, 1), a followed face's 2D and 3D landmarks, the
+With ``track`` (the default), each face is followed as face trackers follow one: its box in a frame is the
+tight box of its landmarks in the frame before, and the detector runs only to find faces, on a frame without
+any and on every DETECT_EVERY-th frame (a detection that overlaps a followed face's box, IoU ≥ ``MIN_IOU``,
+is left to it). A followed face ends where the HS-U-Net no longer recognises a face in its box; its
+``score`` is None. The detector's box degrades as a face turns to profile and it misses many profiles, while
+the box of the last landmarks stays tight (README, "Videos"). The frames go through one at a time (the faces
+of a frame together).
+
+Without ``track``, frames go through ``FaceAligner.align_batch`` ``batch_size`` at a time (the detector finds
+the faces of every frame; the frames of a batch share the network passes and fits), and faces are followed
+from frame to frame by their box: a face takes the previous frame's face whose box overlaps it most (IoU ≥
+``MIN_IOU``, each previous face used once). With ``smoothing`` s in [0, 1), a followed face's 2D and 3D landmarks, the
 landmark head's points, mesh and pitch / yaw / roll become ``s · previous smoothed + (1 − s) · current`` —
 an exponential moving average that removes frame-to-frame jitter at the cost of a lag of about s / (1 − s)
 frames; 0 turns it off. A face seen for the first time, or after a frame without it, starts afresh.
@@ -21,11 +29,13 @@ import numpy as np
 import torch
 
 from cprfa.align import FaceAligner, FaceResult
+from cprfa.data.boxes import landmark_box
 from cprfa.detect.blazeface import box_iou
 from cprfa.errors import ImageReadError, InvalidInputError
 from cprfa.model.projection import euler_to_rotation
 
 MIN_IOU = 0.3
+DETECT_EVERY = 8  # while faces are followed, the detector looks for new ones on every DETECT_EVERY-th frame
 DEFAULT_SMOOTHING = 0.5
 
 
@@ -71,14 +81,17 @@ def video_fps(path: str | Path, default: float = 25.0) -> float:
 
 
 def align_video(aligner: FaceAligner, path: str | Path, smoothing: float = DEFAULT_SMOOTHING,
-                batch_size: int = 8) -> Iterator[VideoFrame]:
+                batch_size: int = 8, track: bool = True) -> Iterator[VideoFrame]:
     """Every frame of the video with its aligned faces (module docstring)."""
     if not 0.0 <= smoothing < 1.0:
         raise InvalidInputError(f"smoothing must lie in [0, 1), got {smoothing}")
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
-    previous: list[FaceResult] = []
     frames = read_frames(path)
+    if track:
+        yield from _followed(aligner, frames, smoothing)
+        return
+    previous: list[FaceResult] = []
     while chunk := list(itertools.islice(frames, batch_size)):
         aligned = aligner.align_batch([image for _, _, image in chunk])
         for (index, seconds, image), results in zip(chunk, aligned, strict=True):
@@ -87,6 +100,31 @@ def align_video(aligner: FaceAligner, path: str | Path, smoothing: float = DEFAU
                      for face, match in zip(faces, _matches(faces, previous), strict=True)]
             previous = faces
             yield VideoFrame(index, seconds, image, faces)
+
+
+def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoFrame]:
+    """The frames with their faces followed by the boxes of their last landmarks (module docstring)."""
+    raw: list[FaceResult] = []  # the last frame's faces before smoothing: their landmarks give the next boxes
+    shown: list[FaceResult] = []  # the same, smoothed
+    for index, seconds, image in frames:
+        boxes = [landmark_box(face.landmarks_2d) for face in raw]
+        scores: list[float | None] = [None] * len(boxes)
+        if not raw or index % DETECT_EVERY == 0:
+            for detection in aligner.detect(image):
+                taken = torch.tensor(boxes) if boxes else None
+                if taken is None or float(box_iou(torch.tensor([detection.face_box]), taken).max()) < MIN_IOU:
+                    boxes.append(detection.face_box)
+                    scores.append(detection.score)
+        results = aligner.align(image, boxes) if boxes else []
+        followed, raw, previous = len(raw), [], shown
+        shown = []
+        for k, (face, score) in enumerate(zip(results, scores, strict=True)):
+            if face is None:
+                continue
+            face = dataclasses.replace(face, score=score)
+            raw.append(face)
+            shown.append(_smoothed(face, previous[k], smoothing) if k < followed else face)
+        yield VideoFrame(index, seconds, image, shown)
 
 
 def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[FaceResult | None]:

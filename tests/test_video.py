@@ -9,6 +9,7 @@ import pytest
 from cprfa.align import FaceAligner
 from cprfa.cli.main import main
 from cprfa.data.images import load_image
+from cprfa.detect.detector import FaceDetector
 from cprfa.errors import ImageReadError, InvalidInputError
 from cprfa.video import align_video
 
@@ -51,6 +52,28 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     (tmp_path / "fake.mp4").write_text("not a video")
     with pytest.raises(ImageReadError):
         next(align_video(aligner, tmp_path / "fake.mp4"))
+
+
+def test_a_face_the_detector_loses_is_followed_from_its_last_landmarks(tmp_path, monkeypatch):
+    clip = tmp_path / "clip.avi"
+    write_clip(clip)
+    aligner = FaceAligner()
+    aligner.detector = FaceDetector()
+    detect, calls = aligner.detector.detect, []
+
+    def first_frame_only(image):  # the detector finds the face in the first frame and misses it afterwards
+        calls.append(1)
+        return detect(image) if len(calls) == 1 else []
+
+    monkeypatch.setattr(aligner.detector, "detect", first_frame_only)
+    tracked = list(align_video(aligner, clip, smoothing=0.0))
+    assert [len(frame.faces) for frame in tracked] == [1, 1, 1, 1]
+    assert tracked[0].faces[0].score is not None and all(frame.faces[0].score is None for frame in tracked[1:])
+    centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in tracked]
+    assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # followed as the face drifts
+    assert len(calls) == 1  # while a face is followed, the detector only looks for new ones now and then
+    calls.clear()
+    assert [len(frame.faces) for frame in align_video(aligner, clip, smoothing=0.0, track=False)] == [1, 0, 0, 0]
 
 
 def test_the_cli_writes_an_annotated_video_and_a_frame_table(tmp_path, capsys):

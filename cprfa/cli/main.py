@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads that read and decode the next images meanwhile; 0 = none (default 2)")
     align.add_argument("--smoothing", type=float, default=0.5,
                        help="videos: temporal smoothing of pose and landmarks in [0, 1), 0 = off (default 0.5)")
+    align.add_argument("--track", action=argparse.BooleanOptionalAction, default=True,
+                       help="videos: follow each face by the box of its landmarks in the frame before, the "
+                       "detector only finding new faces (on by default; --no-track: the detector on every frame, "
+                       "--batch-size frames at a time)")
     align.set_defaults(run=run_align)
 
     export = commands.add_parser(
@@ -132,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="300-W folder for the detection benchmark "
                        "(default: ../shared/data/300w beside the repository)")
     bench.add_argument("--only", nargs="+",
-                       choices=("detection", "dafi", "ablation", "end-to-end", "speed", "tradeoffs"),
+                       choices=("detection", "dafi", "ablation", "end-to-end", "speed", "tradeoffs", "video"),
                        help="run only these benchmarks")
     bench.add_argument("--quick", action="store_true", help="a handful of faces each: a smoke run in minutes")
     bench.set_defaults(run=run_bench)
@@ -407,7 +411,7 @@ def run_align(args: argparse.Namespace) -> int:
 
     for path in (p for p in images if p.suffix.lower() in VIDEO_SUFFIXES):
         try:
-            count = align_video_file(aligner, path, args.out, args.smoothing, args.batch_size)
+            count = align_video_file(aligner, path, args.out, args.smoothing, args.batch_size, args.track)
             summary.append(f"{path},,video: {count} frames,,,,,,")
             print(f"{path}: {count} frames -> {args.out / (path.stem + '_annotated.mp4')}")
         except CprfaError as error:
@@ -512,7 +516,8 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
     return missing
 
 
-def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_size: int = 8) -> int:
+def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_size: int = 8,
+                     track: bool = True) -> int:
     """Align every frame of a video: writes OUT/<name>_annotated.mp4 and OUT/<name>_frames.csv (one row per
     face and frame: pose and the 68 landmarks, 2D convention); returns the number of frames."""
     import cv2
@@ -524,7 +529,7 @@ def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_siz
     header += [f"{axis}{k}" for k in range(68) for axis in ("x", "y")]
     rows, writer, count = [",".join(header)], None, 0
     try:
-        for frame in align_video(aligner, path, smoothing, batch_size):
+        for frame in align_video(aligner, path, smoothing, batch_size, track):
             overlay = frame.image
             for k, face in enumerate(frame.faces):
                 overlay = draw_face_result(overlay, face, aligner.model)

@@ -37,6 +37,7 @@ def benchmarks(sets: tuple[str, ...], data: Path | None, figures: Path) -> list[
     """What ``cprfa bench`` runs, in order."""
     detect_data = ("--data", str(data)) if data is not None else ()
     large_pose = [item.partition("=")[2] for item in sets if item.startswith("large-pose=")]
+    plain = [item.partition("=")[2] for item in sets if item.startswith("plain=")]
     return [
         Benchmark("detection", "Face detection: recall, box fit and speed", "bench_detect.py",
                   (*detect_data, *(("--large-pose", large_pose[0]) if large_pose else ())), (), ("--limit", "40")),
@@ -50,6 +51,8 @@ def benchmarks(sets: tuple[str, ...], data: Path | None, figures: Path) -> list[
         Benchmark("speed", "End to end: speed per stage and memory", "bench_align.py", (), (), ("--repeats", "2")),
         Benchmark("tradeoffs", "Speed against accuracy: the options of cprfa align", "bench_tradeoffs.py", detect_data,
                   (), ("--limit", "4", "--repeats", "1")),
+        Benchmark("video", "Videos of faces turning to profile: followed faces against the detector alone",
+                  "bench_video.py", ("--data", plain[0]) if plain else (), (), ("--faces", "2", "--steps", "4")),
     ]
 
 
