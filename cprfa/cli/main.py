@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model fit: the CPR aligner, CPRFA (both rounds, fused with the landmarks); that, then "
                        "three iterations of the on-line optimization on the pose alone; those, then six on pose, "
                        "identity and expression (one for a face mostly hidden), after round one alone (default); "
-                       "the on-line optimization over the DAFI and the landmarks; or that optimization in full started from the CPR aligner's result")
+                       "the on-line optimization over the DAFI and the landmarks; or that optimization in full "
+                       "started from the CPR aligner's result")
     align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
     align.add_argument("--device", default="cpu", help="cpu or cuda: where the HS-U-Net runs (default cpu)")
     align.add_argument("--runtime", choices=("torch", "onnx"), default="torch",

@@ -2,9 +2,10 @@
 
 Each benchmark is a script of the repository's ``benchmarks/`` folder (a source checkout; they read the data
 sets that ``cprfa data build`` makes, README "Command line", and skip what is absent). The report holds, per
-benchmark, the command that reproduces it, its output (Markdown tables), its run time, and the PNG figures it wrote into the report's
-folder. A benchmark that fails is reported with the end of its error output and the others still run.
-``quick`` runs every benchmark on a handful of faces: a smoke test of the report, not figures to quote.
+benchmark, the command that reproduces it, its output (Markdown tables), its run time, and the PNG figures it
+wrote into the report's folder. A benchmark that fails is reported with the end of its error output and the
+others still run. ``quick`` runs every benchmark on a handful of faces: a smoke test of the report, not figures
+to quote.
 """
 
 from __future__ import annotations
