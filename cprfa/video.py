@@ -3,7 +3,8 @@
 With ``track`` (the default), each face is followed as face trackers follow one: its box in a frame is the
 tight box of its landmarks in the frame before, and the detector runs only to find faces, on a frame without
 any and on every DETECT_EVERY-th frame (a detection that overlaps a followed face's box, IoU ≥ ``MIN_IOU``,
-is left to it). A followed face ends where the HS-U-Net no longer recognises a face in its box; its
+is left to it), and a face whose landmarks' box overlaps one already found in the frame is dropped (two
+boxes on one face). A followed face ends where the HS-U-Net no longer recognises a face in its box; its
 ``score`` is None. The detector's box degrades as a face turns to profile and it misses many profiles, while
 the box of the last landmarks stays tight (README, "Videos"). The frames go through one at a time (the faces
 of a frame together).
@@ -111,20 +112,27 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
         scores: list[float | None] = [None] * len(boxes)
         if not raw or index % DETECT_EVERY == 0:
             for detection in aligner.detect(image):
-                taken = torch.tensor(boxes) if boxes else None
-                if taken is None or float(box_iou(torch.tensor([detection.face_box]), taken).max()) < MIN_IOU:
+                if not boxes or float(box_iou(torch.tensor([detection.face_box]), torch.tensor(boxes)).max()) < MIN_IOU:
                     boxes.append(detection.face_box)
                     scores.append(detection.score)
         results = aligner.align(image, boxes) if boxes else []
         followed, raw, previous = len(raw), [], shown
         shown = []
         for k, (face, score) in enumerate(zip(results, scores, strict=True)):
-            if face is None:
+            if face is None or _overlaps(landmark_box(face.landmarks_2d), raw):  # two boxes found one face
                 continue
             face = dataclasses.replace(face, score=score)
             raw.append(face)
             shown.append(_smoothed(face, previous[k], smoothing) if k < followed else face)
         yield VideoFrame(index, seconds, image, shown)
+
+
+def _overlaps(box, faces: list[FaceResult]) -> bool:
+    """Whether ``box`` overlaps the landmark box of one of ``faces`` (IoU ≥ MIN_IOU)."""
+    if not faces:
+        return False
+    boxes = torch.tensor([landmark_box(face.landmarks_2d) for face in faces])
+    return float(box_iou(torch.tensor([box]), boxes).max()) >= MIN_IOU
 
 
 def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[FaceResult | None]:

@@ -1,5 +1,6 @@
 """Videos: a short clip generated from the bundled example runs through alignment and the CLI."""
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -74,6 +75,23 @@ def test_a_face_the_detector_loses_is_followed_from_its_last_landmarks(tmp_path,
     assert len(calls) == 1  # while a face is followed, the detector only looks for new ones now and then
     calls.clear()
     assert [len(frame.faces) for frame in align_video(aligner, clip, smoothing=0.0, track=False)] == [1, 0, 0, 0]
+
+
+def test_two_boxes_on_one_face_give_one_face(tmp_path, monkeypatch):
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, frames=2)
+    aligner = FaceAligner()
+    aligner.detector = FaceDetector()
+    detect = aligner.detector.detect
+
+    def with_a_shifted_copy(image):  # a second detection 60 % of a face to the right: IoU < MIN_IOU with the first
+        found = detect(image)
+        x0, y0, x1, y1 = found[0].face_box
+        shift = 0.6 * (x1 - x0)
+        return [*found, dataclasses.replace(found[0], face_box=(x0 + shift, y0, x1 + shift, y1))]
+
+    monkeypatch.setattr(aligner.detector, "detect", with_a_shifted_copy)
+    assert [len(frame.faces) for frame in align_video(aligner, clip, smoothing=0.0)] == [1, 1]
 
 
 def test_the_cli_writes_an_annotated_video_and_a_frame_table(tmp_path, capsys):
