@@ -60,7 +60,13 @@ from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.boxes import check_box, check_landmarks, landmark_box
-from cprfa.data.crop import params_from_crop, points_from_crop, points_to_crop, vertices_to_crop
+from cprfa.data.crop import (
+    params_from_crop,
+    params_to_crop,
+    points_from_crop,
+    points_to_crop,
+    vertices_to_crop,
+)
 from cprfa.data.images import load_image
 from cprfa.detect.detector import Detection, FaceDetector
 from cprfa.errors import InvalidInputError, ModelFileError
@@ -78,6 +84,7 @@ MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retr
 # (README, "Landmark share").
 LANDMARK_SHARE = 0.8
 METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
+STARTABLE = ("cpr+pose", "cpr+refine", "cpr+online")  # an on-line fit from the CPR aligner's result or a given start
 POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 6)}  # LM iterations after CPRFA: on the pose alone, then on all
 # A face whose landmarks' mean confidence (DafiPrediction.landmark_foreground) is below OCCLUDED_CONFIDENCE takes
 # at most OCCLUDED_ITERATIONS of those on all. Chosen on the real training photos, plain and occluded (README,
@@ -160,13 +167,15 @@ class FaceResult:
 
 @dataclass(frozen=True, eq=False)
 class _ImageFaces:
-    """One image's faces before alignment: boxes, detector scores (None for given boxes) and the sparse
-    landmarks given for them ((68, 2) pixels per face, NaN where missing; None: the landmark head's)."""
+    """One image's faces before alignment: boxes, detector scores (None for given boxes), the sparse
+    landmarks given for them ((68, 2) pixels per face, NaN where missing; None: the landmark head's) and the
+    parameters each face's fit starts from ((P,) image frame per face, None: the CPR aligner's)."""
 
     image: np.ndarray
     boxes: list
     scores: list
     landmarks: list[np.ndarray] | None
+    starts: list[np.ndarray | None] | None = None
 
 
 class FaceAligner:
@@ -208,7 +217,7 @@ class FaceAligner:
         self.landmark_source = landmark_source
         self.detector: FaceDetector | None = None  # made on first use
 
-    def align(self, image, boxes=None, landmarks=None) -> list[FaceResult | None]:
+    def align(self, image, boxes=None, landmarks=None, starts=None) -> list[FaceResult | None]:
         """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
         detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes), or those of
         ``landmarks`` (F, 68, 2) (the user's own 68 points per face, 300-W order, pixels): their tight boxes
@@ -216,8 +225,19 @@ class FaceAligner:
         CPR aligner's sparse source).
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
-        there). An image where the detector finds no face gives an empty list."""
-        return self._align_faces([self._faces_of(image, boxes, landmarks)])[0]
+        there). An image where the detector finds no face gives an empty list.
+        ``starts``, with ``boxes``: per box a FaceResult (a video's previous frame, cprfa.video) or None; a face's
+        fit then starts from that result's parameters instead of the CPR aligner's, which it skips (the methods
+        whose on-line fit starts from the CPR aligner: ``cpr+refine``, ``cpr+pose``, ``cpr+online``)."""
+        faces = self._faces_of(image, boxes, landmarks)
+        if starts is not None:
+            if boxes is None or len(starts) != len(faces.boxes):
+                raise InvalidInputError("starts need boxes, one start (or None) per box")
+            if self.method not in STARTABLE:
+                raise InvalidInputError(f"starts need a method of {STARTABLE}, not '{self.method}'")
+            faces = dataclasses.replace(faces, starts=[None if start is None else np.asarray(start.params)
+                                                       for start in starts])
+        return self._align_faces([faces])[0]
 
     def align_batch(self, images, boxes=None, landmarks=None) -> list[list[FaceResult | None]]:
         """``align`` for several images at once: the faces of all of them go through the networks and the fits
@@ -295,12 +315,23 @@ class FaceAligner:
                 head[row] = torch.where(given[:, None], source, head[row])
                 confidence[row, given] = 1.0
         crop_params = None
+        initials = [images[k].starts[i] if images[k].starts is not None else None
+                    for k, i in (owners[j] for j in faces)]
+        cold = torch.tensor([row for row, initial in enumerate(initials) if initial is None], dtype=torch.long)
         if self.cpr is not None:
+            crop_params = torch.zeros(len(faces), ParamLayout.of(self.model).size, dtype=torch.float64)
+            for row, initial in enumerate(initials):
+                if initial is not None:
+                    crop_params[row] = params_to_crop(torch.from_numpy(initial).double(), crop_boxes[faces[row]],
+                                                      size)
+        if self.cpr is not None and len(cold):
             frame = NormalizedFrame.for_crop(self.model, size)
-            points = frame.points_to_frame(torch.from_numpy(observed.positions[faces]))
-            normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[faces]),
-                                          frame.points_to_frame(head).float(), rounds=CPR_ROUNDS.get(self.method))
-            crop_params = frame.params_from_frame(normalized).double()
+            rows = [faces[row] for row in cold.tolist()]
+            points = frame.points_to_frame(torch.from_numpy(observed.positions[rows]))
+            normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[rows]),
+                                          frame.points_to_frame(head[cold]).float(),
+                                          rounds=CPR_ROUNDS.get(self.method))
+            crop_params[cold] = frame.params_from_frame(normalized).double()
         if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])
             if self.method in POLISH:

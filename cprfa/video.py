@@ -4,7 +4,10 @@ With ``track`` (the default), each face is followed as face trackers follow one:
 tight box of its landmarks in the frame before, and the detector runs only to find faces, on a frame without
 any and on every DETECT_EVERY-th frame (a detection that overlaps a followed face's box, IoU ≥ ``MIN_IOU``,
 is left to it), and a face whose landmarks' box overlaps one already found in the frame is dropped (two
-boxes on one face). A followed face ends where the HS-U-Net no longer recognises a face in its box; its
+boxes on one face). On the other frames a followed face's fit starts from its result in the frame before
+(``FaceAligner.align(starts=...)``, with the methods that have an on-line fit after the CPR aligner), which
+skips the CPR aligner; on the detector's frames the CPR aligner starts it afresh, so that a fit cannot drift
+for long. A followed face ends where the HS-U-Net no longer recognises a face in its box; its
 ``score`` is None. The detector's box degrades as a face turns to profile and it misses many profiles, while
 the box of the last landmarks stays tight (README, "Videos"). The frames go through one at a time (the faces
 of a frame together).
@@ -29,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from cprfa.align import FaceAligner, FaceResult
+from cprfa.align import STARTABLE, FaceAligner, FaceResult
 from cprfa.data.boxes import landmark_box
 from cprfa.detect.blazeface import box_iou
 from cprfa.errors import ImageReadError, InvalidInputError
@@ -110,12 +113,16 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
     for index, seconds, image in frames:
         boxes = [landmark_box(face.landmarks_2d) for face in raw]
         scores: list[float | None] = [None] * len(boxes)
-        if not raw or index % DETECT_EVERY == 0:
+        detecting = not raw or index % DETECT_EVERY == 0
+        if detecting:
             for detection in aligner.detect(image):
                 if not boxes or float(box_iou(torch.tensor([detection.face_box]), torch.tensor(boxes)).max()) < MIN_IOU:
                     boxes.append(detection.face_box)
                     scores.append(detection.score)
-        results = aligner.align(image, boxes) if boxes else []
+        starts = None  # on the frames the detector looks at, the CPR aligner starts every fit afresh
+        if aligner.method in STARTABLE and not detecting:
+            starts = raw
+        results = aligner.align(image, boxes, starts=starts) if boxes else []
         followed, raw, previous = len(raw), [], shown
         shown = []
         for k, (face, score) in enumerate(zip(results, scores, strict=True)):

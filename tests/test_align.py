@@ -18,6 +18,7 @@ from cprfa.align import (
     polish_options,
 )
 from cprfa.cpr.regressor import DEFAULT_WEIGHTS as DEFAULT_CPR_WEIGHTS
+from cprfa.data.boxes import landmark_box
 from cprfa.data.images import load_image
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.fitting.baselines import online_optimization_with_landmarks
@@ -200,3 +201,21 @@ def test_a_mostly_hidden_face_takes_fewer_refinement_iterations(face_model):
     assert torch.allclose(fitted[0], alone(0, options.iterations)[0], atol=1e-6)
     assert torch.allclose(fitted[1], alone(1, OCCLUDED_ITERATIONS)[0], atol=1e-6)
     assert not torch.allclose(fitted[1], alone(1, options.iterations)[0], atol=1e-6)
+
+
+def test_a_fit_started_from_a_previous_result_skips_the_cpr_aligner(aligner, monkeypatch):
+    image = load_image(EXAMPLE)
+    first = aligner.align(image, [BOX])[0]
+    box = landmark_box(first.landmarks_2d)
+    fresh = aligner.align(image, [box])[0]
+
+    def no_cpr(*args, **kwargs):
+        raise AssertionError("the CPR aligner ran")
+
+    monkeypatch.setattr("cprfa.align.align_point_sets", no_cpr)
+    started = aligner.align(image, [box], starts=[first])[0]
+    assert np.abs(started.landmarks_2d - fresh.landmarks_2d).mean() < 0.5  # pixels, on a face 90 px wide
+    with pytest.raises(InvalidInputError, match="one start"):
+        aligner.align(image, starts=[first])
+    with pytest.raises(InvalidInputError, match="method"):
+        FaceAligner(method="cpr").align(image, [box], starts=[first])
