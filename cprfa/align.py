@@ -84,7 +84,7 @@ MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retr
 # (README, "Landmark share").
 LANDMARK_SHARE = 0.8
 METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
-STARTABLE = ("cpr+pose", "cpr+refine", "cpr+online")  # an on-line fit from the CPR aligner's result or a given start
+STARTABLE = ("cpr+refine", "cpr+online")  # fits on every parameter from the CPR aligner's result or a given start
 POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 6)}  # LM iterations after CPRFA: on the pose alone, then on all
 # A face whose landmarks' mean confidence (DafiPrediction.landmark_foreground) is below OCCLUDED_CONFIDENCE takes
 # at most OCCLUDED_ITERATIONS of those on all. Chosen on the real training photos, plain and occluded (README,
@@ -226,23 +226,32 @@ class FaceAligner:
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
         there). An image where the detector finds no face gives an empty list.
-        ``starts``, with ``boxes``: per box a FaceResult (a video's previous frame, cprfa.video) or None; a face's
-        fit then starts from that result's parameters instead of the CPR aligner's, which it skips (the methods
-        whose on-line fit starts from the CPR aligner: ``cpr+refine``, ``cpr+pose``, ``cpr+online``)."""
+        ``starts``, with ``boxes``: per box the same face's FaceResult in the frame before (a video, cprfa.video),
+        its (P,) parameters, or None; a face's fit then starts there instead of from the CPR aligner, which it
+        skips (the methods of STARTABLE, whose fit on every parameter can move the start: ``cpr+refine``,
+        ``cpr+online``). A start far from its box misleads the fit: give each box its own face's."""
+        if starts is None:
+            return self._align_faces([self._faces_of(image, boxes, landmarks)])[0]
+        if self.method not in STARTABLE:
+            raise InvalidInputError(f"starts need a method of {STARTABLE}, not '{self.method}'")
+        starts = list(starts)
+        if boxes is None or len(starts) != len(boxes):
+            raise InvalidInputError("starts need boxes: one start (a FaceResult, parameters or None) per box")
+        count = ParamLayout.of(self.model).size
+        initials = []
+        for k, start in enumerate(starts):
+            values = None if start is None else np.asarray(getattr(start, "params", start), dtype=np.float64)
+            if values is not None and (values.shape != (count,) or not np.isfinite(values).all()):
+                raise InvalidInputError(f"start {k}: a FaceResult or {count} finite parameters, got shape "
+                                        f"{values.shape}")
+            initials.append(values)
         faces = self._faces_of(image, boxes, landmarks)
-        if starts is not None:
-            if boxes is None or len(starts) != len(faces.boxes):
-                raise InvalidInputError("starts need boxes, one start (or None) per box")
-            if self.method not in STARTABLE:
-                raise InvalidInputError(f"starts need a method of {STARTABLE}, not '{self.method}'")
-            faces = dataclasses.replace(faces, starts=[None if start is None else np.asarray(start.params)
-                                                       for start in starts])
-        return self._align_faces([faces])[0]
+        return self._align_faces([dataclasses.replace(faces, starts=initials)])[0]
 
     def align_batch(self, images, boxes=None, landmarks=None) -> list[list[FaceResult | None]]:
         """``align`` for several images at once: the faces of all of them go through the networks and the fits
         together, which is faster per face. ``boxes`` and ``landmarks``, when given, hold one entry per image
-        (None for an image: detect its faces). Returns one list per image, as ``align`` does (up to a
+        (None for an image: detect its faces); ``starts`` are ``align``'s alone. Returns one list per image, as ``align`` does (up to a
         fraction of a pixel: the on-line fit runs batched)."""
         images = list(images)
         for name, values in (("boxes", boxes), ("landmarks", landmarks)):

@@ -218,4 +218,14 @@ def test_a_fit_started_from_a_previous_result_skips_the_cpr_aligner(aligner, mon
     with pytest.raises(InvalidInputError, match="one start"):
         aligner.align(image, starts=[first])
     with pytest.raises(InvalidInputError, match="method"):
-        FaceAligner(method="cpr").align(image, [box], starts=[first])
+        FaceAligner(method="cpr").align(image, [box], starts=[first])  # no fit on every parameter after it
+
+
+def test_bad_starts_are_refused_before_anything_runs(aligner):
+    image = load_image(EXAMPLE)
+    with pytest.raises(InvalidInputError, match="start 0"):
+        aligner.align(image, [BOX], starts=[np.zeros(3)])
+    with pytest.raises(InvalidInputError, match="one start"):
+        aligner.align(image, [BOX, BOX], starts=[None])
+    with pytest.raises(InvalidInputError, match="method"):
+        FaceAligner(method="cpr+pose").align(image, [BOX], starts=[None])

@@ -32,9 +32,10 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     clip = tmp_path / "clip.avi"
     write_clip(clip)
     aligner = FaceAligner()
-    raw = list(align_video(aligner, clip, smoothing=0.0))  # batches of 8: the whole clip at once
-    smooth = list(align_video(aligner, clip, smoothing=0.5, batch_size=3))  # a batch of 3, then 1
-    one_by_one = list(align_video(aligner, clip, smoothing=0.0, batch_size=1))
+    raw = list(align_video(aligner, clip, smoothing=0.0, track=False))  # batches of 8: the whole clip at once
+    smooth = list(align_video(aligner, clip, smoothing=0.5, batch_size=3, track=False))  # a batch of 3, then 1
+    one_by_one = list(align_video(aligner, clip, smoothing=0.0, batch_size=1, track=False))
+    followed = list(align_video(aligner, clip, smoothing=0.5))  # the default: faces followed, smoothed too
     for frame, alone in zip(raw, one_by_one, strict=True):  # pixels: the networks and fits run batched
         assert np.array_equal(frame.faces[0].head_landmarks, alone.faces[0].head_landmarks)
         distance = np.linalg.norm(frame.faces[0].landmarks_2d - alone.faces[0].landmarks_2d, axis=1)
@@ -46,6 +47,8 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # the faces follow the drift
     lagged = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in smooth]
     assert lagged[0] == pytest.approx(centres[0]) and lagged[3] < centres[3] - 1.0  # smoothing lags a moving face
+    followed_centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in followed]
+    assert followed_centres[3] < centres[3] - 1.0 and followed_centres[3] > centres[0] + 3.0
     with pytest.raises(InvalidInputError):
         next(align_video(aligner, clip, smoothing=1.0))
     with pytest.raises(InvalidInputError):
