@@ -45,12 +45,14 @@ DEFAULT_SMOOTHING = 0.5
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class VideoFrame:
-    """One frame: its index, time in seconds, the RGB image (H, W, 3) uint8, and its faces (smoothed)."""
+    """One frame: its index, time in seconds, the RGB image (H, W, 3) uint8, its faces (smoothed) and their
+    ids (the same number for a face from frame to frame while it is followed; a new one for a new face)."""
 
     index: int
     seconds: float
     image: np.ndarray
     faces: list[FaceResult]
+    face_ids: list[int]
 
 
 def read_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -96,20 +98,26 @@ def align_video(aligner: FaceAligner, path: str | Path, smoothing: float = DEFAU
         yield from _followed(aligner, frames, smoothing)
         return
     previous: list[FaceResult] = []
+    previous_ids: list[int] = []
+    new_ids = itertools.count()
     while chunk := list(itertools.islice(frames, batch_size)):
         aligned = aligner.align_batch([image for _, _, image in chunk])
         for (index, seconds, image), results in zip(chunk, aligned, strict=True):
             faces = [face for face in results if face is not None]
+            matches = _matches(faces, previous)
+            ids = [next(new_ids) if match is None else previous_ids[_position(match, previous)] for match in matches]
             faces = [_smoothed(face, match, smoothing) if match is not None else face
-                     for face, match in zip(faces, _matches(faces, previous), strict=True)]
-            previous = faces
-            yield VideoFrame(index, seconds, image, faces)
+                     for face, match in zip(faces, matches, strict=True)]
+            previous, previous_ids = faces, ids
+            yield VideoFrame(index, seconds, image, faces, ids)
 
 
 def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoFrame]:
     """The frames with their faces followed by the boxes of their last landmarks (module docstring)."""
     raw: list[FaceResult] = []  # the last frame's faces before smoothing: their landmarks give the next boxes
     shown: list[FaceResult] = []  # the same, smoothed
+    ids: list[int] = []  # and their ids
+    new_ids = itertools.count()
     for index, seconds, image in frames:
         boxes = [landmark_box(face.landmarks_2d) for face in raw]
         scores: list[float | None] = [None] * len(boxes)
@@ -123,15 +131,16 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
         if aligner.method in STARTABLE and not detecting:
             starts = raw
         results = aligner.align(image, boxes, starts=starts) if boxes else []
-        followed, raw, previous = len(raw), [], shown
-        shown = []
+        followed, raw, previous, previous_ids = len(raw), [], shown, ids
+        shown, ids = [], []
         for k, (face, score) in enumerate(zip(results, scores, strict=True)):
             if face is None or _overlaps(landmark_box(face.landmarks_2d), raw):  # two boxes found one face
                 continue
             face = dataclasses.replace(face, score=score)
             raw.append(face)
             shown.append(_smoothed(face, previous[k], smoothing) if k < followed else face)
-        yield VideoFrame(index, seconds, image, shown)
+            ids.append(previous_ids[k] if k < followed else next(new_ids))
+        yield VideoFrame(index, seconds, image, shown, ids)
 
 
 def _overlaps(box, faces: list[FaceResult]) -> bool:
@@ -140,6 +149,11 @@ def _overlaps(box, faces: list[FaceResult]) -> bool:
         return False
     boxes = torch.tensor([landmark_box(face.landmarks_2d) for face in faces])
     return float(box_iou(torch.tensor([box]), boxes).max()) >= MIN_IOU
+
+
+def _position(face: FaceResult, faces: list[FaceResult]) -> int:
+    """The index of ``face`` itself (not an equal one) in ``faces``."""
+    return next(k for k, other in enumerate(faces) if other is face)
 
 
 def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[FaceResult | None]:

@@ -43,6 +43,7 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
         # of them to the next vertex of its contour line
         assert distance.mean() < 0.1 and distance[17:].max() < 0.5 and distance.max() < 3
     assert [frame.index for frame in raw] == [0, 1, 2, 3] and all(len(frame.faces) >= 1 for frame in raw)
+    assert all(frame.face_ids[0] == 0 for frame in raw)  # followed by box overlap: the same face throughout
     centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in raw]
     assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # the faces follow the drift
     lagged = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in smooth]
@@ -72,12 +73,22 @@ def test_a_face_the_detector_loses_is_followed_from_its_last_landmarks(tmp_path,
     monkeypatch.setattr(aligner.detector, "detect", first_frame_only)
     tracked = list(align_video(aligner, clip, smoothing=0.0))
     assert [len(frame.faces) for frame in tracked] == [1, 1, 1, 1]
+    assert [frame.face_ids for frame in tracked] == [[0], [0], [0], [0]]
     assert tracked[0].faces[0].score is not None and all(frame.faces[0].score is None for frame in tracked[1:])
     centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in tracked]
     assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # followed as the face drifts
     assert len(calls) == 1  # while a face is followed, the detector only looks for new ones now and then
     calls.clear()
-    assert [len(frame.faces) for frame in align_video(aligner, clip, smoothing=0.0, track=False)] == [1, 0, 0, 0]
+    lost = list(align_video(aligner, clip, smoothing=0.0, track=False))
+    assert [len(frame.faces) for frame in lost] == [1, 0, 0, 0]
+
+    def every_other_frame(image):
+        calls.append(1)
+        return detect(image) if len(calls) % 2 else []
+
+    monkeypatch.setattr(aligner.detector, "detect", every_other_frame)
+    calls.clear()  # found in frames 0 and 2, lost in between: a new id when it comes back
+    assert [frame.face_ids for frame in align_video(aligner, clip, track=False)] == [[0], [], [1], []]
 
 
 def test_two_boxes_on_one_face_give_one_face(tmp_path, monkeypatch):

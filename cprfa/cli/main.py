@@ -520,7 +520,7 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
 def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_size: int = 8,
                      track: bool = True) -> int:
     """Align every frame of a video: writes OUT/<name>_annotated.mp4 and OUT/<name>_frames.csv (one row per
-    face and frame: pose and the 68 landmarks, 2D convention); returns the number of frames."""
+    face and frame: the face's id, pose and the 68 landmarks, 2D convention); returns the number of frames."""
     import cv2
 
     from cprfa.align import draw_face_result
@@ -532,9 +532,9 @@ def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_siz
     try:
         for frame in align_video(aligner, path, smoothing, batch_size, track):
             overlay = frame.image
-            for k, face in enumerate(frame.faces):
+            for face_id, face in zip(frame.face_ids, frame.faces, strict=True):
                 overlay = draw_face_result(overlay, face, aligner.model)
-                values = [frame.index, f"{frame.seconds:.3f}", k, "" if face.score is None else f"{face.score:.3f}",
+                values = [frame.index, f"{frame.seconds:.3f}", face_id, "" if face.score is None else f"{face.score:.3f}",
                           *(f"{v:.2f}" for v in (face.pitch, face.yaw, face.roll)), f"{face.scale:.4f}",
                           *(f"{v:.2f}" for v in face.translation), *(f"{v:.2f}" for v in face.landmarks_2d.ravel())]
                 rows.append(",".join(str(v) for v in values))
