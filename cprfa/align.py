@@ -324,23 +324,24 @@ class FaceAligner:
                 head[row] = torch.where(given[:, None], source, head[row])
                 confidence[row, given] = 1.0
         crop_params = None
-        initials = [images[k].starts[i] if images[k].starts is not None else None
-                    for k, i in (owners[j] for j in faces)]
-        cold = torch.tensor([row for row, initial in enumerate(initials) if initial is None], dtype=torch.long)
-        if self.cpr is not None:
+        if self.cpr is not None:  # each face's start: the caller's (``starts``), else the CPR aligner's result
             crop_params = torch.zeros(len(faces), ParamLayout.of(self.model).size, dtype=torch.float64)
-            for row, initial in enumerate(initials):
-                if initial is not None:
-                    crop_params[row] = params_to_crop(torch.from_numpy(initial).double(), crop_boxes[faces[row]],
-                                                      size)
-        if self.cpr is not None and len(cold):
-            frame = NormalizedFrame.for_crop(self.model, size)
-            rows = [faces[row] for row in cold.tolist()]
-            points = frame.points_to_frame(torch.from_numpy(observed.positions[rows]))
-            normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[rows]),
-                                          frame.points_to_frame(head[cold]).float(),
-                                          rounds=CPR_ROUNDS.get(self.method))
-            crop_params[cold] = frame.params_from_frame(normalized).double()
+            cold = []
+            for row, j in enumerate(faces):
+                k, i = owners[j]
+                initial = images[k].starts[i] if images[k].starts is not None else None
+                if initial is None:
+                    cold.append(row)
+                else:
+                    crop_params[row] = params_to_crop(torch.from_numpy(initial).double(), crop_boxes[j], size)
+            if cold:
+                frame = NormalizedFrame.for_crop(self.model, size)
+                rows = [faces[row] for row in cold]
+                points = frame.points_to_frame(torch.from_numpy(observed.positions[rows]))
+                normalized = align_point_sets(self.cpr, points, torch.from_numpy(observed.detected[rows]),
+                                              frame.points_to_frame(head[cold]).float(),
+                                              rounds=CPR_ROUNDS.get(self.method))
+                crop_params[cold] = frame.params_from_frame(normalized).double()
         if self.method != "cpr":
             points, ids, weights = _padded(observed, faces, [chosen[j] for j in faces])
             if self.method in POLISH:

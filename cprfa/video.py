@@ -105,8 +105,8 @@ def align_video(aligner: FaceAligner, path: str | Path, smoothing: float = DEFAU
         for (index, seconds, image), results in zip(chunk, aligned, strict=True):
             faces = [face for face in results if face is not None]
             matches = _matches(faces, previous)
-            ids = [next(new_ids) if match is None else previous_ids[_position(match, previous)] for match in matches]
-            faces = [_smoothed(face, match, smoothing) if match is not None else face
+            ids = [next(new_ids) if match is None else previous_ids[match] for match in matches]
+            faces = [_smoothed(face, previous[match], smoothing) if match is not None else face
                      for face, match in zip(faces, matches, strict=True)]
             previous, previous_ids = faces, ids
             yield VideoFrame(index, seconds, image, faces, ids)
@@ -151,25 +151,21 @@ def _overlaps(box, faces: list[FaceResult]) -> bool:
     return float(box_iou(torch.tensor([box]), boxes).max()) >= MIN_IOU
 
 
-def _position(face: FaceResult, faces: list[FaceResult]) -> int:
-    """The index of ``face`` itself (not an equal one) in ``faces``."""
-    return next(k for k, other in enumerate(faces) if other is face)
-
-
-def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[FaceResult | None]:
-    """For each face, the previous frame's face with the largest box overlap (IoU ≥ MIN_IOU), each used once."""
+def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[int | None]:
+    """For each face, the index of the previous frame's face with the largest box overlap (IoU ≥ MIN_IOU), each
+    used once."""
     if not faces or not previous:
         return [None] * len(faces)
     overlaps = box_iou(torch.tensor([face.box for face in faces]), torch.tensor([old.box for old in previous]))
     pairs = sorted(((float(overlaps[i, j]), i, j) for i in range(len(faces)) for j in range(len(previous))),
                    reverse=True)
-    matched: list[FaceResult | None] = [None] * len(faces)
+    matched: list[int | None] = [None] * len(faces)
     used = set()
     for overlap, i, j in pairs:
         if overlap < MIN_IOU:
             break
         if matched[i] is None and j not in used:
-            matched[i] = previous[j]
+            matched[i] = j
             used.add(j)
     return matched
 
