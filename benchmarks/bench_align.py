@@ -2,7 +2,7 @@
 batch), median of ``--repeats`` runs after one warm-up, 2 torch threads; then the process's peak resident
 memory once it has also aligned a batch of 32 faces.
 
-Run: python benchmarks/bench_align.py [--method cpr+refine|cpr+pose|cpr|online|cpr+online] [--runtime torch|onnx]
+Run: python benchmarks/bench_align.py [--method cpr+refine|cpr+pose|cpr|online|cpr+online] [--runtime auto|torch|onnx]
      [--no-flip] [--no-refine]
 """
 
@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="cpr+refine", help="FaceAligner method (default cpr+refine)")
-    parser.add_argument("--runtime", default="torch", help="what runs the networks: torch (default) or onnx")
+    parser.add_argument("--runtime", default="auto",
+                        help="what runs the networks: auto (default, as cprfa align), torch or onnx")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,

@@ -28,7 +28,7 @@ Sets:
   and occluded, 3D for large-pose), by |yaw| bucket as DESIGN.md, and CED curves (``--figures``).
 
 Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads; again
-with the networks run by onnxruntime (cprfa.cpr.onnx) when it is installed.
+with the networks run by onnxruntime (cprfa.cpr.onnx), as ``cprfa align`` runs them.
 
 Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only] [--flip]
      [--rows PREFIX...]
@@ -38,7 +38,6 @@ Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from evaluation_sets import LARGE_POSE, add_set_arguments, estimator_of, evaluat
 
 from cprfa.align import CPR_ROUNDS, LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_fit, polish_options
 from cprfa.cpr.frame import NormalizedFrame
+from cprfa.cpr.onnx import OnnxStepNetworks
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.dafi.evaluate import observe
@@ -85,13 +85,11 @@ def main() -> None:
     if not args.rows:
         print(f"## Speed (C = {count}, {args.threads} torch threads)\n")
         _speed(aligner, model)
-        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-            from cprfa.cpr.onnx import OnnxStepNetworks
-
-            print("With the networks run by onnxruntime (--runtime onnx), the rest in torch:\n")
-            aligner.runtime = OnnxStepNetworks(aligner)
-            _speed(aligner, model)
-            aligner.runtime = None
+        print("With the networks run by onnxruntime, as `cprfa align` runs them (--runtime auto), the rest in "
+              "torch:\n")
+        aligner.runtime = OnnxStepNetworks(aligner)
+        _speed(aligner, model)
+        aligner.runtime = None
     if args.speed_only:
         return
     synthetic = (("synthetic", PointSetSettings()), ("synthetic, 30 % occluded + 5 % outliers", OCCLUDED_TEST))

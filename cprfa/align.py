@@ -84,6 +84,7 @@ MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retr
 # (README, "Landmark share").
 LANDMARK_SHARE = 0.8
 METHODS = ("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online")
+RUNTIMES = ("auto", "torch", "onnx")
 STARTABLE = ("cpr+refine", "cpr+online")  # fits on every parameter from the CPR aligner's result or a given start
 POLISH = {"cpr+pose": (3, 0), "cpr+refine": (3, 6)}  # LM iterations after CPRFA: on the pose alone, then on all
 # A face whose landmarks' mean confidence (DafiPrediction.landmark_foreground) is below OCCLUDED_CONFIDENCE takes
@@ -184,21 +185,26 @@ class FaceAligner:
     ``flip`` (default) runs the HS-U-Net on each crop and on its mirror image and averages the two
     (cprfa.dafi.predict.DafiEstimator): a more precise DAFI and landmark head for twice the network's work,
     about 5 % of the whole per face; ``flip=False`` for speed. ``refine`` (default) refines the landmark head's
-    points with the landmark refiner of ``refiner_weights`` (default: the shipped one; cprfa.dafi.refine)."""
+    points with the landmark refiner of ``refiner_weights`` (default: the shipped one; cprfa.dafi.refine).
+    ``runtime``: what runs the networks. "auto" (default): torch the HS-U-Net and the refiner (on ``device``),
+    onnxruntime the CPR aligner's (on the CPU, as always; about three times faster than torch for a face;
+    cprfa.cpr.onnx, which caches their export); "torch" or "onnx": all of them."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
                  selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr+refine",
                  cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None,
-                 runtime: str = "torch", flip: bool = True, refine: bool = True,
+                 runtime: str = "auto", flip: bool = True, refine: bool = True,
                  refiner_weights: str | Path | None = None):
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}, got '{method}'")
+        if runtime not in RUNTIMES:
+            raise InvalidInputError(f"runtime must be one of {RUNTIMES}, got '{runtime}'")
         self.model = model or default_face_model()
         if runtime == "onnx" and device != "cpu":
             raise InvalidInputError("runtime 'onnx' runs on the CPU; use device='cpu'")
-        self.estimator = DafiEstimator.from_file(weights, device=device, runtime=runtime, flip=flip, refine=refine,
-                                                 refiner_path=refiner_weights)
+        self.estimator = DafiEstimator.from_file(weights, device=device, runtime="torch" if runtime == "auto" else runtime,
+                                                 flip=flip, refine=refine, refiner_path=refiner_weights)
         calibrated = self.estimator.vertex_offset
         if calibrated is not None and len(calibrated) != self.model.n_vertices:
             raise ModelFileError(f"the HS-U-Net {weights or 'shipped'} was calibrated for a face model of "
@@ -210,7 +216,7 @@ class FaceAligner:
         self.selected = VertexSelection.load(selection).vertex_ids if has_selection else None
         self.method = method
         self.cpr = load_aligner(cpr_weights, self.model).fused() if method.startswith("cpr") else None
-        if self.cpr is not None and runtime == "onnx":
+        if self.cpr is not None and runtime != "torch":  # the aligner runs on the CPU whatever ``device`` says
             from cprfa.cpr.onnx import OnnxStepNetworks
 
             self.cpr.runtime = OnnxStepNetworks(self.cpr)

@@ -1,11 +1,26 @@
-"""Shared fixtures: the bundled face model and the data folder beside the repository (skipped when absent)."""
+"""Shared fixtures: the bundled face model and the data folder beside the repository (skipped when absent);
+exported ONNX graphs are cached in a folder of the test session, not the user's cache."""
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory):
+    from cprfa.cpr.onnx import CACHE_VARIABLE
+
+    before = os.environ.get(CACHE_VARIABLE)
+    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("graph_cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_VARIABLE)
+    else:
+        os.environ[CACHE_VARIABLE] = before
 
 
 @pytest.fixture(scope="session")

@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "started from the CPR aligner's result")
     align.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
     align.add_argument("--device", default="cpu", help="cpu or cuda: where the HS-U-Net runs (default cpu)")
-    align.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                       help="what runs the networks (HS-U-Net, CPR aligner): torch (default) or onnxruntime "
-                       "(pip install -e \".[onnx]\")")
+    align.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                       help="what runs the networks: auto (default: torch the HS-U-Net, onnxruntime the CPR "
+                       "aligner's on the CPU), torch or onnx (onnxruntime all of them)")
     align.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                        help="test-time flip augmentation: the HS-U-Net also reads each mirrored crop and the two "
                        "predictions are averaged (a more precise DAFI and landmark head, twice the network's work; "
@@ -115,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, the landmark refiner (detail crops "
         "(B, 3, 2S, 2S) and points (B, 68, 2) in, refined points out) to OUT/refiner.onnx, and the networks of the CPR aligner's "
         "steps (cprfa.cpr.onnx: the stage, CPRs and GRU states in, the step and the next states out), one graph "
-        "per parameter group, to OUT/cpr/<group>.onnx, all with a dynamic batch size. "
-        "Needs pip install -e \".[onnx]\".")
+        "per parameter group, to OUT/cpr/<group>.onnx, all with a dynamic batch size.")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     export.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")

@@ -9,11 +9,18 @@ consistency-aware updating, the translation step) stays in torch, so ``OnnxStepN
 ``step_networks`` through ``CPRAligner.runtime``. With fusion, a batch without any sparse source runs the
 fused graphs with the sparse branch switched off (zero input, ``present`` 0), which gives what the DAFI
 branch alone gives.
+
+Exporting the four graphs takes about 3 s, more than a command on a few photos gains from them, so
+``OnnxStepNetworks`` keeps them in a cache folder (``cache_folder``) under a key of the weights, torch's
+version and the opset, and checks a cached graph against torch on a fixed input before it trusts it: a graph
+written by other code, or a damaged file, is exported again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -23,10 +30,12 @@ from torch import nn
 
 from cprfa.cpr.regressor import GROUPS, CPRAligner
 from cprfa.cpr.sparse import N_LANDMARKS
-from cprfa.dafi.onnx import OPSET, cpu_session, require
+from cprfa.dafi.onnx import OPSET, cpu_session
 
 DENSE_NAMES = ("cpr", "state")
 FUSED_NAMES = ("cpr", "state", "sparse_cpr", "sparse_state", "present")
+CACHE_VARIABLE = "CPRFA_CACHE_DIR"
+AGREEMENT = 1e-3  # largest difference from torch that a cached graph's outputs may show
 
 
 class _GroupGraph(nn.Module):
@@ -40,7 +49,6 @@ class _GroupGraph(nn.Module):
 
 def export_group(aligner: CPRAligner, group: str, target: str | Path | io.BytesIO) -> None:
     """Write the networks of one group's steps (every stage) as an ONNX graph to a file or a buffer."""
-    require("onnx")
     channels, count = aligner.channels.shape
     example = [torch.zeros(2, channels, count, count), torch.zeros(2, aligner.config.hidden)]
     names, outputs = DENSE_NAMES, ["delta", "next_state"]
@@ -56,16 +64,13 @@ def export_group(aligner: CPRAligner, group: str, target: str | Path | io.BytesI
 
 
 class OnnxStepNetworks:
-    """onnxruntime sessions answering like ``CPRAligner.step_networks``; set it as the aligner's ``runtime``."""
+    """onnxruntime sessions answering like ``CPRAligner.step_networks``; set it as the aligner's ``runtime``.
+    ``cache``: keep the exported graphs in ``cache_folder()`` (module docstring)."""
 
-    def __init__(self, aligner: CPRAligner, threads: int | None = None):
+    def __init__(self, aligner: CPRAligner, threads: int | None = None, cache: bool = True):
         self.fusion = aligner.config.fusion
-        self.sessions = {}
-        for group in GROUPS:
-            buffer = io.BytesIO()
-            export_group(aligner, group, buffer)
-            # no spinning: torch runs between the calls
-            self.sessions[group] = cpu_session(buffer.getvalue(), threads, spinning=False)
+        key = graph_key(aligner) if cache else None
+        self.sessions = {group: _session(aligner, group, threads, key) for group in GROUPS}
 
     def __call__(self, group: str, stage: int, cpr: torch.Tensor, state: torch.Tensor,
                  sparse_cpr: torch.Tensor | None = None, sparse_state: torch.Tensor | None = None,
@@ -82,3 +87,76 @@ class OnnxStepNetworks:
         feed["stage"] = np.array(stage, dtype=np.int64)
         outputs = [torch.from_numpy(value) for value in self.sessions[group].run(None, feed)]
         return tuple(outputs if sparse_cpr is not None or not self.fusion else outputs[:2])
+
+
+def cache_folder() -> Path:
+    """Where exported graphs are kept between runs: $CPRFA_CACHE_DIR, else $XDG_CACHE_HOME/cprfa, else
+    ~/.cache/cprfa."""
+    if os.environ.get(CACHE_VARIABLE):
+        return Path(os.environ[CACHE_VARIABLE])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cprfa"
+
+
+def graph_key(aligner: CPRAligner) -> str:
+    """What an aligner's graphs depend on, hashed: its weights (not the folded copies of ``fused``), config and
+    channel shape, torch's version and the opset."""
+    digest = hashlib.sha256(f"{aligner.config.to_dict()} {tuple(aligner.channels.shape)} {torch.__version__} "
+                            f"{OPSET}".encode())
+    for name, value in aligner.state_dict().items():
+        if ".folded." in name:
+            continue
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _session(aligner: CPRAligner, group: str, threads: int | None, key: str | None):
+    """A session for one group's graph: the cached one when it is there and agrees with torch, else a fresh
+    export (written to the cache when ``key`` is given and the folder is writable). No spinning: torch runs
+    between the calls."""
+    path = cache_folder() / f"cpr-{key}-{group}.onnx" if key is not None else None
+    session = _cached_session(path, aligner, group, threads) if path is not None and path.is_file() else None
+    if session is not None:
+        return session
+    buffer = io.BytesIO()
+    export_group(aligner, group, buffer)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            partial.write_bytes(buffer.getvalue())
+            partial.replace(path)
+        except OSError:
+            pass  # an unwritable cache only costs the next run the export
+    return cpu_session(buffer.getvalue(), threads, spinning=False)
+
+
+def _cached_session(path: Path, aligner: CPRAligner, group: str, threads: int | None):
+    """The session of a cached graph, or None when the file is damaged or disagrees with torch."""
+    try:
+        session = cpu_session(path.read_bytes(), threads, spinning=False)
+    except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged graph share no class below Exception
+        return None
+    return session if _agrees(session, aligner, group) else None
+
+
+def _agrees(session, aligner: CPRAligner, group: str) -> bool:
+    """Whether a session gives the torch networks' outputs, within AGREEMENT, on a fixed random input (two
+    faces, the second without a sparse source, at the last stage)."""
+    generator = torch.Generator().manual_seed(0)
+    channels, count = aligner.channels.shape
+    hidden = aligner.config.hidden
+    inputs = [torch.rand(2, channels, count, count, generator=generator), torch.rand(2, hidden, generator=generator)]
+    names = DENSE_NAMES
+    if aligner.config.fusion:
+        inputs += [torch.rand(2, 3, N_LANDMARKS, N_LANDMARKS, generator=generator),
+                   torch.rand(2, hidden, generator=generator), torch.tensor([1.0, 0.0])]
+        names = FUSED_NAMES
+    stage = aligner.config.rounds * aligner.config.stages - 1
+    with torch.inference_mode():
+        expected = aligner.step_networks(group, stage, *inputs)
+    feed = {name: value.numpy() for name, value in zip(names, inputs, strict=True)}
+    actual = session.run(None, {"stage": np.array(stage, dtype=np.int64), **feed})
+    return len(actual) == len(expected) and all(
+        got.shape == tuple(wanted.shape) and np.abs(got - wanted.numpy()).max() <= AGREEMENT
+        for got, wanted in zip(actual, expected, strict=True))

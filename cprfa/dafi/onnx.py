@@ -5,7 +5,7 @@ The HS-U-Net's graph takes the network's input (B, 3, S, S) and returns its full
 (B, 4, S, S: DAFI codes and foreground logit) and the landmark heatmaps (B, 68, h, w); the refiner's takes the
 detail crops (B, 3, R, R) and the points (B, 68, 2) and returns the refined points. The batch size is dynamic.
 ``OnnxNetwork`` and ``OnnxRefiner`` stand in for the torch networks inside ``DafiEstimator``, so crops,
-retrieval and everything after are shared. onnx and onnxruntime are optional (``pip install -e ".[onnx]"``).
+retrieval and everything after are shared.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from torch import nn
 
 from cprfa.dafi.network import HSUNet
 from cprfa.dafi.refine import LandmarkRefiner
-from cprfa.errors import CprfaError
 
 OPSET = 17
 
@@ -38,7 +37,6 @@ class _Exported(nn.Module):
 
 def export_hsunet(network: HSUNet, input_size: int, target: str | Path | io.BytesIO) -> None:
     """Write the network as an ONNX graph to a file or a buffer."""
-    require("onnx")
     example = torch.zeros(1, 3, input_size, input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, still supported
@@ -68,7 +66,6 @@ class OnnxNetwork:
 
 def export_refiner(refiner: LandmarkRefiner, detail_size: int, target: str | Path | io.BytesIO) -> None:
     """Write the landmark refiner as an ONNX graph to a file or a buffer."""
-    require("onnx")
     example = (torch.zeros(1, 3, detail_size, detail_size), torch.full((1, 68, 2), detail_size / 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -94,17 +91,10 @@ class OnnxRefiner:
 def cpu_session(graph: bytes, threads: int | None = None, spinning: bool = True):
     """An onnxruntime CPU session for a serialized graph, on ``threads`` (default: torch's), without the memory
     arena (it keeps each session's largest buffers for good: too much memory across many graphs)."""
-    ort = require("onnxruntime")
+    import onnxruntime as ort  # here, so that importing cprfa does not load it
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.enable_cpu_mem_arena = False
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-
-def require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise CprfaError(f"the ONNX runtime needs the '{module}' package: pip install -e \".[onnx]\"") from None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cprfa.model.face_model import FaceModel
-from cprfa.model.projection import ParamLayout, image_vertices, linear_shape, modes_first
+from cprfa.model.projection import ParamLayout, image_vertices
 
 JAW_LANDMARKS = np.array([*range(8), *range(9, 17)])
 CONTOUR_BAND_CM = 0.35
@@ -67,33 +67,49 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch
     ``shape``: the model-space shape of every vertex under ``params``' α, when the caller has it.
     Not differentiable (a discrete choice); fitting re-chooses them at every iteration.
     Shape: params (B, P), shape (B, N, 3) -> (B, 68) int64."""
-    lines = contour_lines(model)
-    ids = torch.as_tensor(lines.vertex_ids, device=params.device)
+    tensors = _contour_tensors(model, params.device, params.dtype)
     if shape is None:
-        mean, basis, rows = _candidate_tensors(model, params.device, params.dtype)
-        candidates = linear_shape(mean, basis, params[:, ParamLayout.of(model).alpha])[:, rows]
+        alpha = params[:, ParamLayout.of(model).alpha]  # the distinct vertices' shapes, unchecked: fitting's inner loop
+        distinct = tensors.mean + (alpha @ tensors.modes).view(len(params), -1, 3)
+        candidates = distinct[:, tensors.rows]
     else:
-        candidates = shape[:, ids]  # (B, 16, L, 3)
-    best = silhouette_choice(candidates, params, torch.as_tensor(lines.outward, device=params.device))
-    chosen = torch.gather(ids.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
-    result = torch.as_tensor(model.landmarks68, device=params.device).repeat(len(params), 1)
-    result[:, torch.as_tensor(lines.landmarks, device=params.device)] = chosen
-    return result
+        candidates = shape[:, tensors.ids]  # (B, 16, L, 3)
+    best = silhouette_choice(candidates, params, tensors.outward)
+    chosen = torch.gather(tensors.ids.expand(len(params), -1, -1), 2, best[..., None])[..., 0]
+    return tensors.landmarks68.repeat(len(params), 1).index_copy_(1, tensors.jaw, chosen)
+
+
+@dataclass(frozen=True, eq=False)
+class _ContourTensors:
+    """ContourLines as tensors on one device, for ``silhouette_landmark_ids``: the mean (U, 3) of the lines' U
+    distinct vertices and their basis mode by mode (K, 3U; see projection.modes_first), each candidate's row among them (16, L), the candidates' vertex ids
+    (16, L), the jaw landmarks (16,), the 68 landmark vertices (68,) and ``outward`` (16,)."""
+
+    mean: torch.Tensor
+    modes: torch.Tensor
+    rows: torch.Tensor
+    ids: torch.Tensor
+    jaw: torch.Tensor
+    landmarks68: torch.Tensor
+    outward: torch.Tensor
 
 
 @functools.lru_cache(maxsize=8)
-def _candidate_tensors(model: FaceModel, device: torch.device, dtype: torch.dtype):
-    """The mean (U, 3) and basis (U, 3, K) of the contour lines' U distinct vertices, and each candidate's row
-    among them (16, L): the padded lines repeat many vertices, so their shapes are computed once per distinct
-    vertex, and the model's rows are gathered once, not at every fitting iteration. (Normal tensors even when
-    first asked for in inference mode, so that autograd can use them later.)"""
-    ids = contour_lines(model).vertex_ids
-    vertices, rows = np.unique(ids, return_inverse=True)
+def _contour_tensors(model: FaceModel, device: torch.device, dtype: torch.dtype) -> _ContourTensors:
+    """The padded lines repeat many vertices, so their shapes are computed once per distinct vertex, and the
+    model's rows are gathered once, not at every fitting iteration. (Normal tensors even when first asked for in
+    inference mode, so that autograd can use them later.)"""
+    lines = contour_lines(model)
+    vertices, rows = np.unique(lines.vertex_ids, return_inverse=True)
     with torch.inference_mode(False):
         tensors = model.torch_tensors(device, dtype)
         vertices = torch.as_tensor(vertices, device=device)
-        return (tensors["mean"][vertices], modes_first(tensors["basis"][vertices]),
-                torch.as_tensor(rows.reshape(ids.shape), device=device))
+        basis = tensors["basis"][vertices]  # (U, 3, K)
+        return _ContourTensors(
+            tensors["mean"][vertices], basis.reshape(-1, basis.shape[-1]).T.contiguous(),
+            torch.as_tensor(rows.reshape(lines.vertex_ids.shape), device=device),
+            *(torch.as_tensor(values, device=device) for values in (lines.vertex_ids, lines.landmarks,
+                                                                    model.landmarks68, lines.outward)))
 
 
 def silhouette_choice(candidates: torch.Tensor, params: torch.Tensor, outward: torch.Tensor) -> torch.Tensor:

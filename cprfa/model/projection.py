@@ -63,11 +63,17 @@ _ELEMENTARY = torch.tensor([[1, 0, 0, 0, 2, 4, 0, 3, 2],
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    rx, ry, rz = elementary_rotations(angles)
+    return rz @ ry @ rx
+
+
+def elementary_rotations(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rx(pitch), Ry(yaw), Rz(roll), unchecked (``euler_to_rotation`` is their product Rz Ry Rx).
+    Shape: angles (B, 3) -> (B, 3, 3) three times."""
     cos, sin = torch.cos(angles), torch.sin(angles)
     table = torch.stack([torch.zeros_like(cos), torch.ones_like(cos), cos, sin, -sin], dim=-1)  # (B, 3, 5)
     index = _ELEMENTARY.to(angles.device).expand(len(angles), -1, -1)
-    rx, ry, rz = torch.gather(table, 2, index).reshape(-1, 3, 3, 3).unbind(1)
-    return rz @ ry @ rx
+    return torch.gather(table, 2, index).reshape(-1, 3, 3, 3).unbind(1)
 
 
 @accepts_numpy

@@ -1,13 +1,16 @@
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from cprfa.align import FaceAligner
 from cprfa.cli.main import main
-from cprfa.cpr.onnx import FUSED_NAMES, OnnxStepNetworks
+from cprfa.cpr import onnx as cpr_onnx
+from cprfa.cpr.onnx import FUSED_NAMES, OnnxStepNetworks, cache_folder
 from cprfa.cpr.regressor import GROUPS, align_point_sets, load_aligner
+from cprfa.dafi.onnx import OnnxNetwork
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.refine import load_refiner
 from cprfa.data.images import load_image
@@ -15,9 +18,6 @@ from cprfa.data.point_sets import synthetic_point_sets
 from cprfa.errors import InvalidInputError
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.projection import landmarks_3d
-
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "astronaut.jpg"
 EXAMPLE_BOX = (178.0, 80.0, 262.0, 180.0)
@@ -81,3 +81,45 @@ def test_onnx_and_torch_aligners_agree_on_synthetic_faces(face_model):
         truth = landmarks_3d(face_model, wanted)[..., :2]
         assert (torch.linalg.vector_norm(landmarks_3d(face_model, got)[..., :2] - truth, dim=-1).mean(dim=1)
                 < 0.005 * wanted[:, 3] * 15).all()
+
+
+def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_path, monkeypatch):
+    monkeypatch.setenv(cpr_onnx.CACHE_VARIABLE, str(tmp_path))
+    assert cache_folder() == tmp_path
+    aligner = load_aligner().fused()
+    inputs = [torch.rand(2, *aligner.channels.shape, aligner.channels.shape[1]), torch.rand(2, 256),
+              torch.rand(2, 3, 68, 68), torch.rand(2, 256), torch.tensor([1.0, 1.0])]
+    with torch.inference_mode():
+        expected = aligner.step_networks("rotation_z", 1, *inputs)
+    OnnxStepNetworks(aligner)
+    graphs = {path.name.rsplit("-", 1)[1]: path for path in tmp_path.glob("cpr-*.onnx")}
+    assert sorted(graphs) == sorted(f"{group}.onnx" for group in GROUPS)
+
+    def no_export(*_args):
+        raise AssertionError("exported although cached")
+
+    with monkeypatch.context() as patch:  # a second aligner reads the cache
+        patch.setattr(cpr_onnx, "export_group", no_export)
+        cached = OnnxStepNetworks(aligner)
+    for got, wanted in zip(cached("rotation_z", 1, *inputs), expected, strict=True):
+        assert (got - wanted).abs().max() < 1e-4
+    graphs["alpha.onnx"].write_bytes(b"not a graph")  # damaged
+    graphs["scale.onnx"].write_bytes(graphs["rotation_z.onnx"].read_bytes())  # another group's, same shapes
+    exported, export = [], cpr_onnx.export_group
+
+    def counted_export(aligner, group, target):
+        exported.append(group)
+        export(aligner, group, target)
+
+    monkeypatch.setattr(cpr_onnx, "export_group", counted_export)
+    OnnxStepNetworks(aligner)
+    assert sorted(exported) == ["alpha", "scale"]
+    assert graphs["alpha.onnx"].stat().st_size > 10**6
+
+
+def test_the_default_runtime_runs_the_aligner_networks_with_onnxruntime():
+    assert isinstance(FaceAligner().cpr.runtime, OnnxStepNetworks)
+    assert FaceAligner(runtime="torch").cpr.runtime is None
+    assert isinstance(FaceAligner(runtime="onnx").estimator.network, OnnxNetwork)
+    with pytest.raises(InvalidInputError, match="runtime"):
+        FaceAligner(runtime="tensorrt")

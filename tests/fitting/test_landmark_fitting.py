@@ -7,7 +7,7 @@ import torch
 from cprfa.errors import InvalidInputError
 from cprfa.fitting.landmarks import fit_landmarks
 from cprfa.fitting.optimize import FitOptions, fit_points, projection_jacobian
-from cprfa.model.contour import _candidate_tensors, contour_lines, landmarks_2d, silhouette_landmark_ids
+from cprfa.model.contour import _contour_tensors, contour_lines, landmarks_2d, silhouette_landmark_ids
 from cprfa.model.face_model import DEFAULT_MODEL_PATH, FaceModel
 from cprfa.model.projection import ParamLayout, image_vertices, landmarks_3d, model_shape
 
@@ -51,7 +51,7 @@ def test_silhouette_ids_from_a_given_shape_are_the_same(face_model):
 
 
 def test_landmarks_stay_differentiable_after_a_first_use_in_inference_mode(face_model):
-    _candidate_tensors.cache_clear()  # the contour rows are cached on first use: make it this one
+    _contour_tensors.cache_clear()  # the contour rows are cached on first use: make it this one
     params = synthetic_faces(face_model, [30.0])
     with torch.inference_mode():
         silhouette_landmark_ids(face_model, params)
