@@ -141,6 +141,6 @@ def _distances(points: torch.Tensor) -> torch.Tensor:
     same differences squared in place, about three times faster. Shape: (..., n, 2) -> (..., n, n)."""
     if points.requires_grad:
         return torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
-    x, y = points[..., 0], points[..., 1]
+    x, y = points[..., 0].contiguous(), points[..., 1].contiguous()  # broadcasting strided views: 4× slower
     dx, dy = x[..., :, None] - x[..., None, :], y[..., :, None] - y[..., None, :]
     return dx.mul_(dx).addcmul_(dy, dy).sqrt_()
