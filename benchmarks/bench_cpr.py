@@ -27,8 +27,8 @@ Sets:
   vertex retrieval and landmark head: 68-point NME in each set's own convention (2D silhouette jaw for plain
   and occluded, 3D for large-pose), by |yaw| bucket as DESIGN.md, and CED curves (``--figures``).
 
-Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads; again
-with the networks run by onnxruntime (cprfa.cpr.onnx), as ``cprfa align`` runs them.
+Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads, with the
+networks run by torch and by onnxruntime (cprfa.cpr.onnx, as ``cprfa align`` runs them), the two alternating.
 
 Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only] [--flip]
      [--rows PREFIX...]
@@ -83,13 +83,9 @@ def main() -> None:
                if not args.rows or name.startswith(tuple(args.rows))}
     count = 2 * aligner.channels.shape[1]
     if not args.rows:
-        print(f"## Speed (C = {count}, {args.threads} torch threads)\n")
+        print(f"## Speed (C = {count}, {args.threads} torch threads; ms per face, the networks run by torch or by "
+              "onnxruntime as `cprfa align` runs them, the rest in torch)\n")
         _speed(aligner, model)
-        print("With the networks run by onnxruntime, as `cprfa align` runs them (--runtime auto), the rest in "
-              "torch:\n")
-        aligner.runtime = OnnxStepNetworks(aligner)
-        _speed(aligner, model)
-        aligner.runtime = None
     if args.speed_only:
         return
     synthetic = (("synthetic", PointSetSettings()), ("synthetic, 30 % occluded + 5 % outliers", OCCLUDED_TEST))
@@ -212,6 +208,8 @@ def where_fittable(model, points, detected, selected, fit, fallback=None):
 
 
 def _speed(aligner, model) -> None:
+    """ms per face of each configuration with torch and with onnxruntime running the networks, the two alternating
+    (this machine's speed drifts within minutes): the median over rounds of each runtime's median of its runs."""
     sets = synthetic_point_sets(model, 32, SYNTHETIC_SEED + 7)
     landmarks = landmarks_2d(model, sets.params)[..., :2].float()
     configurations = {"round one": (1, None)}
@@ -219,18 +217,36 @@ def _speed(aligner, model) -> None:
         configurations["round one, with landmarks"] = (1, landmarks)
     if aligner.config.rounds > 1:
         configurations["both rounds, with landmarks"] = (aligner.config.rounds, landmarks)
+    runtimes = {"torch": None, "onnxruntime": OnnxStepNetworks(aligner)}
+    print("| | " + " | ".join(f"{name}, {size}" for name in runtimes for size in ("one face", "batch of 32")) + " |")
+    print("|---" * 5 + "|")
+    one_face = {}
     for label, (rounds, sparse) in configurations.items():
-        for count in (1, 32):
+        cells = {}
+        for count, rounds_of_runs, runs in ((1, 10, 3), (32, 3, 1)):
             points, detected = sets.points[:count], sets.detected[:count]
             source = None if sparse is None else sparse[:count]
-            align_point_sets(aligner, points, detected, source, rounds=rounds)
-            timings = []
-            for _ in range(5 if count > 1 else 20):
-                start = time.perf_counter()
-                align_point_sets(aligner, points, detected, source, rounds=rounds)
-                timings.append(time.perf_counter() - start)
-            print(f"- {label}, batch of {count}: {1000 * np.median(timings) / count:.1f} ms per face "
-                  f"(median of {len(timings)})")
+            samples = {name: [] for name in runtimes}
+            for _ in range(rounds_of_runs):
+                for name, runtime in runtimes.items():
+                    aligner.runtime = runtime
+                    align_point_sets(aligner, points, detected, source, rounds=rounds)
+                    timings = []
+                    for _ in range(runs):
+                        start = time.perf_counter()
+                        align_point_sets(aligner, points, detected, source, rounds=rounds)
+                        timings.append(time.perf_counter() - start)
+                    samples[name].append(1000 * float(np.median(timings)) / count)
+            for name, values in samples.items():
+                cells[name, count] = float(np.median(values))
+        one_face[label] = {name: cells[name, 1] for name in runtimes}
+        print(f"| {label} | " + " | ".join(f"{cells[name, count]:.1f}" for name in runtimes for count in (1, 32)) + " |")
+    aligner.runtime = None
+    print("\n(one face: medians of 10 rounds of 3 runs; a batch: of 3 rounds of 1 run)")
+    if "both rounds, with landmarks" in one_face:
+        added = {name: one_face["both rounds, with landmarks"][name] - one_face["round one, with landmarks"][name]
+                 for name in runtimes}
+        print("round two adds, one face: " + ", ".join(f"{value:.1f} ms ({name})" for name, value in added.items()))
     print()
 
 
