@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -91,10 +92,15 @@ class OnnxStepNetworks:
 
 def cache_folder() -> Path:
     """Where exported graphs are kept between runs: $CPRFA_CACHE_DIR, else $XDG_CACHE_HOME/cprfa, else
-    ~/.cache/cprfa."""
+    ~/.cache/cprfa (the system's temporary folder when there is no home folder)."""
     if os.environ.get(CACHE_VARIABLE):
         return Path(os.environ[CACHE_VARIABLE])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cprfa"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "cprfa"
+    try:
+        return Path.home() / ".cache" / "cprfa"
+    except RuntimeError:  # no home folder to be found
+        return Path(tempfile.gettempdir()) / "cprfa-cache"
 
 
 def graph_key(aligner: CPRAligner) -> str:
