@@ -414,10 +414,11 @@ class FaceAligner:
 
 
 def polish_options(options: FitOptions, method: str) -> FitOptions:
-    """``options`` with the iteration counts and damping of a method that polishes CPRFA's result (POLISH)."""
+    """``options`` with the iteration counts, damping and precision of a method that polishes CPRFA's result
+    (POLISH, POLISH_DAMPING; float32, FitOptions.dtype: from the aligner's start it lands where float64 does)."""
     pose_iterations, iterations = POLISH[method]
     return dataclasses.replace(options, pose_iterations=pose_iterations, iterations=iterations,
-                               damping=POLISH_DAMPING)
+                               damping=POLISH_DAMPING, dtype=torch.float32)
 
 
 def polish_fit(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor, weights: torch.Tensor,

@@ -41,6 +41,9 @@ class FitOptions:
     fit_identity, fit_expression: which coefficient groups are free (the others stay at their start value).
     damping: Levenberg–Marquardt's starting damping, a multiple of the diagonal of JᵀJ (each iteration then
         divides it by 3 after a step that lowers the cost, multiplies it by 4 after one that does not).
+    dtype: what the fit computes in, torch.float64 or torch.float32 (about 1.5–1.8 times faster; the
+        refinement after the CPR aligner uses it: the same NME as float64's to 10⁻⁴ % on every face of the
+        afw tuning sets, README "Speed"); the parameters come back in float64 either way.
     """
 
     identity_weight: float = 6e-6
@@ -52,6 +55,7 @@ class FitOptions:
     fit_identity: bool = True
     fit_expression: bool = True
     damping: float = 1e-3
+    dtype: torch.dtype = torch.float64
 
     def __post_init__(self) -> None:
         if self.robust not in ROBUST_LOSSES:
@@ -62,6 +66,8 @@ class FitOptions:
             raise InvalidInputError("iteration counts must be >= 0")
         if not 0 < self.damping <= 1e7:
             raise InvalidInputError(f"damping must lie in (0, 1e7], got {self.damping}")
+        if self.dtype not in (torch.float32, torch.float64):
+            raise InvalidInputError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
 
 
 def box_size(points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -91,8 +97,9 @@ def fit_points(
     options = options or FitOptions()
     check_shape("points", points, (None, None, 2))
     batch, n_points, _ = points.shape
-    points = points.to(torch.float64)
-    weights = torch.ones(batch, n_points, dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    dtype = options.dtype
+    points = points.to(dtype)
+    weights = torch.ones(batch, n_points, dtype=dtype) if weights is None else weights.to(dtype)
     check_shape("weights", weights, (batch, n_points))
     valid = weights > 0
     check_finite("points", torch.where(valid[..., None], points, 0.0))
@@ -103,19 +110,20 @@ def fit_points(
     size = box_size(points, weights)
     if robust_scales is not None:
         check_shape("robust_scales", robust_scales, (n_points,))
-    scales = options.robust_scale if robust_scales is None else torch.as_tensor(robust_scales, dtype=torch.float64)
+    scales = options.robust_scale if robust_scales is None else torch.as_tensor(robust_scales, dtype=dtype)
     robust_pixels = size[:, None] * scales  # (B, 1 or M)
     if initial is None:
         initial = initial_params(model, points, weights)
-    params = initial.to(torch.float64).clone()
+    params = initial.to(dtype).clone()
     free = torch.zeros(layout.size, dtype=torch.bool)
     free[layout.pose] = True
     params = _levenberg_marquardt(model, params, points, weights, size, robust_pixels, vertex_for, free, options,
                                   options.pose_iterations)
     free[layout.identity] = options.fit_identity
     free[layout.expression] = options.fit_expression
-    return _levenberg_marquardt(model, params, points, weights, size, robust_pixels, vertex_for, free, options,
-                                options.iterations)
+    params = _levenberg_marquardt(model, params, points, weights, size, robust_pixels, vertex_for, free, options,
+                                  options.iterations)
+    return params.to(torch.float64)
 
 
 def initial_params(model: FaceModel, points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

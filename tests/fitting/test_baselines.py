@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -102,3 +103,23 @@ def test_a_landmark_of_weight_zero_does_not_pull_the_fit(face_model):
     assert mouth(fit(moved, hidden)) < 0.3 * mouth(fit(moved))
     with pytest.raises(InvalidInputError, match="landmark_weights"):
         fit(moved, hidden[:, :10])
+
+
+def test_a_float32_refinement_lands_where_float64_does(face_model):
+    truth, ids, points = dense_case(face_model, seed=5)
+    landmarks = landmarks_2d(face_model, truth)[..., :2]
+    start = truth.clone()
+    start[:, :3] += 0.05  # radians off, as the CPR aligner's result might be
+    start[:, 3] *= 1.05
+    start[:, 6:] = 0.0
+    weights = torch.ones(ids.shape, dtype=torch.float64)
+    options = FitOptions(robust="geman-mcclure", pose_iterations=3, iterations=6, damping=0.1)
+    single, double = (online_optimization_with_landmarks(face_model, points, ids, weights, landmarks, 0.8,
+                                                         dataclasses.replace(options, dtype=dtype), start)
+                      for dtype in (torch.float32, torch.float64))
+    assert single.dtype == torch.float64
+    moved = (image_vertices(face_model, double) - image_vertices(face_model, start))[..., :2].norm(dim=-1).mean()
+    apart = (image_vertices(face_model, single) - image_vertices(face_model, double))[..., :2].norm(dim=-1).max()
+    assert moved > 1.0 and apart < 1e-3  # pixels: the fit moves the mesh, float32 lands on float64's result
+    with pytest.raises(InvalidInputError, match="dtype"):
+        FitOptions(dtype=torch.float16)
