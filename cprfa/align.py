@@ -187,8 +187,11 @@ class FaceAligner:
     about 5 % of the whole per face; ``flip=False`` for speed. ``refine`` (default) refines the landmark head's
     points with the landmark refiner of ``refiner_weights`` (default: the shipped one; cprfa.dafi.refine).
     ``runtime``: what runs the networks. "auto" (default): torch the HS-U-Net and the refiner (on ``device``),
-    onnxruntime the CPR aligner's (on the CPU, as always; about three times faster than torch for a face;
-    cprfa.cpr.onnx, which caches their export); "torch" or "onnx": all of them."""
+    onnxruntime the CPR aligner's (on the CPU, as always; these networks about three times faster than torch's
+    for one face; cprfa.cpr.onnx, which caches their export); "torch" or "onnx": all of them. onnxruntime's
+    sessions take torch's thread count when the aligner is made. ``fit_options`` set the on-line fits of
+    "online" and "cpr+online"; the refinement of "cpr+refine" and "cpr+pose" takes their priors and robust loss
+    with its own iterations, damping and float32 (``polish_options``)."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
@@ -203,8 +206,9 @@ class FaceAligner:
         self.model = model or default_face_model()
         if runtime == "onnx" and device != "cpu":
             raise InvalidInputError("runtime 'onnx' runs on the CPU; use device='cpu'")
-        self.estimator = DafiEstimator.from_file(weights, device=device, runtime="torch" if runtime == "auto" else runtime,
-                                                 flip=flip, refine=refine, refiner_path=refiner_weights)
+        network_runtime = "torch" if runtime == "auto" else runtime
+        self.estimator = DafiEstimator.from_file(weights, device=device, runtime=network_runtime, flip=flip,
+                                                 refine=refine, refiner_path=refiner_weights)
         calibrated = self.estimator.vertex_offset
         if calibrated is not None and len(calibrated) != self.model.n_vertices:
             raise ModelFileError(f"the HS-U-Net {weights or 'shipped'} was calibrated for a face model of "

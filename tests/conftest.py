@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CACHE_VARIABLE = "CPRFA_CACHE_DIR"  # cprfa.cpr.onnx.CACHE_VARIABLE
 
 
 @pytest.fixture(scope="session", autouse=True)
 def graph_cache(tmp_path_factory):
-    from cprfa.cpr.onnx import CACHE_VARIABLE
-
     before = os.environ.get(CACHE_VARIABLE)
     os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("graph_cache"))
     yield

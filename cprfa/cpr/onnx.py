@@ -1,5 +1,5 @@
 """The CPR aligner's networks through ONNX: export them (``cprfa export-onnx``) and run them with onnxruntime
-(``--runtime onnx``).
+(``--runtime auto``, the default, and ``--runtime onnx``).
 
 The networks of a step (``CPRAligner.step_networks``: the DAFI branch's CNN and GRU and, with fusion, the
 sparse branch's and their crossing) become one graph per group. Its first input is the stage (an int64
@@ -121,34 +121,51 @@ def _session(aligner: CPRAligner, group: str, threads: int | None, key: str | No
     export (written to the cache when ``key`` is given and the folder is writable). No spinning: torch runs
     between the calls."""
     path = cache_folder() / f"cpr-{key}-{group}.onnx" if key is not None else None
-    session = _cached_session(path, aligner, group, threads) if path is not None and path.is_file() else None
+    session = _cached_session(path, aligner, group, threads) if path is not None else None
     if session is not None:
         return session
     buffer = io.BytesIO()
     export_group(aligner, group, buffer)
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            partial.write_bytes(buffer.getvalue())
-            partial.replace(path)
-        except OSError:
-            pass  # an unwritable cache only costs the next run the export
+        _write_atomically(path, buffer.getvalue())
     return cpu_session(buffer.getvalue(), threads, spinning=False)
 
 
 def _cached_session(path: Path, aligner: CPRAligner, group: str, threads: int | None):
-    """The session of a cached graph, or None when the file is damaged or disagrees with torch."""
+    """The session of a cached graph, or None when there is none, or it cannot be read, is damaged or disagrees
+    with torch."""
     try:
-        session = cpu_session(path.read_bytes(), threads, spinning=False)
-    except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged graph share no class below Exception
+        graph = path.read_bytes()
+    except OSError:  # absent, or a folder this user may not enter
         return None
-    return session if _agrees(session, aligner, group) else None
+    try:
+        session = cpu_session(graph, threads, spinning=False)
+        return session if _agrees(session, aligner, group) else None
+    except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged or foreign graph share no class below it
+        return None
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """Write a file whole or not at all (a temporary file in its folder, then renamed); an unwritable cache
+    only costs the next run the export."""
+    partial = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        os.replace(partial, path)
+        partial = None
+    except OSError:
+        pass
+    finally:
+        if partial is not None:
+            Path(partial).unlink(missing_ok=True)
 
 
 def _agrees(session, aligner: CPRAligner, group: str) -> bool:
     """Whether a session gives the torch networks' outputs, within AGREEMENT, on a fixed random input (two
-    faces, the second without a sparse source, at the last stage)."""
+    faces, the second without a sparse source) at the first and the last stage."""
     generator = torch.Generator().manual_seed(0)
     channels, count = aligner.channels.shape
     hidden = aligner.config.hidden
@@ -158,11 +175,13 @@ def _agrees(session, aligner: CPRAligner, group: str) -> bool:
         inputs += [torch.rand(2, 3, N_LANDMARKS, N_LANDMARKS, generator=generator),
                    torch.rand(2, hidden, generator=generator), torch.tensor([1.0, 0.0])]
         names = FUSED_NAMES
-    stage = aligner.config.rounds * aligner.config.stages - 1
-    with torch.inference_mode():
-        expected = aligner.step_networks(group, stage, *inputs)
     feed = {name: value.numpy() for name, value in zip(names, inputs, strict=True)}
-    actual = session.run(None, {"stage": np.array(stage, dtype=np.int64), **feed})
-    return len(actual) == len(expected) and all(
-        got.shape == tuple(wanted.shape) and np.abs(got - wanted.numpy()).max() <= AGREEMENT
-        for got, wanted in zip(actual, expected, strict=True))
+    for stage in (0, aligner.config.rounds * aligner.config.stages - 1):
+        with torch.inference_mode():
+            expected = aligner.step_networks(group, stage, *inputs)
+        actual = session.run(None, {"stage": np.array(stage, dtype=np.int64), **feed})
+        if len(actual) != len(expected) or not all(
+                got.shape == tuple(wanted.shape) and np.abs(got - wanted.numpy()).max() <= AGREEMENT
+                for got, wanted in zip(actual, expected, strict=True)):
+            return False
+    return True

@@ -23,7 +23,7 @@ import torch
 from cprfa._checks import check_finite, check_shape
 from cprfa.errors import InvalidInputError
 from cprfa.model.face_model import FaceModel
-from cprfa.model.projection import N_POSE, ParamLayout, elementary_rotations, pose_from_box
+from cprfa.model.projection import N_POSE, ParamLayout, elementary_rotations, model_shape, pose_from_box
 
 ROBUST_LOSSES = ("none", "huber", "geman-mcclure")
 
@@ -148,22 +148,32 @@ def projection_jacobian(model: FaceModel, params: torch.Tensor, vertex_ids: torc
 
 class _Correspondence:
     """The model's mean and basis gathered once at the chosen vertices, so that one LM iteration (a Jacobian
-    and up to four trial steps) pays for the gather only once."""
+    and up to four trial steps) pays for the gather only once. With the shape held fixed, ``shape`` (B, N, 3)
+    gives every vertex's position under the fixed α (computed once per fit: gathering the basis at every
+    iteration costs a batch far more), and the chosen vertices' positions are all it keeps."""
 
-    def __init__(self, model: FaceModel, params: torch.Tensor, vertex_ids: torch.Tensor):
+    def __init__(self, model: FaceModel, params: torch.Tensor, vertex_ids: torch.Tensor,
+                 shape: torch.Tensor | None = None):
         self.layout = ParamLayout.of(model)
+        if shape is not None:
+            self.shape = torch.gather(shape, 1, vertex_ids[..., None].expand(-1, -1, 3))  # (B, M, 3)
+            return
         tensors = model.torch_tensors(params.device, params.dtype)
+        self.shape = None
         flat = vertex_ids.reshape(-1)  # index_select: about twice as fast as indexing for these rows
+        modes = tensors["basis"].shape[-1]
         self.mean = tensors["mean"].index_select(0, flat).view(*vertex_ids.shape, 3)  # (B, M, 3)
-        self.basis = tensors["basis"].index_select(0, flat).view(*vertex_ids.shape, 3, -1)  # (B, M, 3, K)
+        self.basis = tensors["basis"].index_select(0, flat).view(*vertex_ids.shape, 3, modes)  # (B, M, 3, K)
 
     def project(self, params: torch.Tensor, jacobian: bool = False, shape_jacobian: bool = True):
         """Points (B, M, 2), and with ``jacobian`` their derivatives (B, M, 2, P), or only the pose's
-        (B, M, 2, N_POSE) without ``shape_jacobian``."""
+        (B, M, 2, N_POSE) without ``shape_jacobian`` and always with a fixed shape."""
         layout = self.layout
-        batch, count = self.mean.shape[:2]  # one matrix product per face, not one per vertex
-        shape = self.mean + (self.basis.reshape(batch, 3 * count, -1) @ params[:, layout.alpha, None]
-                             ).reshape(batch, count, 3)
+        shape = self.shape
+        if shape is None:
+            batch, count = self.mean.shape[:2]  # one matrix product per face, not one per vertex
+            offsets = self.basis.reshape(batch, 3 * count, self.basis.shape[-1]) @ params[:, layout.alpha, None]
+            shape = self.mean + offsets.reshape(batch, count, 3)
         rx, ry, rz = elementary_rotations(params[:, :3])
         rotation = rz @ ry @ rx
         scale = params[:, 3, None, None]
@@ -175,13 +185,14 @@ class _Correspondence:
         skew = torch.tensor([[[0, 0, 0], [0, 0, -1], [0, 1, 0]], [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
                              [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], dtype=params.dtype, device=params.device)
         d_rotation = torch.stack([rotation @ skew[0], rz @ ry @ skew[1] @ rx, rz @ skew[2] @ ry @ rx], dim=1)
-        derivatives = params.new_zeros(*shape.shape[:2], 2, layout.size if shape_jacobian else N_POSE)
+        with_shape = shape_jacobian and self.shape is None
+        derivatives = params.new_zeros(*shape.shape[:2], 2, layout.size if with_shape else N_POSE)
         d_angles = torch.einsum("bkij,bmj->bmik", d_rotation[:, :, :2], shape)  # (B, M, 2, 3)
         derivatives[..., :3] = scale[..., None] * d_angles * flip[:, None]
         derivatives[..., 3] = rotated[..., :2] * flip
         derivatives[..., 0, 4] = 1.0
         derivatives[..., 1, 5] = 1.0
-        if shape_jacobian:
+        if with_shape:
             derivatives[..., layout.alpha] = scale[..., None] * flip[:, None] * (rotation[:, None, :2] @ self.basis)
         return points, derivatives
 
@@ -200,8 +211,9 @@ def _levenberg_marquardt(model, params, points, weights, size, robust_pixels, ve
     eye = torch.eye(len(free_ids), dtype=params.dtype)
     damping = torch.full((len(params),), options.damping, dtype=params.dtype)
 
+    fixed_shape = None if shape_free or not iterations else model_shape(model, params)  # every vertex, once
     for _ in range(iterations):
-        correspondence = _Correspondence(model, params, vertex_for(params))
+        correspondence = _Correspondence(model, params, vertex_for(params), fixed_shape)
         projected, d_projected = correspondence.project(params, jacobian=True, shape_jacobian=shape_free)
         sqrt_w = _robust_sqrt_weights(projected, points, weights, robust_pixels, options)
         factor = (sqrt_w / size[:, None])[..., None]  # (B, M, 1)

@@ -69,8 +69,8 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch
     Shape: params (B, P), shape (B, N, 3) -> (B, 68) int64."""
     tensors = _contour_tensors(model, params.device, params.dtype)
     if shape is None:
-        alpha = params[:, ParamLayout.of(model).alpha]  # the distinct vertices' shapes, unchecked: fitting's inner loop
-        distinct = tensors.mean + (alpha @ tensors.modes).view(len(params), -1, 3)
+        alpha = params[:, ParamLayout.of(model).alpha]  # unchecked (fitting's inner loop; landmarks_2d checks)
+        distinct = tensors.mean + (alpha @ tensors.modes).view(len(params), *tensors.mean.shape)
         candidates = distinct[:, tensors.rows]
     else:
         candidates = shape[:, tensors.ids]  # (B, 16, L, 3)
@@ -82,7 +82,8 @@ def silhouette_landmark_ids(model: FaceModel, params: torch.Tensor, shape: torch
 @dataclass(frozen=True, eq=False)
 class _ContourTensors:
     """ContourLines as tensors on one device, for ``silhouette_landmark_ids``: the mean (U, 3) of the lines' U
-    distinct vertices and their basis mode by mode (K, 3U; see projection.modes_first), each candidate's row among them (16, L), the candidates' vertex ids
+    distinct vertices and their basis as rows of modes (K, 3U: one contiguous row per mode, read fast by a
+    matrix-vector product), each candidate's row among them (16, L), the candidates' vertex ids
     (16, L), the jaw landmarks (16,), the 68 landmark vertices (68,) and ``outward`` (16,)."""
 
     mean: torch.Tensor

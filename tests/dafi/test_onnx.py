@@ -117,6 +117,20 @@ def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_p
     assert graphs["alpha.onnx"].stat().st_size > 10**6
 
 
+def test_a_cache_folder_that_cannot_be_used_costs_only_the_export(tmp_path, monkeypatch):
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv(cpr_onnx.CACHE_VARIABLE, str(blocked / "cache"))
+    aligner = load_aligner().fused()
+    inputs = [torch.rand(1, *aligner.channels.shape, aligner.channels.shape[1]), torch.rand(1, 256),
+              torch.rand(1, 3, 68, 68), torch.rand(1, 256), torch.ones(1)]
+    with torch.inference_mode():
+        expected = aligner.step_networks("scale", 0, *inputs)
+    for got, wanted in zip(OnnxStepNetworks(aligner)("scale", 0, *inputs), expected, strict=True):
+        assert (got - wanted).abs().max() < 1e-4
+    assert blocked.read_text() == "not a folder" and list(tmp_path.iterdir()) == [blocked]
+
+
 def test_the_default_runtime_runs_the_aligner_networks_with_onnxruntime():
     assert isinstance(FaceAligner().cpr.runtime, OnnxStepNetworks)
     assert FaceAligner(runtime="torch").cpr.runtime is None
