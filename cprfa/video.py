@@ -124,7 +124,7 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
         detecting = not raw or index % DETECT_EVERY == 0
         if detecting:
             for detection in aligner.detect(image):
-                if not boxes or float(box_iou(torch.tensor([detection.face_box]), torch.tensor(boxes)).max()) < MIN_IOU:
+                if not _overlaps(detection.face_box, boxes):
                     boxes.append(detection.face_box)
                     scores.append(detection.score)
         starts = None  # on the frames the detector looks at, the CPR aligner starts every fit afresh
@@ -132,10 +132,14 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
             starts = raw
         results = aligner.align(image, boxes, starts=starts) if boxes else []
         followed, raw, previous, previous_ids = len(raw), [], shown, ids
-        shown, ids = [], []
+        shown, ids, found = [], [], []
         for k, (face, score) in enumerate(zip(results, scores, strict=True)):
-            if face is None or _overlaps(landmark_box(face.landmarks_2d), raw):  # two boxes found one face
+            if face is None:
                 continue
+            box = landmark_box(face.landmarks_2d)
+            if _overlaps(box, found):  # two boxes found one face
+                continue
+            found.append(box)
             face = dataclasses.replace(face, score=score)
             raw.append(face)
             shown.append(_smoothed(face, previous[k], smoothing) if k < followed else face)
@@ -143,12 +147,9 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
         yield VideoFrame(index, seconds, image, shown, ids)
 
 
-def _overlaps(box, faces: list[FaceResult]) -> bool:
-    """Whether ``box`` overlaps the landmark box of one of ``faces`` (IoU ≥ MIN_IOU)."""
-    if not faces:
-        return False
-    boxes = torch.tensor([landmark_box(face.landmarks_2d) for face in faces])
-    return float(box_iou(torch.tensor([box]), boxes).max()) >= MIN_IOU
+def _overlaps(box, boxes: list) -> bool:
+    """Whether ``box`` overlaps one of ``boxes`` (IoU ≥ MIN_IOU)."""
+    return bool(boxes) and float(box_iou(torch.tensor([box]), torch.tensor(boxes)).max()) >= MIN_IOU
 
 
 def _matches(faces: list[FaceResult], previous: list[FaceResult]) -> list[int | None]:
