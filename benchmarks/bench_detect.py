@@ -1,11 +1,14 @@
-"""Recall and precision of cprfa's face detector (``cprfa.detect.detector.FaceDetector``, MediaPipe's short-range
-BlazeFace at two scales) on 300-W, on profiled faces, and on small faces; and its speed.
+"""Recall and precision of cprfa's face detector (``cprfa.detect.detector.FaceDetector``: short-range BlazeFace
+fine-tuned by ``cprfa train detector``, at two scales) on 300-W, on profiled faces, and on small faces, against
+MediaPipe's own weights; and its speed.
 
 A face counts as found when a detection's ``face_box`` (the detector's estimate of the tight 68-landmark box)
 has IoU ≥ 0.5 with the tight box of the face's annotated landmarks (detections and faces paired greedily by
 IoU, one to one). Detections paired with no face are counted as extra: 300-W annotates one face per image
-here, so some extras are real, unannotated faces. Each set is run with the default detector and with the
-letterbox alone (tiles off: MediaPipe's own single pass).
+here, so some extras are real, unannotated faces. Each set is run with the default detector, with the same
+followed by the HS-U-Net's confirmation (what ``cprfa align`` keeps of the detections; its time is the whole
+alignment's), with the letterbox alone (tiles off: MediaPipe's own single pass), and with MediaPipe's
+weights.
 
 - helen_test, afw: the 300-W images of /work/shared/data (each a crop of twice the landmark box around one
   face, at most 450 px). helen_test is the evaluation split; afw was used to fit the box map (with
@@ -17,6 +20,7 @@ letterbox alone (tiles off: MediaPipe's own single pass).
   the image side, below what the letterbox alone finds reliably).
 
     python benchmarks/bench_detect.py [--data ../shared/data/300w] [--large-pose /tmp/lp] [--threads 1]
+        [--weights blazeface.pt]
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ import cv2
 import numpy as np
 import torch
 
+from cprfa.align import FaceAligner, is_confirmed
 from cprfa.data.readers import iter_300w, landmark_box
 from cprfa.detect.blazeface import box_iou
-from cprfa.detect.detector import FaceDetector
+from cprfa.detect.detector import MEDIAPIPE_WEIGHTS, FaceDetector
 
 BUCKETS = ((0, 30), (30, 60), (60, 90))
 MOSAIC_GRID, MOSAIC_CELL = 4, 300
@@ -55,11 +60,25 @@ def match(detections, targets: list) -> list[float]:
         iou[d, :], iou[:, t] = -1, -1
 
 
+class Confirmed:
+    """A detector followed by what ``cprfa align`` does with its detections: each box through the HS-U-Net and
+    the fit, kept where the network confirms a face (``cprfa.align.is_confirmed``). Its time is the whole
+    alignment's."""
+
+    def __init__(self, detector: FaceDetector):
+        self.detector, self.aligner = detector, FaceAligner(detector=detector)
+
+    def detect(self, image: np.ndarray) -> list:
+        detections = self.detector.detect(image)
+        results = self.aligner.align(image, [d.face_box for d in detections]) if detections else []
+        return [d for d, result in zip(detections, results, strict=True) if is_confirmed(result)]
+
+
 class Tally:
     def __init__(self):
         self.faces, self.ious, self.extra, self.images, self.seconds, self.last = 0, [], 0, 0, [], []
 
-    def add(self, detector: FaceDetector, image: np.ndarray, targets: list) -> list[float]:
+    def add(self, detector: FaceDetector | Confirmed, image: np.ndarray, targets: list) -> list[float]:
         start = time.perf_counter()
         detections = self.last = detector.detect(image)
         self.seconds.append(time.perf_counter() - start)
@@ -107,11 +126,16 @@ def main() -> None:
     parser.add_argument("--large-pose", type=Path, default=Path("/tmp/lp"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set (quick runs)")
+    parser.add_argument("--weights", type=Path, help="detector weights (default: the shipped, fine-tuned ones)")
     args = parser.parse_args()
     limit = args.limit or None
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    detectors = {"default": FaceDetector(), "letterbox only": FaceDetector(tiles=False)}
+    detectors = {"default": FaceDetector(args.weights),
+                 "default, confirmed by the HS-U-Net": Confirmed(FaceDetector(args.weights)),
+                 "letterbox only": FaceDetector(args.weights, tiles=False),
+                 "MediaPipe's weights": FaceDetector(MEDIAPIPE_WEIGHTS),
+                 "MediaPipe's, letterbox only": FaceDetector(MEDIAPIPE_WEIGHTS, tiles=False)}
     print(f"FaceDetector: min_score {detectors['default'].min_score}; face box map "
           f"{detectors['default'].face_box_map}; {args.threads} thread(s) for torch and OpenCV\n")
 
@@ -129,7 +153,7 @@ def main() -> None:
             print(tally.row(f"{split} | {name}"))
         if split == "helen_test":
             sets = mosaics(faces)
-    for name, detector in detectors.items():
+    for name, detector in detectors.items() if sets else ():  # none with --limit under 16
         tally = Tally()
         for canvas, targets in sets:
             tally.add(detector, canvas, targets)

@@ -11,8 +11,13 @@ Reported: 68-point NME (%) of ``landmarks_2d`` (the fitted model, 2D convention)
 (the HS-U-Net's own points) against the annotation, mean and median over the faces found, the failure rate
 (NME > 10 % or missed, over all faces), and the time per photo.
 
+With ``--large-pose FOLDER`` (a ``cprfa data build --large-pose`` of helen_test: 256² crops of faces turned
+to every |yaw| bucket, landmarks of the fitted model in the 3D convention) the photos are those crops and the
+NME is that of ``landmarks_3d``, by |yaw| bucket. A profile's 3D-convention box holds its hidden jaw, which no
+detector box covers, so there a face is found when the result's box centre lies inside the landmark box.
+
     python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip] [--no-refine]
-                                          [--weights FILE]
+                                          [--weights FILE] [--detector-weights FILE] [--large-pose /tmp/lp]
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.data.images import load_image
 from cprfa.data.readers import iter_300w, landmark_box
 from cprfa.detect.blazeface import box_iou
+from cprfa.detect.detector import FaceDetector
 from cprfa.eval.metrics import nme
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "300w"
+BUCKETS = ((0, 30), (30, 60), (60, 90))
 
 
 def main() -> None:
@@ -41,6 +48,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces")
     parser.add_argument("--zoom", type=float, default=DEFAULT_ZOOM, help="crop zoom (DafiEstimator.zoom)")
     parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
+    parser.add_argument("--detector-weights", type=Path, help="face detector weights (default: the shipped ones)")
+    parser.add_argument("--large-pose", type=Path, help="a --large-pose build of helen_test instead of the photos")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -49,15 +58,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images, truth, boxes = load_photos(args.data, args.split, args.limit)
+    if args.large_pose:
+        images, truth, boxes, yaw = load_large_pose(args.large_pose, args.limit)
+        what, buckets = f"{len(images)} profiled views of helen_test ({args.large_pose})", BUCKETS
+    else:
+        images, truth, boxes = load_photos(args.data, args.split, args.limit)
+        what, buckets, yaw = f"{len(images)} faces of {args.split}", (), None
     aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine)
+    if args.detector_weights:
+        aligner.detector = FaceDetector(args.detector_weights)
     aligner.estimator.zoom = args.zoom
-    print(f"{len(images)} faces of {args.split}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
+    print(f"{what}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
           f"refiner {'on' if args.refine else 'off'}, "
           f"zoom {args.zoom}, batches of {args.batch_size} photos\n")
-    print("| faces from | found | landmarks_2d NME mean | median | head_landmarks NME mean | failure % "
-          "| ms / photo |")
-    print("|---|---|---|---|---|---|---|")
+    landmarks = "landmarks_3d" if args.large_pose else "landmarks_2d"
+    print(f"| faces from | found | {landmarks} NME mean | median | "
+          + "".join(f"[{low}°, {high}°] found / NME | " for low, high in buckets)
+          + "head_landmarks NME mean | failure % | ms / photo |")
+    print("|---" * (7 + len(buckets)) + "|")
     for label, given in (("the detector", None), ("the annotated landmark box", boxes)):
         start, results = time.perf_counter(), []
         for first in range(0, len(images), args.batch_size):
@@ -65,13 +83,19 @@ def main() -> None:
             chunk_boxes = None if given is None else [[box] for box in given[chunk]]
             results += aligner.align_batch(images[chunk], chunk_boxes)
         milliseconds = 1000 * (time.perf_counter() - start) / len(images)
-        found = [_matching(candidates, box) for candidates, box in zip(results, boxes, strict=True)]
-        kept = [i for i, face in enumerate(found) if face is not None]
-        fitted = nme(np.stack([found[i].landmarks_2d for i in kept]), truth[kept])
+        match = _centred if args.large_pose else _matching
+        found = [match(candidates, box) for candidates, box in zip(results, boxes, strict=True)]
+        kept = np.array([i for i, face in enumerate(found) if face is not None], dtype=int)
+        fitted = nme(np.stack([getattr(found[i], landmarks)[:, :2] for i in kept]), truth[kept])
         head = nme(np.stack([found[i].head_landmarks for i in kept]), truth[kept])
         failures = (len(images) - len(kept) + int((fitted > 10).sum())) / len(images)
-        print(f"| {label} | {len(kept)} / {len(images)} | {fitted.mean():.2f} | {np.median(fitted):.2f} "
-              f"| {head.mean():.2f} | {100 * failures:.1f} | {milliseconds:.0f} |")
+        cells = ""
+        for low, high in buckets:
+            inside = ((np.abs(yaw) > low) | (low == 0)) & (np.abs(yaw) <= high)
+            hit = inside[kept]
+            cells += f"{hit.sum()} / {inside.sum()}, {fitted[hit].mean():.2f} | "
+        print(f"| {label} | {len(kept)} / {len(images)} | {fitted.mean():.2f} | {np.median(fitted):.2f} | {cells}"
+              f"{head.mean():.2f} | {100 * failures:.1f} | {milliseconds:.0f} |")
 
 
 def load_photos(data: Path, split: str, limit: int = 0):
@@ -80,6 +104,32 @@ def load_photos(data: Path, split: str, limit: int = 0):
     faces = list(iter_300w(data, (split,)))[:limit or None]
     return ([load_image(face.image) for face in faces], np.stack([face.landmarks for face in faces]),
             [landmark_box(face.landmarks) for face in faces])
+
+
+def load_large_pose(folder: Path, limit: int = 0):
+    """The crops of a --large-pose build (the first ``limit``), their landmarks (3D convention), the tight boxes of
+    those and the faces' yaw in degrees."""
+    shards = sorted((folder / "helen_test").glob("shard_*.npz"))
+    if not shards:
+        raise SystemExit(f"no shards in {folder / 'helen_test'}: build them with `cprfa data build --large-pose`")
+    images, truth, yaw = [], [], []
+    for shard in shards:
+        with np.load(shard) as content:
+            images += list(content["images"])
+            truth.append(content["landmarks"])
+            yaw.append(content["yaw"])
+    truth, yaw = np.concatenate(truth)[:limit or None], np.concatenate(yaw)[:limit or None]
+    return images[:limit or None], truth, [landmark_box(points) for points in truth], yaw
+
+
+def _centred(candidates, box):
+    """The aligned face whose box centre lies inside the landmark box and overlaps it most, or None."""
+    inside = [face for face in candidates if face is not None
+              and box[0] <= (face.box[0] + face.box[2]) / 2 <= box[2]
+              and box[1] <= (face.box[1] + face.box[3]) / 2 <= box[3]]
+    target = torch.tensor([box], dtype=torch.float64)
+    return max(inside, key=lambda face: float(box_iou(torch.tensor([face.box], dtype=torch.float64), target)[0, 0]),
+               default=None)
 
 
 def _matching(candidates, box):

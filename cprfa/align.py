@@ -79,6 +79,11 @@ from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, model
 from cprfa.model.render import visible_vertices_of
 
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
+# A detection is kept only where the HS-U-Net confirms the face: at least this many distinct vertices retrieved per
+# foreground pixel (FaceResult.vertex_density). About 0.2 on a face; on what the detector takes for one (a
+# sleeve, a patch of hair) the network paints a foreground whose codes match few vertices. Chosen on 300-W
+# (README, "Face detection"); given boxes are not checked, MIN_DETECTION alone applies to them.
+MIN_VERTEX_DENSITY = 0.09
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 # Weight of the landmark head against the DAFI vertices in the fit; chosen on the real training photos
 # (README, "Landmark share").
@@ -149,6 +154,11 @@ class FaceResult:
     observed_vertices: int
     timings: dict[str, float]
 
+    @property
+    def vertex_density(self) -> float:
+        """Distinct model vertices retrieved per foreground pixel of the DAFI (MIN_VERTEX_DENSITY)."""
+        return self.observed_vertices / max(int(self.dafi_mask.sum()), 1)
+
     def to_dict(self, dense: bool = False) -> dict:
         """JSON-ready values; ``dense`` adds the mesh vertices (large)."""
         result = {
@@ -191,14 +201,15 @@ class FaceAligner:
     for one face; cprfa.cpr.onnx, which caches their export); "torch" or "onnx": all of them. onnxruntime's
     sessions take torch's thread count when the aligner is made. ``fit_options`` set the on-line fits of
     "online" and "cpr+online"; the refinement of "cpr+refine" and "cpr+pose" takes their priors and robust loss
-    with its own iterations, damping and float32 (``polish_options``)."""
+    with its own iterations, damping and float32 (``polish_options``). ``detector`` finds the faces when no boxes
+    are given (default: ``FaceDetector()``, the shipped weights and their threshold)."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", model: FaceModel | None = None,
                  max_points: int = 512, fit_options: FitOptions | None = None,
                  selection: str | Path | None = DEFAULT_SELECTION, method: str = "cpr+refine",
                  cpr_weights: str | Path | None = None, landmark_source: LandmarkSource | None = None,
                  runtime: str = "auto", flip: bool = True, refine: bool = True,
-                 refiner_weights: str | Path | None = None):
+                 refiner_weights: str | Path | None = None, detector: FaceDetector | None = None):
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}, got '{method}'")
         if runtime not in RUNTIMES:
@@ -225,7 +236,7 @@ class FaceAligner:
 
             self.cpr.runtime = OnnxStepNetworks(self.cpr)
         self.landmark_source = landmark_source
-        self.detector: FaceDetector | None = None  # made on first use
+        self.detector = detector  # None: the shipped one, made on first use
 
     def align(self, image, boxes=None, landmarks=None, starts=None) -> list[FaceResult | None]:
         """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
@@ -235,7 +246,8 @@ class FaceAligner:
         CPR aligner's sparse source).
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
-        there). An image where the detector finds no face gives an empty list.
+        there). Detections the HS-U-Net does not confirm (``is_confirmed``) are left out, so an image where the
+        detector finds no face gives an empty list.
         ``starts``, with ``boxes``: per box the same face's FaceResult in the frame before (a video, cprfa.video),
         its (P,) parameters, or None; a face's fit then starts there instead of from the CPR aligner, which it
         skips (the methods of STARTABLE, whose fit on every parameter can move the start: ``cpr+refine``,
@@ -323,7 +335,7 @@ class FaceAligner:
         chosen = self._choose_vertices(observed)
         faces = [j for j, found in enumerate(chosen) if found is not None]
         if not faces:
-            return results
+            return _confirmed(results, images)
         head = torch.from_numpy(prediction.landmarks[faces].astype(np.float64))
         confidence = torch.from_numpy(prediction.landmark_foreground[faces])
         for row, j in enumerate(faces):  # the caller's or the landmark source's points; the head fills gaps
@@ -396,7 +408,7 @@ class FaceAligner:
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
                 crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
                 timings=per_face)
-        return results
+        return _confirmed(results, images)
 
     def _choose_vertices(self, observed) -> list[np.ndarray | None]:
         """Per face the retrieved vertices to fit (module docstring), or None when too few were found."""
@@ -415,6 +427,18 @@ class FaceAligner:
                 found = np.sort(rng.choice(found, self.max_points, replace=False))
             chosen.append(found)
         return chosen
+
+
+def is_confirmed(result: FaceResult | None) -> bool:
+    """Whether the HS-U-Net confirms a detected face: it found one in the box and retrieved at least
+    MIN_VERTEX_DENSITY distinct vertices per foreground pixel there."""
+    return result is not None and result.vertex_density >= MIN_VERTEX_DENSITY
+
+
+def _confirmed(results: list[list[FaceResult | None]], images: list[_ImageFaces]) -> list[list[FaceResult | None]]:
+    """The results without the detections the HS-U-Net does not confirm; those of given boxes all stay."""
+    return [[result for result, score in zip(image_results, faces.scores, strict=True)
+             if score is None or is_confirmed(result)] for image_results, faces in zip(results, images, strict=True)]
 
 
 def polish_options(options: FitOptions, method: str) -> FitOptions:

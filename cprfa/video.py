@@ -3,13 +3,13 @@
 With ``track`` (the default), each face is followed as face trackers follow one: its box in a frame is the
 tight box of its landmarks in the frame before, and the detector runs only to find faces, on a frame without
 any and on every DETECT_EVERY-th frame (a detection that overlaps a followed face's box, IoU ≥ ``MIN_IOU``,
-is left to it), and a face whose landmarks' box overlaps one already found in the frame is dropped (two
+is left to it; a new one must be confirmed by the HS-U-Net, ``cprfa.align.is_confirmed``), and a face whose landmarks' box overlaps one already found in the frame is dropped (two
 boxes on one face). On the other frames a followed face's fit starts from its result in the frame before
 (``FaceAligner.align(starts=...)``, with the methods whose on-line fit frees every parameter: STARTABLE),
 which skips the CPR aligner; on the detector's frames the CPR aligner starts it afresh, so that a fit cannot drift
 for long. A followed face ends where the HS-U-Net no longer recognises a face in its box; its
-``score`` is None. The detector's box degrades as a face turns to profile and it misses many profiles, while
-the box of the last landmarks stays tight (README, "Videos"). The frames go through one at a time (the faces
+``score`` is None. The detector's box degrades as a face turns to profile and it misses some full profiles,
+while the box of the last landmarks stays tight (README, "Videos"). The frames go through one at a time (the faces
 of a frame together).
 
 Without ``track``, frames go through ``FaceAligner.align_batch`` ``batch_size`` at a time (the detector finds
@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from cprfa.align import STARTABLE, FaceAligner, FaceResult
+from cprfa.align import STARTABLE, FaceAligner, FaceResult, is_confirmed
 from cprfa.data.boxes import landmark_box
 from cprfa.detect.blazeface import box_iou
 from cprfa.errors import ImageReadError, InvalidInputError
@@ -134,7 +134,7 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
         followed, raw, previous, previous_ids = len(raw), [], shown, ids
         shown, ids, found = [], [], []
         for k, (face, score) in enumerate(zip(results, scores, strict=True)):
-            if face is None:
+            if face is None or (score is not None and not is_confirmed(face)):  # a detection not confirmed
                 continue
             box = landmark_box(face.landmarks_2d)
             if _overlaps(box, found):  # two boxes found one face

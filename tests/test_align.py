@@ -12,8 +12,10 @@ from PIL import Image
 from cprfa.align import (
     LANDMARK_ROBUST_SCALE,
     LANDMARK_SHARE,
+    MIN_VERTEX_DENSITY,
     OCCLUDED_ITERATIONS,
     FaceAligner,
+    is_confirmed,
     polish_fit,
     polish_options,
 )
@@ -63,6 +65,24 @@ def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
         aligner.align(blank, [(50, 50, 40, 150)])
     with pytest.raises(InvalidInputError):
         aligner.align(np.zeros((10, 10), np.float32), [BOX])
+
+
+def test_detections_the_hsunet_does_not_confirm_are_left_out(aligner, monkeypatch):
+    sleeve = (13.0, 326.0, 169.0, 479.0)  # the astronaut's orange sleeve and mission patch: no face
+    face, not_a_face = aligner.align(EXAMPLE, [BOX, sleeve])  # given boxes: both aligned, nothing left out
+    assert face.vertex_density > 2 * MIN_VERTEX_DENSITY and is_confirmed(face)
+    assert not_a_face is None or not is_confirmed(not_a_face)
+    detect = aligner.detect
+
+    def the_face_and_the_sleeve(image):  # a detector that takes the sleeve for a face too
+        best = detect(image)[0]
+        return [best, dataclasses.replace(best, box=sleeve, face_box=sleeve, score=0.95)]
+
+    monkeypatch.setattr(aligner, "detect", the_face_and_the_sleeve)
+    faces = aligner.align(EXAMPLE)
+    assert len(faces) == 1 and faces[0].score > 0.95
+    alone = aligner.align(EXAMPLE, [faces[0].box])[0]  # the same face (the fit ran batched with the sleeve)
+    assert np.abs(faces[0].landmarks_3d - alone.landmarks_3d).max() < 0.5
 
 
 @pytest.mark.skipif(not DEFAULT_CPR_WEIGHTS.is_file(), reason="no shipped CPR weights")

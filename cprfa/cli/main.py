@@ -17,7 +17,7 @@ import numpy as np
 
 from cprfa.errors import CprfaError
 from cprfa.eval.report import DEFAULT_SETS
-from cprfa.train.settings import CPRTrainSettings, RefinerTrainSettings, TrainSettings
+from cprfa.train.settings import CPRTrainSettings, DetectorTrainSettings, RefinerTrainSettings, TrainSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refine the landmark head's points on the crop at twice the HS-U-Net's resolution "
                        "(on by default, --no-refine for speed)")
     align.add_argument("--refiner-weights", type=Path, help="landmark refiner weights (default: the shipped ones)")
+    align.add_argument("--detector-weights", type=Path,
+                       help="face detector weights (default: the shipped fine-tuned BlazeFace; "
+                       "cprfa/detect/assets/blazeface_short.pt is MediaPipe's own)")
+    align.add_argument("--min-score", type=float,
+                       help="face detector threshold in (0, 1) (default: the one recorded with its weights)")
     align.add_argument("--batch-size", type=int, default=8,
                        help="images aligned together: their faces share the network passes and fits (default 8)")
     align.add_argument("--workers", type=int, default=2,
@@ -244,6 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
     refiner.add_argument("--limit", type=int, default=0, help="use only the first N training samples (quick runs)")
     refiner.set_defaults(run=run_train_refiner)
 
+    detector = train.add_parser(
+        "detector", help="fine-tune the face detector (BlazeFace) on the training faces and their profiled views",
+        description="Fine-tune MediaPipe's BlazeFace (as converted) on mosaics of the built training crops, "
+        "profiled views included (cprfa data build --profile K), so that it finds faces turned up to 90 deg "
+        "(cprfa.train.detector). Resumable: rerun the same command. Writes OUT/blazeface.pt and "
+        "OUT/blazeface.json (copy both into cprfa/detect/assets/ to ship).")
+    detector_defaults = SimpleNamespace(**{field.name: field.default for field in fields(DetectorTrainSettings)})
+    detector.add_argument("--data", type=Path, required=True, help="training build with profiled views")
+    detector.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, weights)")
+    detector.add_argument("--validation", type=Path, help="a --large-pose build of helen_test: recall by yaw")
+    detector.add_argument("--photos", type=Path, help="the 300-W folder: recall and extra detections on the "
+                          "helen_test photos each epoch; the shipped detection threshold, chosen on the training "
+                          "splits' photos at the end")
+    detector.add_argument("--splits", nargs="+", default=list(detector_defaults.splits))
+    detector.add_argument("--init", type=Path, help="detector weights to start from (default: MediaPipe's, as "
+                          "converted)")
+    detector.add_argument("--epochs", type=int, default=detector_defaults.epochs)
+    detector.add_argument("--samples-per-epoch", type=int, default=detector_defaults.samples_per_epoch)
+    detector.add_argument("--batch-size", type=int, default=detector_defaults.batch_size)
+    detector.add_argument("--lr", type=float, default=detector_defaults.lr)
+    detector.add_argument("--final-lr-ratio", type=float, default=detector_defaults.final_lr_ratio)
+    detector.add_argument("--workers", type=int, default=detector_defaults.workers, help="augmentation processes")
+    detector.add_argument("--threads", type=int, default=detector_defaults.threads, help="torch threads")
+    detector.add_argument("--seed", type=int, default=detector_defaults.seed)
+    detector.add_argument("--limit", type=int, default=0, help="use only the first N training crops (quick runs)")
+    detector.set_defaults(run=run_train_detector)
+
     select = train.add_parser(
         "select-vertices", help="rank vertices by detection and accuracy on a reference set; pick the CPR's C",
         description="Run the HS-U-Net on a reference build (the training faces, never the evaluation set), "
@@ -386,9 +418,14 @@ def run_align(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 0:
         raise CprfaError("--batch-size must be at least 1 and --workers not negative")
     _check_device(args.device)
+    detector = None
+    if args.detector_weights is not None or args.min_score is not None:
+        from cprfa.detect.detector import FaceDetector
+
+        detector = FaceDetector(args.detector_weights, min_score=args.min_score)
     aligner = FaceAligner(weights=args.weights, device=args.device, method=args.method, cpr_weights=args.cpr_weights,
                           runtime=args.runtime, flip=args.flip, refine=args.refine,
-                          refiner_weights=args.refiner_weights)
+                          refiner_weights=args.refiner_weights, detector=detector)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
     failures = 0
@@ -657,12 +694,34 @@ def run_train_refiner(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_detector(args: argparse.Namespace) -> int:
+    from cprfa.train.detector import train_detector
+
+    _check_training_options(args, ("epochs", "batch_size", "threads", "samples_per_epoch"))
+    if not 0 < args.lr < 1 or not 0 < args.final_lr_ratio <= 1:
+        raise CprfaError("--lr must lie in (0, 1), --final-lr-ratio in (0, 1]")
+    if min(args.workers, args.limit) < 0:
+        raise CprfaError("--workers and --limit must not be negative")
+    for option, path in (("--init", args.init), ("--validation", args.validation), ("--photos", args.photos)):
+        if path is not None and not path.exists():
+            raise CprfaError(f"{option} {path}: no such file or folder")
+    settings = DetectorTrainSettings(
+        data=str(args.data), out=str(args.out), validation=str(args.validation or ""),
+        photos=str(args.photos or ""), splits=tuple(args.splits), init=str(args.init or ""), epochs=args.epochs,
+        samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size, lr=args.lr,
+        final_lr_ratio=args.final_lr_ratio, workers=args.workers, seed=args.seed, threads=args.threads,
+        limit=args.limit)
+    record = train_detector(settings)
+    print(f"wrote {args.out / 'blazeface.pt'} and blazeface.json: {record['fine_tuning']['final']}")
+    return 0
+
+
 def _check_training_options(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
     """The options of the training commands that every one checks: counts of at least 1, an existing device."""
     for name in positive:
         if getattr(args, name) < 1:
             raise CprfaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    _check_device(args.device)
+    _check_device(getattr(args, "device", "cpu"))
 
 
 def _check_device(device: str) -> None:

@@ -41,6 +41,7 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ea
 BLOCK_WIDTHS = (24, 28, 32, 36, 42, 48, 56, 64, 72, 80, 88, 96, 96, 96, 96, 96)
 BLOCK_STRIDE_2 = (2, 5, 11)  # blocks (counted from 0) that halve the resolution
 ANCHOR_STRIDES = (8, 16, 16, 16)
+ANCHOR_MIN_SCALE, ANCHOR_MAX_SCALE = 0.1484375, 0.75  # SsdAnchorsCalculator's min_scale and max_scale
 SCALE = 128.0  # x_scale = y_scale = w_scale = h_scale of MediaPipe's decoder
 SCORE_CLIP = 100.0
 IOU_THRESHOLD = 0.3
@@ -143,6 +144,27 @@ def anchor_centres(input_size: int = INPUT_SIZE, strides: tuple[int, ...] = ANCH
         centres.append(grid.expand(-1, 2 * shared, 2).reshape(-1, 2))
         layer += shared
     return torch.cat(centres)
+
+
+def anchor_scales(strides: tuple[int, ...] = ANCHOR_STRIDES) -> torch.Tensor:
+    """The nominal side of each anchor, relative to the input, in the order of ``anchor_centres``: MediaPipe
+    decodes with a fixed size of 1, but its SsdAnchorsCalculator gives layer i the scale s_i = min + (max − min) ·
+    i / (L − 1) (s_L = 1) for its aspect-ratio-1 anchor and sqrt(s_i · s_{i+1}) for the interpolated one. The
+    trained network follows them: a face's best scores come from the anchors of about its size, which is what
+    ``cprfa train detector`` matches faces to. Shape: -> (N,); N = 896 for the defaults."""
+    layers = len(strides)
+    scale = [ANCHOR_MIN_SCALE + (ANCHOR_MAX_SCALE - ANCHOR_MIN_SCALE) * i / (layers - 1) for i in range(layers)]
+    scale.append(1.0)
+    sizes, layer = [], 0
+    while layer < layers:
+        stride, shared = strides[layer], 0
+        while layer + shared < layers and strides[layer + shared] == stride:
+            shared += 1
+        cell = [value for i in range(layer, layer + shared) for value in (scale[i], math.sqrt(scale[i] * scale[i + 1]))]
+        cells = math.ceil(INPUT_SIZE / stride) ** 2
+        sizes.append(torch.tensor(cell).repeat(cells))
+        layer += shared
+    return torch.cat(sizes)
 
 
 def decode(regressors: torch.Tensor, logits: torch.Tensor,

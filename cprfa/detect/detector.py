@@ -1,30 +1,38 @@
-"""``FaceDetector``: find the faces in a photo with MediaPipe's short-range BlazeFace (``Detection`` per face).
+"""``FaceDetector``: find the faces in a photo with short-range BlazeFace (``Detection`` per face).
 
-Short-range BlazeFace was trained on faces that fill a good part of its 128 × 128 input (selfie range), so one
-pass over a whole photo misses the smaller faces: measured on 300-W training faces, it finds nearly every face
-whose tight 68-landmark box spans 0.15 to 1.0 of its input side (94 % at 0.15, 64 % at 0.12, 14 % at 0.10).
-The detector therefore looks at the photo at two scales, in one batch: the whole image letterboxed (padded to a
-square, centred, no distortion; what MediaPipe itself does), and square tiles of half the image's longer side
-laid over it with at least 50 % overlap (3 × 3 on a square photo), which reach faces down to about 0.08 of the
-longer side. The tiles are left out when they would be under ``MIN_TILE_SIDE`` pixels. Padding is black, as in
-MediaPipe's letterbox.
+The network is MediaPipe's short-range BlazeFace, fine-tuned by ``cprfa train detector`` (cprfa.train.detector)
+on the 300-W training faces and their profiled views: MediaPipe's own weights miss many faces turned beyond
+60° of yaw. Short-range BlazeFace was trained on faces that fill a good part of its 128 × 128 input (selfie
+range), so one pass over a whole photo misses the smaller faces: measured on 300-W training faces with
+MediaPipe's weights, it finds nearly every face whose tight 68-landmark box spans 0.15 to 1.0 of its input side
+(94 % at 0.15, 64 % at 0.12, 14 % at 0.10). The detector therefore looks at the photo at two scales, in one
+batch: the whole image letterboxed (padded to a square, centred, no distortion; what MediaPipe itself does),
+and square tiles of half the image's longer side laid over it with at least 50 % overlap (3 × 3 on a square
+photo), which reach faces down to about 0.08 of the longer side. The tiles are left out when they would be
+under ``MIN_TILE_SIDE`` pixels. Padding is black, as in MediaPipe's letterbox.
 
 Each view is decoded and suppressed as MediaPipe does (score ≥ ``min_score``, weighted NMS at IoU 0.3). Tiles
 enlarge parts of big faces, where BlazeFace sees faces in ears, chins and hands at middling scores, so a
-tile's detection must score at least ``1 − TILE_DOUBT · (1 − min_score)`` (0.7 for the default 0.5: on half
+tile's detection must score at least ``1 − TILE_DOUBT · (1 − min_score)`` (0.7 for MediaPipe's 0.5: on half
 the 300-W training crops this cut the extra detections from 108 to 22 on 604 images, the letterbox alone
 giving 14, and kept every face, also in 3 × 3 and 4 × 4 mosaics of them). A tile's detections whose box
 crosses a tile edge inside the photo are dropped (the face is cut there; the letterbox or the neighbouring
-tile sees it whole). Then all views' detections are merged in image coordinates by the same weighted NMS.
+tile sees it whole). Then all views' detections are merged in image coordinates by the same weighted NMS,
+and a detection lying inside one at least twice its size is dropped (``_nested``: faces do not nest; it is
+an eye or a mouth of the bigger face, seen in a tile). ``min_score`` defaults to the one recorded with the
+weights: 0.9 for the fine-tuned ones (chosen on the training photos, cprfa.train.detector), 0.5 for
+MediaPipe's.
 
 Two boxes per face. ``box`` is BlazeFace's own, a square about the face in image pixels. ``face_box``
 is what ``cprfa.align.FaceAligner.align`` wants, the tight box of the face's 68 landmarks (as 300-W's
 annotations): ``box`` mapped by ``FaceBoxMap``, a centre offset in units of the box size and width / height
 ratios, fitted on the 300-W training images (afw, helen_train) by ``tools/fit_blazeface_box.py`` and stored in
-``assets/blazeface_short.json``.
+the weights' record (the fine-tuning trains the boxes towards that map's inverse of the landmark boxes, so the
+map carries over).
 
-Weights: ``assets/blazeface_short.pt`` (converted by ``tools/convert_blazeface.py``; Apache-2.0, see
-``assets/LICENSE-MediaPipe.txt``), a ``torch.save`` dict read with ``weights_only=True``; the file's sha256
+Weights: ``assets/blazeface.pt`` (fine-tuned) and ``assets/blazeface_short.pt`` (MediaPipe's, converted by
+``tools/convert_blazeface.py``, values unchanged: ``MEDIAPIPE_WEIGHTS``); both Apache-2.0, see
+``assets/LICENSE-MediaPipe.txt``. Each is a ``torch.save`` dict read with ``weights_only=True`` whose sha256
 must match the value in the ``.json`` of the same name beside it.
 """
 
@@ -53,11 +61,14 @@ from cprfa.weights import read_weights
 
 WEIGHTS_FORMAT = "cprfa-blazeface"
 WEIGHTS_VERSION = 1
-DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "blazeface_short.pt"
+MEDIAPIPE_WEIGHTS = Path(__file__).parent / "assets" / "blazeface_short.pt"  # as converted, values unchanged
+DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "blazeface.pt"  # fine-tuned by `cprfa train detector`
 TILE_GRIDS = (3,)  # n × n tiles of side 2 / (n + 1) of the longer image side: 50 % overlap on a square photo
 MIN_TILE_SIDE = 96  # pixels; smaller tiles are not used
 TILE_DOUBT = 0.6  # a tile detection needs score >= 1 - TILE_DOUBT * (1 - min_score)
 MIN_IMAGE_SIDE = 8
+DEFAULT_MIN_SCORE = 0.5  # MediaPipe's, for weights whose record names none
+NESTED_AREA, NESTED_COVER = 2.0, 0.7  # a detection this much inside a bigger one is a part of it (_nested)
 HALVE_FROM = 8  # photos reduced this much or more are halved first (faster than INTER_AREA alone)
 
 Box = tuple[float, float, float, float]
@@ -121,14 +132,16 @@ def load_detector_network(path: str | Path | None = None) -> tuple[BlazeFace, di
 class FaceDetector:
     """Faces in photos: ``FaceDetector().detect(image)`` -> [Detection, ...], best score first.
 
-    min_score: keep detections scoring at least this, in (0, 1) (MediaPipe's default 0.5); max_faces: keep at
+    weights: default the fine-tuned ones (``MEDIAPIPE_WEIGHTS`` for MediaPipe's); min_score: keep detections
+    scoring at least this, in (0, 1) (default: the weights' record's, else MediaPipe's 0.5); max_faces: keep at
     most this many (None: all); tiles: also look at tiles of the photo (module docstring), False for the
     whole letterboxed image only, as MediaPipe; face_box_map: override the box mapping of the weights' record
     (needed for weights whose record has none)."""
 
-    def __init__(self, weights: str | Path | None = None, min_score: float = 0.5, max_faces: int | None = None,
-                 tiles: bool = True, face_box_map: FaceBoxMap | None = None):
-        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 < min_score < 1:
+    def __init__(self, weights: str | Path | None = None, min_score: float | None = None,
+                 max_faces: int | None = None, tiles: bool = True, face_box_map: FaceBoxMap | None = None):
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not 0 < min_score < 1):
             raise InvalidInputError(f"min_score must be a number in (0, 1), got {min_score!r}")
         if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int)
                                       or max_faces < 1):
@@ -141,6 +154,11 @@ class FaceDetector:
                 raise ModelFileError(f"the record of {weights or DEFAULT_WEIGHTS} has no valid 'face_box' map "
                                      f"({error})") from None
         self.face_box_map = face_box_map
+        if min_score is None:
+            min_score = self.record.get("min_score", DEFAULT_MIN_SCORE)
+            if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 < min_score < 1:
+                raise ModelFileError(f"the record of {weights or DEFAULT_WEIGHTS} has an invalid min_score "
+                                     f"{min_score!r}")
         self.min_score, self.max_faces, self.tiles = float(min_score), max_faces, bool(tiles)
         self.anchors = anchor_centres()
 
@@ -173,12 +191,26 @@ class FaceDetector:
         boxes, scores, keypoints = torch.cat(found_boxes), torch.cat(found_scores), torch.cat(found_keypoints)
         if len(views) > 1:
             boxes, scores, keypoints = weighted_nms(boxes, scores, keypoints, IOU_THRESHOLD)
+        kept = ~_nested(boxes)
+        boxes, scores, keypoints = boxes[kept], scores[kept], keypoints[kept]
         if self.max_faces is not None:
             boxes, scores, keypoints = boxes[:self.max_faces], scores[:self.max_faces], keypoints[:self.max_faces]
         face_boxes = self.face_box_map(boxes)
         return [Detection(box=_as_box(boxes[i]), face_box=_as_box(face_boxes[i]), score=float(scores[i]),
                           keypoints=keypoints[i].numpy().astype(np.float32))
                 for i in range(len(boxes))]
+
+
+def _nested(boxes: torch.Tensor) -> torch.Tensor:
+    """Which boxes lie inside another detection of at least NESTED_AREA times their area (NESTED_COVER of
+    their own area covered): faces do not nest, so such a box is a part of the bigger face (an eye, a mouth, an
+    ear seen in a tile). Shape: (N, 4) -> (N,) bool."""
+    low = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    high = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    intersection = (high - low).clamp(min=0).prod(dim=-1)  # (N, N)
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=-1)
+    inside = (intersection >= NESTED_COVER * area[:, None]) & (area[None, :] >= NESTED_AREA * area[:, None])
+    return inside.any(dim=1)
 
 
 def _as_box(values: torch.Tensor) -> Box:

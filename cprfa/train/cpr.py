@@ -38,7 +38,7 @@ import math
 import platform
 import re
 import time
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +52,11 @@ from cprfa.cpr.regressor import CPRAligner, CPRConfig, Step, aligner_input, load
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.data.point_sets import OCCLUDED_TEST, PointSetSettings, corrupt, synthetic_point_sets
-from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, landmarks_3d, project
-from cprfa.train.common import decaying_adam
+from cprfa.train.common import decaying_adam, resume
 from cprfa.train.settings import CPRTrainSettings, starting_record
 
 LOSS_VERTEX_STRIDE = 10
@@ -241,17 +240,8 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
     aligner.to(device)
     optimizer, scheduler = decaying_adam(aligner.parameters(), settings.lr, settings.final_lr_ratio, settings.epochs)
     checkpoint_path = out / "checkpoint.pt"
-    start_epoch, seconds, history = 0, 0.0, []
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        defaults = {item.name: item.default for item in fields(CPRTrainSettings) if item.default is not MISSING}
-        if {**defaults, **state["settings"]} != asdict(settings):  # (settings added since: their defaults)
-            raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
-        aligner.load_state_dict(state["aligner"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, seconds, history = state["epoch"] + 1, state["seconds"], state["history"][:state["epoch"] + 1]
-        print(f"resuming {out} after epoch {start_epoch}")
+    start_epoch, seconds, history = resume(checkpoint_path, settings, aligner, "aligner", optimizer, scheduler, device)
+    history = history[:start_epoch]
     real = None
     if settings.real:
         real = RealPointSets.build(settings.real, tuple(settings.splits), settings.dafi_weights, model,

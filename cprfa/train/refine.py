@@ -32,7 +32,7 @@ from cprfa.dafi.refine import LandmarkRefiner, RefinerConfig, load_refiner, save
 from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
-from cprfa.train.common import decaying_adam, epoch_batches
+from cprfa.train.common import decaying_adam, epoch_batches, resume
 from cprfa.train.dafi import AugmentedFaces, load_faces, manifest_summary
 from cprfa.train.settings import RefinerTrainSettings, starting_record
 
@@ -68,16 +68,8 @@ def train_refiner(settings: RefinerTrainSettings, progress: bool = True, device:
     refiner = refiner.to(device)
     optimizer, scheduler = decaying_adam(refiner.parameters(), settings.lr, settings.final_lr_ratio, settings.epochs)
     checkpoint_path = out / "checkpoint.pt"
-    start_epoch, seconds, history = 0, 0.0, []
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["settings"] != asdict(settings):
-            raise CprfaError(f"{checkpoint_path} was made with other settings; use a new --out to start afresh")
-        refiner.load_state_dict(state["refiner"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, seconds, history = state["epoch"] + 1, state["seconds"], state["history"]
-        print(f"resuming {out} after epoch {start_epoch}")
+    start_epoch, seconds, history = resume(checkpoint_path, settings, refiner, "refiner", optimizer, scheduler,
+                                           device)
     head = estimator.predict(validation.images).landmarks
     dataset = AugmentedFaces(faces, settings.seed)
     for epoch in range(start_epoch, settings.epochs):

@@ -83,6 +83,25 @@ class RefinerTrainSettings:
     init: str = ""  # refiner weights to start from ("": random)
 
 
+@dataclass(frozen=True)
+class DetectorTrainSettings:
+    data: str  # folder of cprfa data build output with profiled views (--profile K)
+    out: str
+    validation: str = ""  # a --large-pose build of helen_test ("": none)
+    photos: str = ""  # the 300-W folder, for the helen_test photos ("": none)
+    splits: tuple[str, ...] = ("afw", "helen_train")
+    init: str = ""  # detector weights to start from ("": MediaPipe's, as converted)
+    epochs: int = 6
+    samples_per_epoch: int = 6000
+    batch_size: int = 32
+    lr: float = 1e-4
+    final_lr_ratio: float = 0.05
+    workers: int = 1
+    seed: int = 0
+    threads: int = 2
+    limit: int = 0  # only the first N training crops (0: all)
+
+
 def starting_record(init: str) -> dict | None:
     """The record beside the weights a run starts from (``<weights>.record.json``), if there is one."""
     path = Path(init).with_suffix(".record.json") if init else None

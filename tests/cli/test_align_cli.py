@@ -6,6 +6,7 @@ import numpy as np
 
 from cprfa.cli.main import LoadedImage, _align_batch, main, prefetched
 from cprfa.data.images import save_image
+from cprfa.detect.detector import MEDIAPIPE_WEIGHTS
 from cprfa.errors import CprfaError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -45,6 +46,19 @@ def test_align_without_boxes_detects_the_faces(tmp_path, capsys):
     assert "grey.png: no face found" in capsys.readouterr().err
     assert main(["align", str(grey), "-o", str(out), "--device", "tpu"]) == 1
     assert "--device tpu is not available" in capsys.readouterr().err
+
+
+def test_align_with_another_detector_and_threshold(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--detector-weights",
+                 str(MEDIAPIPE_WEIGHTS), "--min-score", "0.6"])
+    assert code == 0 and 0.6 <= json.loads((out / "astronaut_face0.json").read_text())["score"] <= 1.0
+    assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--min-score", "1.5"]) == 1
+    assert "min_score must be a number in (0, 1)" in capsys.readouterr().err
+    (tmp_path / "fake.pt").write_text("not weights")
+    assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--detector-weights",
+                 str(tmp_path / "fake.pt")]) == 1
+    assert "fake" in capsys.readouterr().err
 
 
 def test_align_with_the_users_landmarks(tmp_path, capsys):

@@ -22,7 +22,15 @@ from cprfa.detect.blazeface import (
     to_input,
     weighted_nms,
 )
-from cprfa.detect.detector import DEFAULT_WEIGHTS, Detection, FaceBoxMap, FaceDetector, load_detector_network
+from cprfa.detect.detector import (
+    DEFAULT_WEIGHTS,
+    MEDIAPIPE_WEIGHTS,
+    Detection,
+    FaceBoxMap,
+    FaceDetector,
+    _nested,
+    load_detector_network,
+)
 from cprfa.errors import InvalidInputError, ModelFileError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -57,6 +65,8 @@ def test_shipped_weights_load_with_their_record():
     assert record["licence"].startswith("Apache-2.0")
     assert (DEFAULT_WEIGHTS.parent / "LICENSE-MediaPipe.txt").is_file()
     assert set(record["face_box"]) >= {"offset_x", "offset_y", "width_ratio", "height_ratio", "fitted"}
+    _, mediapipe = load_detector_network(MEDIAPIPE_WEIGHTS)
+    assert record["fine_tuning"]["start_sha256"] == mediapipe["sha256"] and 0.5 <= record["min_score"] < 1
 
 
 def copy_weights(tmp_path: Path) -> Path:
@@ -165,7 +175,7 @@ def test_weighted_nms_blends_overlapping_detections_and_keeps_the_best_score():
 
 
 def test_letterbox_alone_reproduces_mediapipe_on_the_example(astronaut):
-    detections = FaceDetector(tiles=False).detect(astronaut)
+    detections = FaceDetector(MEDIAPIPE_WEIGHTS, tiles=False).detect(astronaut)
     assert len(detections) == 1
     found = detections[0]
     assert np.allclose(np.array(found.box) / 512, MEDIAPIPE_BOX, atol=1e-4)
@@ -233,3 +243,41 @@ def test_finds_a_300w_test_face(detector, shared_data):
     target = landmark_box(read_pts(name))
     detections = detector.detect(load_image(name.with_suffix(".jpg")))
     assert max(iou(d.face_box, target) for d in detections) > 0.5
+
+
+def test_a_detection_inside_a_bigger_one_is_dropped_as_part_of_it():
+    face = [100.0, 100, 300, 300]
+    boxes = torch.tensor([face, [130.0, 150, 190, 200], [280.0, 150, 360, 230], [400.0, 100, 480, 180]])
+    assert _nested(boxes).tolist() == [False, True, False, False]  # the eye; the box half outside stays
+    assert _nested(torch.tensor([face, [110.0, 110, 290, 290]])).tolist() == [False, False]  # of a similar size
+
+
+def test_the_weights_record_sets_the_default_threshold(tmp_path):
+    path = copy_weights(tmp_path)
+    record_path = path.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    record["min_score"] = 0.85
+    record_path.write_text(json.dumps(record))
+    assert FaceDetector(path).min_score == 0.85
+    assert FaceDetector(path, min_score=0.6).min_score == 0.6
+    record["min_score"] = 1.5
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ModelFileError, match="min_score"):
+        FaceDetector(path)
+    assert FaceDetector(MEDIAPIPE_WEIGHTS).min_score == 0.5
+
+
+def test_finds_faces_turned_up_to_profile(detector, copy_300w, tmp_path):
+    """Two helen_test faces turned into each |yaw| bucket (`cprfa data build --large-pose`, 256² crops)."""
+    from cprfa.cli.main import main
+
+    copy_300w(tmp_path, 2)
+    assert main(["data", "build", "--data", str(tmp_path / "300w"), "--splits", "helen_test", "--large-pose",
+                 "--out", str(tmp_path / "built")]) == 0
+    with np.load(tmp_path / "built" / "helen_test" / "shard_0000.npz") as content:
+        images, landmarks, yaw = content["images"], content["landmarks"], content["yaw"]
+    assert (np.abs(yaw) > 60).sum() == 2
+    for image, points in zip(images, landmarks, strict=True):
+        low, high = points.min(axis=0), points.max(axis=0)
+        centres = [((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in detector.detect(image)]
+        assert any(low[0] <= x <= high[0] and low[1] <= y <= high[1] for x, y in centres)
