@@ -64,9 +64,8 @@ def main() -> None:
     else:
         images, truth, boxes = load_photos(args.data, args.split, args.limit)
         what, buckets, yaw = f"{len(images)} faces of {args.split}", (), None
-    aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine)
-    if args.detector_weights:
-        aligner.detector = FaceDetector(args.detector_weights)
+    aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine,
+                          detector=FaceDetector(args.detector_weights) if args.detector_weights else None)
     aligner.estimator.zoom = args.zoom
     print(f"{what}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
           f"refiner {'on' if args.refine else 'off'}, "

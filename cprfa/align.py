@@ -84,6 +84,7 @@ MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retriev
 # sleeve, a patch of hair) the network paints a foreground whose codes match few vertices. Chosen on 300-W
 # (README, "Face detection"); given boxes are not checked, MIN_DETECTION alone applies to them.
 MIN_VERTEX_DENSITY = 0.09
+DENSITY_CROP_SIDE = 128  # the shipped HS-U-Net's input side, at which MIN_VERTEX_DENSITY was chosen
 MIN_POINTS = 30  # the fewest selected vertices the fit uses instead of all retrieved ones
 # Weight of the landmark head against the DAFI vertices in the fit; chosen on the real training photos
 # (README, "Landmark share").
@@ -156,8 +157,10 @@ class FaceResult:
 
     @property
     def vertex_density(self) -> float:
-        """Distinct model vertices retrieved per foreground pixel of the DAFI (MIN_VERTEX_DENSITY)."""
-        return self.observed_vertices / max(int(self.dafi_mask.sum()), 1)
+        """Distinct model vertices retrieved per foreground pixel of the DAFI, counted at a 128² crop's
+        resolution (MIN_VERTEX_DENSITY; a pixel of a network of another input side S counts (128 / S)²)."""
+        pixels = int(self.dafi_mask.sum()) * (DENSITY_CROP_SIDE / self.dafi_mask.shape[0]) ** 2
+        return self.observed_vertices / max(pixels, 1.0)
 
     def to_dict(self, dense: bool = False) -> dict:
         """JSON-ready values; ``dense`` adds the mesh vertices (large)."""
@@ -169,7 +172,8 @@ class FaceResult:
             "landmarks_2d": self.landmarks_2d.tolist(), "landmarks_3d": self.landmarks_3d.tolist(),
             "landmark_visible": self.landmark_visible.tolist(), "head_landmarks": self.head_landmarks.tolist(),
             "head_confidence": self.head_confidence.tolist(), "crop_box": list(self.crop_box),
-            "observed_vertices": self.observed_vertices, "timings_ms": self.timings,
+            "observed_vertices": self.observed_vertices, "vertex_density": self.vertex_density,
+            "timings_ms": self.timings,
         }
         if dense:
             result["vertices"] = self.vertices.tolist()

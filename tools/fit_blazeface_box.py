@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cprfa.data.readers import iter_300w, landmark_box
-from cprfa.detect.detector import DEFAULT_WEIGHTS, FaceBoxMap, FaceDetector
+from cprfa.detect.detector import MEDIAPIPE_WEIGHTS, FaceBoxMap, FaceDetector
 
 
 def box_iou(a, b) -> float:
@@ -40,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the 300-W folder (afw/, helen_train/, ...)")
     parser.add_argument("--splits", nargs="+", default=["afw", "helen_train"])
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--weights", type=Path, default=MEDIAPIPE_WEIGHTS,
+                        help="MediaPipe's converted weights (the fine-tuning inherits their box map)")
     args = parser.parse_args()
     if "helen_test" in args.splits:
         raise SystemExit("helen_test is the evaluation split: never fit on it")

@@ -417,6 +417,8 @@ def run_align(args: argparse.Namespace) -> int:
         raise CprfaError(f"--smoothing must lie in [0, 1), got {args.smoothing}")
     if args.batch_size < 1 or args.workers < 0:
         raise CprfaError("--batch-size must be at least 1 and --workers not negative")
+    if args.min_score is not None and not 0 < args.min_score < 1:
+        raise CprfaError(f"--min-score must lie in (0, 1), got {args.min_score}")
     _check_device(args.device)
     detector = None
     if args.detector_weights is not None or args.min_score is not None:

@@ -34,8 +34,8 @@ validation sets: the profiled views of a ``--large-pose`` build (found: a detect
 landmark box, by |yaw| bucket) and, with ``--photos``, the helen_test photos (found: ``face_box`` IoU ≥ 0.5
 with the annotated landmark box; extra detections counted). A line in ``history.jsonl`` and
 ``checkpoint.pt`` follow; the command resumes from it. With ``--photos``, the run then picks the detection
-threshold it ships with (``choose_min_score``: the lowest that adds no extra detection on the training splits'
-photos). It writes ``blazeface.pt`` (float16) and ``blazeface.json``: the record ``FaceDetector`` needs
+threshold it ships with (``choose_min_score``: the lowest with no more extra detections on the training splits'
+photos than the starting network at its own threshold). It writes ``blazeface.pt`` (float16) and ``blazeface.json``: the record ``FaceDetector`` needs
 (format, sha256, face box map, threshold, licence) with the run's settings, data, time and history.
 """
 
@@ -67,6 +67,7 @@ from cprfa.detect.blazeface import (
     to_input,
 )
 from cprfa.detect.detector import (
+    DEFAULT_MIN_SCORE,
     MEDIAPIPE_WEIGHTS,
     WEIGHTS_FORMAT,
     WEIGHTS_VERSION,
@@ -95,6 +96,8 @@ FLIP_LANDMARKS = np.array([16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1
                            40, 54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65])
 YAW_BUCKETS = ((0, 30), (30, 60), (60, 90))
 MIN_SCORE_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9)
+FINE_TUNED_LICENCE = ("Apache-2.0 (MediaPipe), modified: fine-tuned on 300-W images, whose research-use-only terms "
+                      "apply too (LICENSE-MediaPipe.txt)")
 
 
 def landmark_keypoints(landmarks: np.ndarray) -> np.ndarray:
@@ -293,9 +296,7 @@ def choose_min_score(network: BlazeFace, settings: DetectorTrainSettings) -> dic
     reference = photo_recall(start, settings.photos, settings.splits)
     tried = {}
     for min_score in MIN_SCORE_CANDIDATES:
-        detector = FaceDetector(start_weights(settings), min_score=min_score)
-        detector.network = network.eval()
-        tried[min_score] = photo_recall(detector, settings.photos, settings.splits)
+        tried[min_score] = photo_recall(running(network, settings, min_score), settings.photos, settings.splits)
         print(f"min_score {min_score}: {tried[min_score]} (the starting network: {reference})")
         if tried[min_score]["extra"] <= reference["extra"]:
             break
@@ -310,9 +311,15 @@ def start_weights(settings: DetectorTrainSettings) -> Path:
     return Path(settings.init) if settings.init else MEDIAPIPE_WEIGHTS
 
 
-def validate(network: BlazeFace, settings: DetectorTrainSettings) -> dict:
-    detector = FaceDetector(start_weights(settings))
+def running(network: BlazeFace, settings: DetectorTrainSettings, min_score: float) -> FaceDetector:
+    """A ``FaceDetector`` with the starting weights' box map, running ``network`` at ``min_score``."""
+    detector = FaceDetector(start_weights(settings), min_score=min_score)
     detector.network = network.eval()
+    return detector
+
+
+def validate(network: BlazeFace, settings: DetectorTrainSettings) -> dict:
+    detector = running(network, settings, DEFAULT_MIN_SCORE)
     result = {}
     if settings.validation:
         result["large_pose_recall"] = large_pose_recall(detector, settings.validation)
@@ -380,7 +387,7 @@ def train_detector(settings: DetectorTrainSettings, progress: bool = True) -> di
     record = {
         "weights": weights.name, "format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION,
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "source": start_record.get("source"), "licence": start_record["licence"],
+        "source": start_record.get("source"), "licence": FINE_TUNED_LICENCE,
         "face_box": start_record["face_box"],
         **({"min_score": threshold["min_score"], "min_score_choice": threshold} if threshold else {}),
         "fine_tuning": {

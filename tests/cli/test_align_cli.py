@@ -54,7 +54,7 @@ def test_align_with_another_detector_and_threshold(tmp_path, capsys):
                  str(MEDIAPIPE_WEIGHTS), "--min-score", "0.6"])
     assert code == 0 and 0.6 <= json.loads((out / "astronaut_face0.json").read_text())["score"] <= 1.0
     assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--min-score", "1.5"]) == 1
-    assert "min_score must be a number in (0, 1)" in capsys.readouterr().err
+    assert "--min-score must lie in (0, 1), got 1.5" in capsys.readouterr().err
     (tmp_path / "fake.pt").write_text("not weights")
     assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--detector-weights",
                  str(tmp_path / "fake.pt")]) == 1
