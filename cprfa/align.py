@@ -218,6 +218,8 @@ class FaceAligner:
             raise InvalidInputError(f"method must be one of {METHODS}, got '{method}'")
         if runtime not in RUNTIMES:
             raise InvalidInputError(f"runtime must be one of {RUNTIMES}, got '{runtime}'")
+        if detector is not None and not callable(getattr(detector, "detect", None)):
+            raise InvalidInputError(f"detector must be a FaceDetector (cprfa.detect.detector), got {detector!r}")
         self.model = model or default_face_model()
         if runtime == "onnx" and device != "cpu":
             raise InvalidInputError("runtime 'onnx' runs on the CPU; use device='cpu'")

@@ -65,6 +65,8 @@ def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
         aligner.align(blank, [(50, 50, 40, 150)])
     with pytest.raises(InvalidInputError):
         aligner.align(np.zeros((10, 10), np.float32), [BOX])
+    with pytest.raises(InvalidInputError, match="FaceDetector"):
+        FaceAligner(detector="blazeface.pt")
 
 
 def test_detections_the_hsunet_does_not_confirm_are_left_out(aligner, monkeypatch):
