@@ -707,6 +707,9 @@ def run_train_detector(args: argparse.Namespace) -> int:
     for option, path in (("--init", args.init), ("--validation", args.validation), ("--photos", args.photos)):
         if path is not None and not path.exists():
             raise CprfaError(f"{option} {path}: no such file or folder")
+    missing = [split for split in ("helen_test", *args.splits) if args.photos and not (args.photos / split).is_dir()]
+    if missing:  # helen_test for the validation, the training splits for the threshold
+        raise CprfaError(f"--photos {args.photos} has no {', '.join(missing)} folder: give the 300-W folder")
     settings = DetectorTrainSettings(
         data=str(args.data), out=str(args.out), validation=str(args.validation or ""),
         photos=str(args.photos or ""), splits=tuple(args.splits), init=str(args.init or ""), epochs=args.epochs,

@@ -126,3 +126,5 @@ def test_train_detector_writes_weights_the_detector_loads_and_resumes(small_buil
     assert "resuming" in capsys.readouterr().out
     assert main(command[:-4] + ["--lr", "2", "--epochs", "1"]) == 1
     assert "--lr" in capsys.readouterr().err
+    assert main(command + ["--epochs", "1", "--photos", str(tmp_path)]) == 1  # not the 300-W folder: said at once
+    assert "has no helen_test" in capsys.readouterr().err
