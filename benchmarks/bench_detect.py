@@ -17,7 +17,8 @@ weights.
   to larger yaw by face profiling; landmarks in the 3D convention, so for profiles the box includes the hidden
   jaw side), recall by |yaw| bucket. Skipped when not built.
 - mosaics: helen_test images, each scaled to 300 px, tiled 4 × 4 into 1200 × 1200 images (faces about 1/8 of
-  the image side, below what the letterbox alone finds reliably).
+  the image side, below what the letterbox alone finds reliably) and 8 × 8 into 2400 × 2400 images (faces about
+  1/16 of the side, below what the default tiles find: the rows with ``small_faces``).
 
     python benchmarks/bench_detect.py [--data ../shared/data/300w] [--large-pose /tmp/lp] [--threads 1]
         [--weights blazeface.pt]
@@ -40,7 +41,7 @@ from cprfa.detect.blazeface import box_iou
 from cprfa.detect.detector import MEDIAPIPE_WEIGHTS, FaceDetector
 
 BUCKETS = ((0, 30), (30, 60), (60, 90))
-MOSAIC_GRID, MOSAIC_CELL = 4, 300
+MOSAIC_GRIDS, MOSAIC_CELL = (4, 8), 300
 
 
 def match(detections, targets: list) -> list[float]:
@@ -97,19 +98,19 @@ class Tally:
                 f"{self.extra} | {1000 * statistics.median(self.seconds):.1f} |")
 
 
-def mosaics(faces) -> list[tuple[np.ndarray, list]]:
-    """4 × 4 mosaics of the faces' images in a fixed shuffled order, with the faces' landmark boxes."""
+def mosaics(faces, grid: int) -> list[tuple[np.ndarray, list]]:
+    """grid × grid mosaics of the faces' images in a fixed shuffled order, with the faces' landmark boxes."""
     order = np.random.default_rng(0).permutation(len(faces))
-    count = MOSAIC_GRID * MOSAIC_GRID
+    count = grid * grid
     result = []
     for start in range(0, len(order) - count + 1, count):
-        side = MOSAIC_GRID * MOSAIC_CELL
+        side = grid * MOSAIC_CELL
         canvas, targets = np.zeros((side, side, 3), np.uint8), []
         for cell, index in enumerate(order[start:start + count]):
             image = read_rgb(faces[index].image)
             k = MOSAIC_CELL / max(image.shape[:2])
             size = (round(image.shape[1] * k), round(image.shape[0] * k))
-            y0, x0 = (cell // MOSAIC_GRID) * MOSAIC_CELL, (cell % MOSAIC_GRID) * MOSAIC_CELL
+            y0, x0 = (cell // grid) * MOSAIC_CELL, (cell % grid) * MOSAIC_CELL
             canvas[y0:y0 + size[1], x0:x0 + size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             targets.append(tuple(np.array(landmark_box(faces[index].landmarks)) * k + [x0, y0, x0, y0]))
         result.append((canvas, targets))
@@ -133,6 +134,8 @@ def main() -> None:
     cv2.setNumThreads(args.threads)
     detectors = {"default": FaceDetector(args.weights),
                  "default, confirmed by the HS-U-Net": Confirmed(FaceDetector(args.weights)),
+                 "small faces (finer tiles too)": FaceDetector(args.weights, small_faces=True),
+                 "small faces, confirmed": Confirmed(FaceDetector(args.weights, small_faces=True)),
                  "letterbox only": FaceDetector(args.weights, tiles=False),
                  "MediaPipe's weights": FaceDetector(MEDIAPIPE_WEIGHTS),
                  "MediaPipe's, letterbox only": FaceDetector(MEDIAPIPE_WEIGHTS, tiles=False)}
@@ -152,12 +155,14 @@ def main() -> None:
                 tally.add(detector, image, [landmark_box(face.landmarks)])
             print(tally.row(f"{split} | {name}"))
         if split == "helen_test":
-            sets = mosaics(faces)
-    for name, detector in detectors.items() if sets else ():  # none with --limit under 16
-        tally = Tally()
-        for canvas, targets in sets:
-            tally.add(detector, canvas, targets)
-        print(tally.row(f"helen_test {MOSAIC_GRID}×{MOSAIC_GRID} mosaics ({MOSAIC_GRID * MOSAIC_CELL} px) | {name}"))
+            helen_test = faces
+    for grid in MOSAIC_GRIDS:
+        sets = mosaics(helen_test, grid)
+        for name, detector in detectors.items() if sets else ():  # none with --limit under grid²
+            tally = Tally()
+            for canvas, targets in sets:
+                tally.add(detector, canvas, targets)
+            print(tally.row(f"helen_test {grid}×{grid} mosaics ({grid * MOSAIC_CELL} px) | {name}"))
 
     shards = sorted((args.large_pose / "helen_test").glob("shard_*.npz"))
     if not shards:

@@ -78,7 +78,7 @@ def main() -> None:
             "matching": "the best scoring detection whose box centre lies inside the tight landmark box",
             "method": "per coefficient, the median over matched faces of (landmark-box centre − detection centre)"
                       " / detection size and landmark-box size / detection size",
-            "detector": {"min_score": detector.min_score, "tiles": detector.tiles},
+            "detector": {"min_score": detector.min_score, "tiles": bool(detector.grids)},
             "interquartile": {name: [round(float(a), 4), round(float(b), 4)]
                               for name, a, b in zip(names, *spread, strict=True)},
             "iou_with_landmark_box": {"mean": round(float(ious.mean()), 4),

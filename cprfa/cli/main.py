@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "cprfa/detect/assets/blazeface_short.pt is MediaPipe's own)")
     align.add_argument("--min-score", type=float,
                        help="face detector threshold in (0, 1) (default: the one recorded with its weights)")
+    align.add_argument("--small-faces", action="store_true",
+                       help="also look for faces down to about 5 %% of the photo's longer side (about 8 %% without), "
+                       "in 3-4 times the detector's time")
     align.add_argument("--batch-size", type=int, default=8,
                        help="images aligned together: their faces share the network passes and fits (default 8)")
     align.add_argument("--workers", type=int, default=2,
@@ -421,10 +424,10 @@ def run_align(args: argparse.Namespace) -> int:
         raise CprfaError(f"--min-score must lie in (0, 1), got {args.min_score}")
     _check_device(args.device)
     detector = None
-    if args.detector_weights is not None or args.min_score is not None:
+    if args.detector_weights is not None or args.min_score is not None or args.small_faces:
         from cprfa.detect.detector import FaceDetector
 
-        detector = FaceDetector(args.detector_weights, min_score=args.min_score)
+        detector = FaceDetector(args.detector_weights, min_score=args.min_score, small_faces=args.small_faces)
     aligner = FaceAligner(weights=args.weights, device=args.device, method=args.method, cpr_weights=args.cpr_weights,
                           runtime=args.runtime, flip=args.flip, refine=args.refine,
                           refiner_weights=args.refiner_weights, detector=detector)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from cprfa.cli.main import LoadedImage, _align_batch, main, prefetched
-from cprfa.data.images import save_image
+from cprfa.data.images import load_image, save_image
 from cprfa.detect.detector import MEDIAPIPE_WEIGHTS
 from cprfa.errors import CprfaError
 
@@ -46,6 +46,17 @@ def test_align_without_boxes_detects_the_faces(tmp_path, capsys):
     assert "grey.png: no face found" in capsys.readouterr().err
     assert main(["align", str(grey), "-o", str(out), "--device", "tpu"]) == 1
     assert "--device tpu is not available" in capsys.readouterr().err
+
+
+def test_align_small_faces(tmp_path, capsys):
+    canvas = np.full((1800, 1800, 3), 128, np.uint8)  # the example's face about 5 % of the side
+    canvas[300:812, 500:1012] = load_image(EXAMPLES / "astronaut.jpg")
+    save_image(tmp_path / "far.png", canvas)
+    assert main(["align", str(tmp_path / "far.png"), "-o", str(tmp_path / "out")]) == 1
+    assert "far.png: no face found" in capsys.readouterr().err
+    assert main(["align", str(tmp_path / "far.png"), "-o", str(tmp_path / "out"), "--small-faces"]) == 0
+    face = json.loads((tmp_path / "out" / "far_face0.json").read_text())
+    assert 650 < np.mean(np.array(face["landmarks_2d"])[:, 0]) < 800 and not (tmp_path / "out" / "far_face1.json").exists()
 
 
 def test_align_with_another_detector_and_threshold(tmp_path, capsys):

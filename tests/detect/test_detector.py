@@ -207,6 +207,16 @@ def test_two_faces_and_max_faces(astronaut):
     assert len(FaceDetector(max_faces=1).detect(pair)) == 1
 
 
+def test_small_faces_are_found_with_the_finer_tiles(astronaut):
+    canvas = np.full((1800, 1800, 3), 128, np.uint8)  # the face about 5 % of the side: under the tiles' reach
+    canvas[300:812, 500:1012] = astronaut
+    x0, y0, x1, y1 = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    expected = (x0 + 500, y0 + 300, x1 + 500, y1 + 300)
+    assert not any(iou(d.face_box, expected) > 0.5 for d in FaceDetector().detect(canvas))
+    found = FaceDetector(small_faces=True).detect(canvas)
+    assert found and iou(found[0].face_box, expected) > 0.6
+
+
 def test_no_face_gives_an_empty_list(detector):
     assert detector.detect(np.full((240, 320, 3), 128, np.uint8)) == []
     noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
