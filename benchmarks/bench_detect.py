@@ -99,7 +99,8 @@ class Tally:
 
 
 def mosaics(faces, grid: int) -> list[tuple[np.ndarray, list]]:
-    """grid × grid mosaics of the faces' images in a fixed shuffled order, with the faces' landmark boxes."""
+    """grid × grid mosaics of the faces' images in a fixed shuffled order, with the faces' landmarks (68, 2) in
+    the mosaic's pixels."""
     order = np.random.default_rng(0).permutation(len(faces))
     count = grid * grid
     result = []
@@ -112,7 +113,7 @@ def mosaics(faces, grid: int) -> list[tuple[np.ndarray, list]]:
             size = (round(image.shape[1] * k), round(image.shape[0] * k))
             y0, x0 = (cell // grid) * MOSAIC_CELL, (cell % grid) * MOSAIC_CELL
             canvas[y0:y0 + size[1], x0:x0 + size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            targets.append(tuple(np.array(landmark_box(faces[index].landmarks)) * k + [x0, y0, x0, y0]))
+            targets.append(faces[index].landmarks * k + [x0, y0])
         result.append((canvas, targets))
     return result
 
@@ -161,7 +162,7 @@ def main() -> None:
         for name, detector in detectors.items() if sets else ():  # none with --limit under grid²
             tally = Tally()
             for canvas, targets in sets:
-                tally.add(detector, canvas, targets)
+                tally.add(detector, canvas, [landmark_box(points) for points in targets])
             print(tally.row(f"helen_test {grid}×{grid} mosaics ({grid * MOSAIC_CELL} px) | {name}"))
 
     shards = sorted((args.large_pose / "helen_test").glob("shard_*.npz"))

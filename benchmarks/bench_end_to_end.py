@@ -16,8 +16,13 @@ to every |yaw| bucket, landmarks of the fitted model in the 3D convention) the p
 NME is that of ``landmarks_3d``, by |yaw| bucket. A profile's 3D-convention box holds its hidden jaw, which no
 detector box covers, so there a face is found when the result's box centre lies inside the landmark box.
 
+With ``--mosaic G`` the photos are helen_test's tiled G × G into mosaics of 300 px cells (bench_detect.py's: at
+G = 8 each face is about 1/16 of the 2400 px image side), aligned with ``--small-faces`` when asked; NME, failures
+and found count per face, time per mosaic.
+
     python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip] [--no-refine]
                                           [--weights FILE] [--detector-weights FILE] [--large-pose /tmp/lp]
+                                          [--mosaic G [--small-faces]]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_detect import mosaics
 
 from cprfa.align import FaceAligner
 from cprfa.data.crop import DEFAULT_ZOOM
@@ -50,6 +56,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     parser.add_argument("--detector-weights", type=Path, help="face detector weights (default: the shipped ones)")
     parser.add_argument("--large-pose", type=Path, help="a --large-pose build of helen_test instead of the photos")
+    parser.add_argument("--mosaic", type=int, default=0, help="G: the photos tiled G × G instead (small faces)")
+    parser.add_argument("--small-faces", action="store_true", help="the detector's finer tiles (--small-faces)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -58,18 +66,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    buckets, yaw = (), None
     if args.large_pose:
         images, truth, boxes, yaw = load_large_pose(args.large_pose, args.limit)
         what, buckets = f"{len(images)} profiled views of helen_test ({args.large_pose})", BUCKETS
+    elif args.mosaic:
+        sets = mosaics(list(iter_300w(args.data, (args.split,)))[:args.limit or None], args.mosaic)
+        images, truth = [canvas for canvas, _ in sets], np.concatenate([np.stack(points) for _, points in sets])
+        boxes = [landmark_box(points) for points in truth]
+        what = f"{len(truth)} faces of {args.split} in {len(sets)} {args.mosaic} × {args.mosaic} mosaics"
     else:
         images, truth, boxes = load_photos(args.data, args.split, args.limit)
-        what, buckets, yaw = f"{len(images)} faces of {args.split}", (), None
-    aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine,
-                          detector=FaceDetector(args.detector_weights) if args.detector_weights else None)
+        what = f"{len(images)} faces of {args.split}"
+    faces_per_image = args.mosaic ** 2 if args.mosaic and not args.large_pose else 1
+    owner = np.repeat(np.arange(len(images)), faces_per_image)  # the image of each face
+    detector = (FaceDetector(args.detector_weights, small_faces=args.small_faces)
+                if args.detector_weights or args.small_faces else None)
+    aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine, detector=detector)
     aligner.estimator.zoom = args.zoom
     print(f"{what}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
           f"refiner {'on' if args.refine else 'off'}, "
-          f"zoom {args.zoom}, batches of {args.batch_size} photos\n")
+          f"zoom {args.zoom}, batches of {args.batch_size} photos, small faces {'on' if args.small_faces else 'off'}\n")
     landmarks = "landmarks_3d" if args.large_pose else "landmarks_2d"
     print(f"| faces from | found | {landmarks} NME mean | median | "
           + "".join(f"[{low}°, {high}°] found / NME | " for low, high in buckets)
@@ -78,22 +95,22 @@ def main() -> None:
     for label, given in (("the detector", None), ("the annotated landmark box", boxes)):
         start, results = time.perf_counter(), []
         for first in range(0, len(images), args.batch_size):
-            chunk = slice(first, first + args.batch_size)
-            chunk_boxes = None if given is None else [[box] for box in given[chunk]]
-            results += aligner.align_batch(images[chunk], chunk_boxes)
+            chunk = range(first, min(first + args.batch_size, len(images)))
+            chunk_boxes = None if given is None else [[given[f] for f in np.flatnonzero(owner == i)] for i in chunk]
+            results += aligner.align_batch([images[i] for i in chunk], chunk_boxes)
         milliseconds = 1000 * (time.perf_counter() - start) / len(images)
         match = _centred if args.large_pose else _matching
-        found = [match(candidates, box) for candidates, box in zip(results, boxes, strict=True)]
+        found = [match(results[owner[f]], box) for f, box in enumerate(boxes)]
         kept = np.array([i for i, face in enumerate(found) if face is not None], dtype=int)
         fitted = nme(np.stack([getattr(found[i], landmarks)[:, :2] for i in kept]), truth[kept])
         head = nme(np.stack([found[i].head_landmarks for i in kept]), truth[kept])
-        failures = (len(images) - len(kept) + int((fitted > 10).sum())) / len(images)
+        failures = (len(boxes) - len(kept) + int((fitted > 10).sum())) / len(boxes)
         cells = ""
         for low, high in buckets:
             inside = ((np.abs(yaw) > low) | (low == 0)) & (np.abs(yaw) <= high)
             hit = inside[kept]
             cells += f"{hit.sum()} / {inside.sum()}, {fitted[hit].mean():.2f} | "
-        print(f"| {label} | {len(kept)} / {len(images)} | {fitted.mean():.2f} | {np.median(fitted):.2f} | {cells}"
+        print(f"| {label} | {len(kept)} / {len(boxes)} | {fitted.mean():.2f} | {np.median(fitted):.2f} | {cells}"
               f"{head.mean():.2f} | {100 * failures:.1f} | {milliseconds:.0f} |")
 
 
