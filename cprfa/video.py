@@ -3,14 +3,14 @@
 With ``track`` (the default), each face is followed as face trackers follow one: its box in a frame is the
 tight box of its landmarks in the frame before, and the detector runs only to find faces, on a frame without
 any and on every DETECT_EVERY-th frame (a detection that overlaps a followed face's box, IoU ≥ ``MIN_IOU``,
-is left to it; a new one must be confirmed by the HS-U-Net, ``cprfa.align.is_confirmed``), and a face whose landmarks' box overlaps one already found in the frame is dropped (two
-boxes on one face). On the other frames a followed face's fit starts from its result in the frame before
+is left to it; a new one must be confirmed by the HS-U-Net, ``cprfa.align.is_confirmed``), and a face whose
+landmarks' box overlaps one already found in the frame is dropped (two boxes on one face). On the other frames a followed face's fit starts from its result in the frame before
 (``FaceAligner.align(starts=...)``, with the methods whose on-line fit frees every parameter: STARTABLE),
 which skips the CPR aligner; on the detector's frames the CPR aligner starts it afresh, so that a fit cannot drift
 for long. A followed face ends where the HS-U-Net no longer recognises a face in its box; its
 ``score`` is None. The detector's box degrades as a face turns to profile and it misses some full profiles,
-while the box of the last landmarks stays tight (README, "Videos"). The frames go through one at a time (the faces
-of a frame together).
+while the box of the last landmarks stays tight (README, "Videos"). The frames go through one at a time (the
+faces of a frame together).
 
 Without ``track``, frames go through ``FaceAligner.align_batch`` ``batch_size`` at a time (the detector finds
 the faces of every frame; the frames of a batch share the network passes and fits), and faces are followed
