@@ -22,7 +22,7 @@ and found count per face, time per mosaic.
 
     python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip] [--no-refine]
                                           [--weights FILE] [--detector-weights FILE] [--large-pose /tmp/lp]
-                                          [--mosaic G [--small-faces]]
+                                          [--mosaic G [--small-faces]] [--reframe]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--large-pose", type=Path, help="a --large-pose build of helen_test instead of the photos")
     parser.add_argument("--mosaic", type=int, default=0, help="G: the photos tiled G × G instead (small faces)")
     parser.add_argument("--small-faces", action="store_true", help="the detector's finer tiles (--small-faces)")
+    parser.add_argument("--reframe", action="store_true", help="detected faces aligned again (--reframe)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -82,11 +83,13 @@ def main() -> None:
     owner = np.repeat(np.arange(len(images)), faces_per_image)  # the image of each face
     detector = (FaceDetector(args.detector_weights, small_faces=args.small_faces)
                 if args.detector_weights or args.small_faces else None)
-    aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine, detector=detector)
+    aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine, detector=detector,
+                          reframe=args.reframe)
     aligner.estimator.zoom = args.zoom
     print(f"{what}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
           f"refiner {'on' if args.refine else 'off'}, "
-          f"zoom {args.zoom}, batches of {args.batch_size} photos, small faces {'on' if args.small_faces else 'off'}\n")
+          f"zoom {args.zoom}, batches of {args.batch_size} photos, small faces {'on' if args.small_faces else 'off'}, "
+          f"reframe {'on' if args.reframe else 'off'}\n")
     landmarks = "landmarks_3d" if args.large_pose else "landmarks_2d"
     print(f"| faces from | found | {landmarks} NME mean | median | "
           + "".join(f"[{low}°, {high}°] found / NME | " for low, high in buckets)

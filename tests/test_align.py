@@ -87,6 +87,17 @@ def test_detections_the_hsunet_does_not_confirm_are_left_out(aligner, monkeypatc
     assert np.abs(faces[0].landmarks_3d - alone.landmarks_3d).max() < 0.5
 
 
+def test_reframe_aligns_a_detected_face_again_in_its_landmarks_box(aligner, monkeypatch):
+    first = aligner.align(EXAMPLE)[0]
+    monkeypatch.setattr(aligner, "reframe", True)
+    (again,) = aligner.align(EXAMPLE)
+    assert again.box == pytest.approx(landmark_box(first.landmarks_2d)) and again.score == first.score
+    assert again.box != pytest.approx(first.box) and set(again.timings) == set(first.timings)
+    assert np.abs(again.landmarks_2d - first.landmarks_2d).mean() < 2.0  # the same face, refitted
+    (given,) = aligner.align(EXAMPLE, [BOX])  # given boxes are not reframed
+    assert given.box == BOX
+
+
 @pytest.mark.skipif(not DEFAULT_CPR_WEIGHTS.is_file(), reason="no shipped CPR weights")
 def test_the_methods_agree_on_the_bundled_example(aligner):
     assert aligner.method == "cpr+refine" and aligner.estimator.flip
