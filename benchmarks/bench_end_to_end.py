@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_detect import mosaics
+from bench_detect import BUCKETS, mosaics
 
 from cprfa.align import FaceAligner
 from cprfa.data.crop import DEFAULT_ZOOM
@@ -44,7 +44,6 @@ from cprfa.detect.detector import FaceDetector
 from cprfa.eval.metrics import nme
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "300w"
-BUCKETS = ((0, 30), (30, 60), (60, 90))
 
 
 def main() -> None:

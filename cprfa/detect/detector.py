@@ -9,7 +9,8 @@ MediaPipe's weights, it finds nearly every face whose tight 68-landmark box span
 batch: the whole image letterboxed (padded to a square, centred, no distortion; what MediaPipe itself does),
 and square tiles of half the image's longer side laid over it with at least 50 % overlap (3 × 3 on a square
 photo), which reach faces down to about 0.08 of the longer side; with ``small_faces``, also 5 × 5 tiles of a
-third of it, down to about 0.05. The tiles are left out when they would be under ``MIN_TILE_SIDE`` pixels. Padding is black, as in MediaPipe's letterbox.
+third of it, down to about 0.05. The tiles are left out when they would be under ``MIN_TILE_SIDE`` pixels.
+Padding is black, as in MediaPipe's letterbox.
 
 Each view is decoded and suppressed as MediaPipe does (score ≥ ``min_score``, weighted NMS at IoU 0.3). Tiles
 enlarge parts of big faces, where BlazeFace sees faces in ears, chins and hands at middling scores, so a
@@ -144,8 +145,7 @@ class FaceDetector:
     def __init__(self, weights: str | Path | None = None, min_score: float | None = None,
                  max_faces: int | None = None, tiles: bool = True, face_box_map: FaceBoxMap | None = None,
                  small_faces: bool = False):
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-                                      or not 0 < min_score < 1):
+        if min_score is not None and not _is_score(min_score):
             raise InvalidInputError(f"min_score must be a number in (0, 1), got {min_score!r}")
         if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int)
                                       or max_faces < 1):
@@ -160,7 +160,7 @@ class FaceDetector:
         self.face_box_map = face_box_map
         if min_score is None:
             min_score = self.record.get("min_score", DEFAULT_MIN_SCORE)
-            if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 < min_score < 1:
+            if not _is_score(min_score):
                 raise ModelFileError(f"the record of {weights or DEFAULT_WEIGHTS} has an invalid min_score "
                                      f"{min_score!r}")
         self.min_score, self.max_faces = float(min_score), max_faces
@@ -204,6 +204,11 @@ class FaceDetector:
         return [Detection(box=_as_box(boxes[i]), face_box=_as_box(face_boxes[i]), score=float(scores[i]),
                           keypoints=keypoints[i].numpy().astype(np.float32))
                 for i in range(len(boxes))]
+
+
+def _is_score(value) -> bool:
+    """Whether ``value`` is a number in (0, 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
 
 
 def _nested(boxes: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """What the training loops share: the optimizer with its decaying learning rate, each epoch's batches, and
-resuming from a checkpoint."""
+saving and resuming checkpoints."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
@@ -48,3 +49,14 @@ def resume(checkpoint_path: Path, settings, network: torch.nn.Module, key: str, 
     scheduler.load_state_dict(state["scheduler"])
     print(f"resuming {checkpoint_path.parent} after epoch {state['epoch'] + 1}")
     return state["epoch"] + 1, state["seconds"], state["history"]
+
+
+def save_checkpoint(checkpoint_path: Path, settings, network: torch.nn.Module, key: str,
+                    optimizer: torch.optim.Optimizer, scheduler, epoch: int, seconds: float, history: list) -> None:
+    """Write a run's ``checkpoint.pt`` after ``epoch`` (atomically: a crash leaves the last one whole), what
+    ``resume`` reads, and the history beside it as ``history.jsonl``."""
+    partial = checkpoint_path.with_suffix(".tmp")
+    torch.save({"settings": asdict(settings), key: network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "seconds": seconds, "history": history}, partial)
+    partial.replace(checkpoint_path)
+    (checkpoint_path.parent / "history.jsonl").write_text("".join(json.dumps(item) + "\n" for item in history))

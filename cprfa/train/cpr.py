@@ -56,7 +56,7 @@ from cprfa.eval.metrics import nme
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import ParamLayout, landmarks_3d, project
-from cprfa.train.common import decaying_adam, resume
+from cprfa.train.common import decaying_adam, resume, save_checkpoint
 from cprfa.train.settings import CPRTrainSettings, starting_record
 
 LOSS_VERTEX_STRIDE = 10
@@ -280,11 +280,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
             save_aligner(aligner, out / "best.pt")
         print(f"epoch {epoch + 1}: loss {entry.get('train_loss', math.nan):.3f}, validation 68-point NME "
               f"{metrics['synthetic_nme']:.2f} % (occluded {metrics['occluded_nme']:.2f} %)", flush=True)
-        torch.save({"settings": asdict(settings), "aligner": aligner.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "seconds": seconds, "history": history}, checkpoint_path.with_suffix(".tmp"))
-        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
-        (out / "history.jsonl").write_text("".join(json.dumps(item) + "\n" for item in history))
+        save_checkpoint(checkpoint_path, settings, aligner, "aligner", optimizer, scheduler, epoch, seconds, history)
     best = out / "best.pt"
     if best.is_file() and history:
         save_aligner(load_aligner(best, model), out / "cpr.pt")  # in the current file format

@@ -56,7 +56,7 @@ from cprfa.data.augment import PNCC_SCALE, AugmentConfig, Sample, augment
 from cprfa.data.crop import DEFAULT_ZOOM, crop_image, params_to_crop, points_to_crop, zoom_box
 from cprfa.errors import CprfaError
 from cprfa.model.face_model import FaceModel, default_face_model
-from cprfa.train.common import decaying_adam, epoch_batches
+from cprfa.train.common import decaying_adam, epoch_batches, save_checkpoint
 from cprfa.train.settings import TrainSettings, starting_record
 
 MIN_CALIBRATION_FACES = 50
@@ -226,11 +226,7 @@ def train_dafi(settings: TrainSettings, progress: bool = True, device: str = "cp
               f"{metrics['landmark_nme']:.2f} %, vertex NME {metrics['vertex_nme']:.2f} %, "
               f"detection {metrics['detection_rate']:.1f} %")
         validation_figure(DafiEstimator(network, config, device), validation, out / f"val_{epoch + 1:03d}.png")
-        torch.save({"settings": asdict(settings), "network": network.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "seconds": seconds, "history": history}, checkpoint_path.with_suffix(".tmp"))
-        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
-        history_path.write_text("".join(json.dumps(item) + "\n" for item in history))
+        save_checkpoint(checkpoint_path, settings, network, "network", optimizer, scheduler, epoch, seconds, history)
     record = {
         "weights": "hsunet.pt", "network": config.to_dict(), "settings": asdict(settings),
         "parameters": sum(parameter.numel() for parameter in network.parameters()),

@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from cprfa.data.augment import flip_landmarks
+from cprfa.data.images import load_image
 from cprfa.data.readers import iter_300w, landmark_box
 from cprfa.detect.blazeface import (
     INPUT_SIZE,
@@ -76,7 +78,7 @@ from cprfa.detect.detector import (
     load_detector_network,
 )
 from cprfa.errors import CprfaError
-from cprfa.train.common import decaying_adam, epoch_batches, resume
+from cprfa.train.common import decaying_adam, epoch_batches, resume, save_checkpoint
 from cprfa.train.dafi import manifest_summary
 from cprfa.train.settings import DetectorTrainSettings
 
@@ -90,10 +92,6 @@ POSITIVE_IOU, NEGATIVE_IOU = 0.5, 0.3  # the shipped network scores many anchors
 NEGATIVES_PER_POSITIVE, MIN_NEGATIVES = 3, 8
 BOX_WEIGHT, KEYPOINT_WEIGHT = 10.0, 5.0
 LANDMARK_KEYPOINTS = 4  # right eye, left eye, nose tip, mouth centre; the ears come from the starting network
-FLIP_KEYPOINTS = (1, 0, 2, 3, 5, 4)
-FLIP_LANDMARKS = np.array([16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 26, 25, 24, 23, 22, 21, 20, 19,
-                           18, 17, 27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41,
-                           40, 54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65])
 YAW_BUCKETS = ((0, 30), (30, 60), (60, 90))
 MIN_SCORE_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9)
 FINE_TUNED_LICENCE = ("Apache-2.0 (MediaPipe), modified: fine-tuned on 300-W images, whose research-use-only terms "
@@ -145,11 +143,9 @@ class Mosaics(Dataset):
         points = np.zeros((MAX_FACES, 68, 2), np.float32)
         for cell in range(grid * grid):
             pick = index % len(self.images) if cell == 0 else int(rng.integers(len(self.images)))
-            image, landmarks = self.images[pick], self.landmarks[pick].copy()
+            image, landmarks = self.images[pick], self.landmarks[pick]
             if rng.random() < 0.5:
-                image = image[:, ::-1]
-                landmarks = landmarks[FLIP_LANDMARKS]
-                landmarks[:, 0] = INPUT_SIZE - landmarks[:, 0]
+                image, landmarks = image[:, ::-1], flip_landmarks(landmarks, INPUT_SIZE)
             row, column = divmod(cell, grid)
             canvas[row * INPUT_SIZE:(row + 1) * INPUT_SIZE, column * INPUT_SIZE:(column + 1) * INPUT_SIZE] = image
             points[cell] = landmarks + INPUT_SIZE * np.array([column, row], np.float32)
@@ -277,8 +273,7 @@ def photo_recall(detector: FaceDetector, root: str, splits: tuple[str, ...] = ("
     landmark box, and the detections matching none (some of them real faces that 300-W does not annotate)."""
     found, extra, faces = 0, 0, 0
     for face in iter_300w(root, splits):
-        image = cv2.cvtColor(cv2.imread(str(face.image)), cv2.COLOR_BGR2RGB)
-        detections = detector.detect(image)
+        detections = detector.detect(load_image(face.image))
         target = torch.tensor([landmark_box(face.landmarks)], dtype=torch.float64)
         iou = box_iou(torch.tensor([d.face_box for d in detections], dtype=torch.float64).reshape(-1, 4), target)
         hit = bool((iou >= 0.5).any())
@@ -375,11 +370,7 @@ def train_detector(settings: DetectorTrainSettings, progress: bool = True) -> di
                  **validate(network, settings)}
         history.append(entry)
         print(f"epoch {epoch + 1}: {entry}")
-        torch.save({"settings": asdict(settings), "network": network.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "seconds": seconds, "history": history}, checkpoint_path.with_suffix(".tmp"))
-        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
-        (out / "history.jsonl").write_text("".join(json.dumps(item) + "\n" for item in history))
+        save_checkpoint(checkpoint_path, settings, network, "network", optimizer, scheduler, epoch, seconds, history)
     threshold = choose_min_score(network, settings) if settings.photos else None
     weights = out / "blazeface.pt"
     state = {key: value.half() for key, value in network.state_dict().items()}

@@ -32,7 +32,7 @@ from cprfa.dafi.refine import LandmarkRefiner, RefinerConfig, load_refiner, save
 from cprfa.data.crop import DEFAULT_ZOOM
 from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
-from cprfa.train.common import decaying_adam, epoch_batches, resume
+from cprfa.train.common import decaying_adam, epoch_batches, resume, save_checkpoint
 from cprfa.train.dafi import AugmentedFaces, load_faces, manifest_summary
 from cprfa.train.settings import RefinerTrainSettings, starting_record
 
@@ -100,11 +100,7 @@ def train_refiner(settings: RefinerTrainSettings, progress: bool = True, device:
         history.append(entry)
         print(f"epoch {epoch + 1}: loss {entry['train_loss_px']:.3f} px, validation landmark NME "
               f"{entry['val_head_nme']:.3f} % (head) -> {entry['val_refined_nme']:.3f} % (refined)")
-        torch.save({"settings": asdict(settings), "refiner": refiner.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "seconds": seconds, "history": history}, checkpoint_path.with_suffix(".tmp"))
-        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
-        (out / "history.jsonl").write_text("".join(json.dumps(item) + "\n" for item in history))
+        save_checkpoint(checkpoint_path, settings, refiner, "refiner", optimizer, scheduler, epoch, seconds, history)
     save_refiner(refiner.cpu(), out / "refiner.pt")
     dafi_path = Path(settings.dafi_weights or DEFAULT_WEIGHTS)
     record = {
