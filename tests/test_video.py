@@ -37,11 +37,13 @@ def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     one_by_one = list(align_video(aligner, clip, smoothing=0.0, batch_size=1, track=False))
     followed = list(align_video(aligner, clip, smoothing=0.5))  # the default: faces followed, smoothed too
     for frame, alone in zip(raw, one_by_one, strict=True):  # pixels: the networks and fits run batched
-        assert np.array_equal(frame.faces[0].head_landmarks, alone.faces[0].head_landmarks)
+        # equal but for the last bits, which a batch's convolutions may round otherwise on some processors
+        assert np.allclose(frame.faces[0].head_landmarks, alone.faces[0].head_landmarks, rtol=0, atol=1e-3)
         distance = np.linalg.norm(frame.faces[0].landmarks_2d - alone.faces[0].landmarks_2d, axis=1)
-        # the jaw's points (0-16) lie on the silhouette: the last bits a batch changes in the fit can move one
-        # of them to the next vertex of its contour line
-        assert distance.mean() < 0.1 and distance[17:].max() < 0.5 and distance.max() < 3
+        # the fit's iterations grow those last bits (batch against one by one on 16 helen_test photos: up to
+        # 0.4 px mean with the CPR weights before 4 December 2026, 0.65 px with these); the jaw's points (0-16)
+        # lie on the silhouette, where they can move one to the next vertex of its contour line
+        assert distance.mean() < 0.5 and distance[17:].max() < 1.5 and distance.max() < 3
     assert [frame.index for frame in raw] == [0, 1, 2, 3] and all(len(frame.faces) >= 1 for frame in raw)
     assert all(frame.face_ids[0] == 0 for frame in raw)  # followed by box overlap: the same face throughout
     centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in raw]

@@ -310,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     cpr.add_argument("--splits", nargs="+", default=list(cpr_defaults.splits))
     cpr.add_argument("--real-share", type=float, default=cpr_defaults.real_share,
                      help="share of each batch taken from --real (default %(default)s)")
+    cpr.add_argument("--warmup-steps", type=int, default=cpr_defaults.warmup_steps,
+                     help="batches over which the learning rate rises to --lr (for --init runs; default %(default)s)")
+    cpr.add_argument("--beta-only", action="store_true",
+                     help="train only round two's β networks, the rest as --init has it")
+    cpr.add_argument("--step-jitter", type=float, default=cpr_defaults.step_jitter,
+                     help="J: round two's steps scaled by exp(U(-J, J)) while training (default %(default)s)")
+    cpr.add_argument("--landmarks-absent", type=float, default=cpr_defaults.landmarks_absent,
+                     help="share of synthetic faces trained without sparse landmarks (default %(default)s)")
     cpr.add_argument("--dafi-weights", type=Path, help="HS-U-Net weights for --real (default: the shipped ones)")
     cpr.add_argument("--selection", type=Path, help="vertex selection .npz (default: the shipped one)")
     cpr.add_argument("--widths", type=int, nargs=5, default=list(cpr_defaults.widths))
@@ -328,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     cpr.add_argument("--validation-faces", type=int, default=cpr_defaults.validation_faces,
                      help="faces per synthetic validation set (default %(default)s)")
     cpr.add_argument("--lr", type=float, default=cpr_defaults.lr)
+    cpr.add_argument("--final-lr-ratio", type=float, default=cpr_defaults.final_lr_ratio)
     cpr.add_argument("--workers", type=int, default=cpr_defaults.workers, help="point-set processes")
     cpr.add_argument("--threads", type=int, default=cpr_defaults.threads, help="torch threads")
     cpr.add_argument("--device", default="cpu", help="cpu or cuda (only the speed changes; default cpu)")
@@ -748,14 +757,23 @@ def run_train_cpr(args: argparse.Namespace) -> int:
 
     _check_training_options(args, ("epochs", "batch_size", "threads", "hidden", "samples_per_epoch",
                                    "validation_faces", "path_samples"))
-    if not 0 < args.lr < 1 or args.workers < 0 or not 0 <= args.real_share < 1:
-        raise CprfaError("--lr must lie in (0, 1), --real-share in [0, 1); --workers must not be negative")
+    if args.warmup_steps < 0:
+        raise CprfaError(f"--warmup-steps must not be negative, got {args.warmup_steps}")
+    if not 0 < args.lr < 1 or not 0 < args.final_lr_ratio <= 1 or args.workers < 0 or not 0 <= args.real_share < 1:
+        raise CprfaError("--lr must lie in (0, 1), --final-lr-ratio in (0, 1], --real-share in [0, 1); --workers "
+                         "must not be negative")
     if args.samples_per_epoch < args.batch_size:
         raise CprfaError("--samples-per-epoch must be at least --batch-size")
     if not 0 < args.kappa <= 1:
         raise CprfaError(f"--kappa must lie in (0, 1], got {args.kappa}")
+    if not 0 <= args.landmarks_absent <= 1:
+        raise CprfaError(f"--landmarks-absent must lie in [0, 1], got {args.landmarks_absent}")
     if args.init is not None and not args.init.is_file():
         raise CprfaError(f"--init {args.init} not found")
+    if args.beta_only and (args.init is None or args.rounds < 2):
+        raise CprfaError("--beta-only trains round two's β networks of the --init weights: give --init, two rounds")
+    if not 0 <= args.step_jitter <= 2:
+        raise CprfaError(f"--step-jitter must lie in [0, 2], got {args.step_jitter}")
     if args.real is not None and not (args.real / "manifest.json").is_file():
         raise CprfaError(f"--real {args.real} is not a `cprfa data build` output (no manifest.json)")
     settings = CPRTrainSettings(
@@ -763,8 +781,11 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
         hidden=args.hidden, rounds=args.rounds, fusion=not args.no_fusion, kappa=args.kappa,
         path_samples=args.path_samples,
+        landmarks_absent=args.landmarks_absent, warmup_steps=args.warmup_steps, beta_only=args.beta_only,
+        step_jitter=args.step_jitter,
         init=str(args.init or ""), epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-        validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
+        validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr,
+        final_lr_ratio=args.final_lr_ratio, workers=args.workers,
         seed=args.seed, threads=args.threads)
     record = train_cpr(settings, device=args.device)
     shipped = record["shipped"]

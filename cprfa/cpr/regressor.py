@@ -365,12 +365,14 @@ class CPRAligner(nn.Module):
         return gather_channels(weak_perspective(landmarks, params[:, :6])[..., :2], self.sparse_channels)
 
     def forward(self, inputs: AlignerInput, params: torch.Tensor | None = None, detach: bool = True,
-                rounds: int | None = None, fuse: bool = True) -> list[Step]:
+                rounds: int | None = None, fuse: bool = True, step_jitter: float = 0.0) -> list[Step]:
         """``rounds`` (default: the config's) of Q stages of α → [rx, ry] → rz → s → t (α in round one only).
 
         ``fuse=False`` switches the sparse branch off for every face (the CPR(C) row of the ablation).
         ``detach`` stops gradients between steps (training: each regressor learns from its own step; the GRU
-        states still carry gradients across stages). Returns (4 + 1)·Q steps in round one, (3 + 1)·Q in two."""
+        states still carry gradients across stages). ``step_jitter`` J (training the β networks) scales each
+        round-two Δ by exp(U(−J, J)), drawn per face, before its path is tried. Returns (4 + 1)·Q steps in
+        round one, (3 + 1)·Q in two."""
         rounds = self.config.rounds if rounds is None else rounds
         if not 1 <= rounds <= self.config.rounds:
             raise InvalidInputError(f"these weights run 1 to {self.config.rounds} rounds, not {rounds}")
@@ -398,6 +400,9 @@ class CPRAligner(nn.Module):
                     if round_index == 0:
                         betas = [torch.ones_like(delta[:, :1]) for delta in deltas]
                     else:  # the branches' paths in one batch
+                        if step_jitter:
+                            deltas = [delta * torch.exp(step_jitter * (2 * torch.rand_like(delta[:, :1]) - 1))
+                                      for delta in deltas]
                         nets = [self.consistency[group]] + ([self.sparse_consistency[group]] if fusion else [])
                         errors, before = self._path_errors(group, params.repeat(len(deltas), 1), torch.cat(deltas),
                                                            pool_shape.repeat(len(deltas), 1, 1), inputs)

@@ -21,7 +21,17 @@ the GRU states across stages). The translation step is the closed form and has n
 two the step is β·Δ, so the same loss trains the β networks jointly with the regressors (paper §2.4).
 
 ``--init`` starts from another aligner's weights (round one's, say): round two goes on with round one's
-regressors, so a trained round one is a head start (the shipped weights were made that way).
+regressors, so a trained round one is a head start (the shipped weights were made that way). Such a run
+wants ``--warmup-steps``: ADAM's first steps move every weight by about the learning rate whatever its
+gradient, and four steps at 10⁻³ took the shipped weights from 3.4 to 9.7 % on the validation set; a linear
+rise of the learning rate over the first steps spares what the weights already know.
+
+The β networks learn from the regressors' own steps, which in round two mostly fall short by a similar
+share: a long joint run (the shipped weights' fifth) taught them to lengthen every step (β ≈ 1.06 for a step
+70 % too long) rather than to read where along its path a step's error is least, the intuition of the
+paper's Fig. 4a. ``--beta-only --step-jitter J`` then trains the β networks alone (the regressors and their
+batch-norm statistics as ``--init`` has them), with each round-two step scaled by a random factor
+exp(U(−J, J)) per face before its path is tried, so that short and long steps both occur.
 
 Each epoch ends with a validation on fixed synthetic sets (the training distribution and the occluded test
 distribution of the benchmark, with a sparse source, and the occluded one without), a line in
@@ -38,7 +48,7 @@ import math
 import platform
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +80,9 @@ VALIDATION_SEED = 1_000_000
 class PosedVertices:
     """The loss vertices (68 landmarks and every 10th face vertex) posed by parameters."""
 
-    def __init__(self, model: FaceModel):
-        ids = np.union1d(model.landmarks68, model.face_area[::LOSS_VERTEX_STRIDE])
-        tensors = model.torch_tensors()
+    def __init__(self, model: FaceModel, device: str | torch.device = "cpu"):
+        ids = torch.from_numpy(np.union1d(model.landmarks68, model.face_area[::LOSS_VERTEX_STRIDE])).to(device)
+        tensors = model.torch_tensors(device)
         self.mean, self.basis = tensors["mean"][ids], tensors["basis"][ids]
         self.layout = ParamLayout.of(model)
 
@@ -150,6 +160,7 @@ class TrainingBatches(Dataset):
     def __init__(self, model: FaceModel, channels: torch.Tensor, settings: CPRTrainSettings,
                  real: RealPointSets | None):
         self.model, self.channels, self.settings, self.real = model, channels, settings, real
+        self.landmark_settings = replace(LandmarkSettings(), absent=settings.landmarks_absent)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -161,7 +172,7 @@ class TrainingBatches(Dataset):
         n_real = round(self.settings.real_share * self.settings.batch_size) if self.real is not None else 0
         sets = synthetic_point_sets(self.model, self.settings.batch_size - n_real, seed)
         truth = landmarks_2d(self.model, sets.params)[..., :2]
-        landmarks, given = synthetic_landmarks(truth, sets.face_size, generator)
+        landmarks, given = synthetic_landmarks(truth, sets.face_size, generator, self.landmark_settings)
         points, detected, params = sets.points, sets.detected, sets.params
         if n_real:
             pick = torch.randint(len(self.real), (n_real,), generator=generator)
@@ -199,9 +210,10 @@ def validation_sets(model: FaceModel, channels: torch.Tensor, count: int, kappa:
 @torch.no_grad()
 def evaluate_aligner(aligner: CPRAligner, model: FaceModel, sets: dict, batch_size: int = 64) -> dict:
     """Per set: the 68-landmark NME (%, 3D convention) after all rounds and the mean absolute angle errors."""
-    metrics = {}
+    metrics, device = {}, next(aligner.parameters()).device
     for name, (inputs, truth) in sets.items():
-        params = torch.cat([aligner(inputs[i:i + batch_size])[-1].params for i in range(0, len(truth), batch_size)])
+        params = torch.cat([aligner(inputs[i:i + batch_size].to(device))[-1].params.cpu()
+                            for i in range(0, len(truth), batch_size)])
         errors = nme(landmarks_3d(model, params)[..., :2].numpy(), landmarks_3d(model, truth)[..., :2].numpy())
         angles = torch.rad2deg((params[:, :3] - truth[:, :3]).abs()).mean(dim=0)
         metrics[f"{name}_nme"] = float(errors.mean())
@@ -238,7 +250,10 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
     if settings.init:
         initialize_from(aligner, settings.init)
     aligner.to(device)
-    optimizer, scheduler = decaying_adam(aligner.parameters(), settings.lr, settings.final_lr_ratio, settings.epochs)
+    for name, parameter in aligner.named_parameters():
+        parameter.requires_grad_(not settings.beta_only or "consistency" in name)
+    optimizer, scheduler = decaying_adam([parameter for parameter in aligner.parameters() if parameter.requires_grad],
+                                         settings.lr, settings.final_lr_ratio, settings.epochs)
     checkpoint_path = out / "checkpoint.pt"
     start_epoch, seconds, history = resume(checkpoint_path, settings, aligner, "aligner", optimizer, scheduler, device)
     history = history[:start_epoch]
@@ -247,19 +262,25 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         real = RealPointSets.build(settings.real, tuple(settings.splits), settings.dafi_weights, model,
                                    out / "real_point_sets_full.pt")
     validation = validation_sets(model, channels, settings.validation_faces, settings.kappa)
-    posed, columns = PosedVertices(model), group_columns(ParamLayout.of(model))
+    posed, columns = PosedVertices(model, device), group_columns(ParamLayout.of(model))
     dataset = TrainingBatches(model, channels, settings, real)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         dataset.epoch = epoch
         loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=settings.workers,
-                            worker_init_fn=_one_thread, persistent_workers=False)
+                            worker_init_fn=_one_thread, persistent_workers=False, pin_memory=device != "cpu")
         aligner.train()
+        if settings.beta_only:  # the regressors' batch norms keep their statistics
+            for name, module in aligner.named_children():
+                module.train("consistency" in name)
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
-        for inputs, truth in bar:
+        scheduled = optimizer.param_groups[0]["lr"]
+        for index, (inputs, truth) in enumerate(bar):
+            if (step := epoch * len(loader) + index) < settings.warmup_steps:
+                _set_lr(optimizer, scheduled * (step + 1) / settings.warmup_steps)
             inputs, truth = inputs.to(device), truth.to(device)
-            steps = aligner(inputs)
+            steps = aligner(inputs, step_jitter=settings.step_jitter)
             losses = step_losses(steps, truth, posed, face_size(model, truth), columns)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -269,6 +290,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
             for key, value in {"loss": loss, **losses}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             bar.set_postfix({key: f"{float(value.detach()):.2f}" for key, value in losses.items()})
+        _set_lr(optimizer, scheduled)
         scheduler.step()
         metrics = evaluate_aligner(aligner.eval(), model, validation)
         seconds += time.perf_counter() - started
@@ -295,6 +317,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         "real_faces": len(real) if real is not None else 0, "train_seconds": round(seconds, 1),
         "machine": f"{platform.processor() or platform.machine()}, {settings.threads} torch threads, "
                    f"torch {torch.__version__}",
+        "device": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else str(device),
         "shipped_epoch": shipped.get("epoch"), "shipped": shipped, "history": history,
     }
     if (start := starting_record(settings.init)) is not None:  # how the starting weights were made
@@ -308,6 +331,11 @@ def selection_score(entry: dict) -> float:
     """The validation figure that picks the epoch to ship: the mean 68-point NME of the two synthetic sets
     with a sparse source (lower is better)."""
     return (entry["val_synthetic_nme"] + entry["val_occluded_nme"]) / 2
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _one_thread(_worker: int) -> None:

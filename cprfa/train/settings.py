@@ -37,6 +37,7 @@ class CPRTrainSettings:
     real: str = ""  # folder of cprfa data build output to add real HS-U-Net point sets ("": synthetic only)
     splits: tuple[str, ...] = ("afw", "helen_train")
     real_share: float = 0.25  # of each batch, when ``real`` is given
+    landmarks_absent: float = 0.2  # share of synthetic faces trained without a sparse source
     dafi_weights: str = ""  # HS-U-Net weights for the real point sets ("": the shipped ones)
     selection: str = ""  # vertex selection ("": the shipped one)
     widths: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -53,6 +54,9 @@ class CPRTrainSettings:
     batch_size: int = 32
     lr: float = 1e-3
     final_lr_ratio: float = 0.05
+    warmup_steps: int = 0  # batches over which the learning rate rises linearly to its schedule
+    beta_only: bool = False  # train only CAPU's β networks; the regressors stay as --init has them
+    step_jitter: float = 0.0  # J: round two's steps scaled by exp(U(-J, J)) per face while training
     workers: int = 1
     seed: int = 0
     threads: int = 2

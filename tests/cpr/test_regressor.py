@@ -87,6 +87,9 @@ def test_round_two_updates_pose_only_with_beta_in_range(face_model, channels, po
     assert len(aligner(inputs, rounds=1)) == 10
     with pytest.raises(InvalidInputError):
         aligner(inputs, rounds=3)
+    jittered = aligner(inputs, step_jitter=0.5)  # training the β networks: round two's steps scaled at random
+    assert all(torch.equal(a.params, b.params) for a, b in zip(steps, jittered, strict=True) if a.round == 1)
+    assert not torch.equal(steps[-1].params, jittered[-1].params)
 
 
 def test_fusion_runs_with_the_sparse_source_absent_partial_or_complete(face_model, channels, point_sets, landmarks):

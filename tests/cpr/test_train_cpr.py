@@ -61,4 +61,37 @@ def test_train_cpr_starts_from_round_one_weights(tmp_path, capsys):
     assert main(["train", "cpr", "--out", str(second), "--init", str(first / "cpr.pt"), *common]) == 0
     assert json.loads((second / "record.json").read_text())["settings"]["init"] == str(first / "cpr.pt")
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none.pt")]) == 1
+    assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--warmup-steps", "-1"]) == 1
     capsys.readouterr()
+
+
+def test_train_cpr_warmup_spares_the_initial_weights(tmp_path):
+    first = tmp_path / "first"
+    common = ["--widths", "4", "8", "8", "8", "8", "--hidden", "16", "--rounds", "1", "--no-fusion", "--epochs", "1",
+              "--samples-per-epoch", "8", "--batch-size", "4", "--validation-faces", "4", "--workers", "0"]
+    assert main(["train", "cpr", "--out", str(first), *common]) == 0
+    moved = {}
+    for warmup in (0, 1_000_000):
+        out = tmp_path / f"warmup{warmup}"
+        assert main(["train", "cpr", "--out", str(out), "--init", str(first / "cpr.pt"), "--lr", "0.01",
+                     "--warmup-steps", str(warmup), *common]) == 0
+        before, after = load_aligner(first / "cpr.pt").state_dict(), load_aligner(out / "cpr.pt").state_dict()
+        moved[warmup] = max((after[key] - before[key]).abs().mean().item() for key in before if key.endswith(".weight")
+                            and "norms" not in key)
+    assert moved[0] > 3e-3  # ADAM's first steps: about the learning rate on every weight
+    assert moved[1_000_000] < 1e-4  # the learning rate still rising from 10⁻⁸
+
+
+def test_train_cpr_beta_only_trains_the_beta_networks_alone(tmp_path):
+    first = tmp_path / "first"
+    common = ["--widths", "4", "8", "8", "8", "8", "--hidden", "16", "--epochs", "1", "--samples-per-epoch", "8",
+              "--batch-size", "4", "--validation-faces", "4", "--workers", "0"]
+    assert main(["train", "cpr", "--out", str(first), *common]) == 0
+    second = tmp_path / "second"
+    assert main(["train", "cpr", "--out", str(second), "--init", str(first / "cpr.pt"), "--beta-only",
+                 "--step-jitter", "1.0", "--lr", "0.01", *common]) == 0
+    before, after = load_aligner(first / "cpr.pt").state_dict(), load_aligner(second / "cpr.pt").state_dict()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all("consistency" in key for key in changed)  # batch-norm statistics included
+    assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--beta-only"]) == 1  # needs --init
+    assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--step-jitter", "-1"]) == 1
