@@ -21,7 +21,8 @@ its keypoints are the eyes' centres, the nose tip (point 30) and the inner lips'
 and for the two ear tragions, which no landmark marks, the frozen starting network's own predictions. An
 anchor (``anchor_centres`` with the nominal sizes ``anchor_scales``) is positive for a face when their IoU is
 at least ``POSITIVE_IOU`` (and each face's best anchor always), negative when it has less than
-``NEGATIVE_IOU`` with every face.
+``NEGATIVE_IOU`` with every face and is not positive (the shipped weights were trained before that last
+condition, when a small face's best anchor could be both).
 
 Loss: binary cross-entropy on the positives and the hardest negatives (``NEGATIVES_PER_POSITIVE`` per positive
 in the batch, at least ``MIN_NEGATIVES`` per image), plus the L1 distance of the box (centre and size) and
@@ -208,14 +209,14 @@ def assign(boxes: torch.Tensor, face: torch.Tensor, anchor_boxes: torch.Tensor):
         if len(present) == 0:
             continue
         iou = box_iou(anchor_boxes, boxes[b, present])  # (N, F')
-        negative[b] = iou.amax(dim=1) < NEGATIVE_IOU
         counted = face[b, present] > 0
         best_value, best_face = (iou * counted).max(dim=1)
         positive = best_value >= POSITIVE_IOU
-        best_anchor = iou.argmax(dim=0)  # each counted face's best anchor
+        best_anchor = iou.argmax(dim=0)  # each counted face's best anchor, positive even under POSITIVE_IOU
         positive[best_anchor[counted]] = True
         best_face[best_anchor[counted]] = torch.nonzero(counted).squeeze(1)
         matched[b] = torch.where(positive, present[best_face], -1)
+        negative[b] = (iou.amax(dim=1) < NEGATIVE_IOU) & ~positive
     return matched, negative
 
 

@@ -128,3 +128,16 @@ def test_train_detector_writes_weights_the_detector_loads_and_resumes(small_buil
     assert "--lr" in capsys.readouterr().err
     assert main(command + ["--epochs", "1", "--photos", str(tmp_path)]) == 1  # not the 300-W folder: said at once
     assert "has no helen_test" in capsys.readouterr().err
+
+
+def test_a_face_whose_best_anchor_is_a_poor_match_is_a_positive_only():
+    anchor_boxes = nominal_anchor_boxes()
+    small = torch.tensor([[[0.50, 0.50, 0.52, 0.53]] + [[0.0, 0.0, 0.0, 0.0]] * (MAX_FACES - 1)])
+    face = torch.zeros(1, MAX_FACES, dtype=torch.long)
+    face[0, 0] = 1
+    assert box_iou(anchor_boxes, small[0, :1]).max() < 0.3  # smaller than any anchor: its best is poor
+    matched, negative = assign(small, face, anchor_boxes)
+    best = box_iou(anchor_boxes, small[0, :1]).argmax()
+    assert matched[0, best] == 0 and not negative[0, best]
+    assert (matched[0] >= 0).sum() == 1 and negative[0].sum() == len(anchor_boxes) - 1
+
