@@ -251,7 +251,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         initialize_from(aligner, settings.init)
     aligner.to(device)
     for name, parameter in aligner.named_parameters():
-        parameter.requires_grad_(not settings.beta_only or "consistency" in name)
+        parameter.requires_grad_(not settings.beta_only or _is_beta_network(name))
     optimizer, scheduler = decaying_adam([parameter for parameter in aligner.parameters() if parameter.requires_grad],
                                          settings.lr, settings.final_lr_ratio, settings.epochs)
     checkpoint_path = out / "checkpoint.pt"
@@ -272,7 +272,7 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         aligner.train()
         if settings.beta_only:  # the regressors' batch norms keep their statistics
             for name, module in aligner.named_children():
-                module.train("consistency" in name)
+                module.train(_is_beta_network(name))
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress)
         scheduled = optimizer.param_groups[0]["lr"]
@@ -331,6 +331,12 @@ def selection_score(entry: dict) -> float:
     """The validation figure that picks the epoch to ship: the mean 68-point NME of the two synthetic sets
     with a sparse source (lower is better)."""
     return (entry["val_synthetic_nme"] + entry["val_occluded_nme"]) / 2
+
+
+def _is_beta_network(name: str) -> bool:
+    """Whether a parameter or module name of CPRAligner belongs to CAPU's β networks (``consistency``,
+    ``sparse_consistency``)."""
+    return name.split(".")[0].endswith("consistency")
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
