@@ -61,7 +61,7 @@ def main() -> None:
     batch = 1000 * median_seconds(lambda: estimator.predict(crops, detail=detail), 5) / len(crops)
     prediction = estimator.predict(crops, detail=detail)
     retriever = VertexRetriever(model)
-    retrieval = 1000 * median_seconds(lambda: retriever(prediction.dafi[:1], prediction.mask[:1]), 50)
+    retrieval = 1000 * median_seconds(lambda: retriever(prediction.dafi[:1], prediction.confident[:1]), 50)
     print(f"forward pass: {one:.1f} ms for one face, {batch:.1f} ms per face in a batch of {len(crops)}; "
           f"vertex retrieval {retrieval:.1f} ms per face (median)")
 

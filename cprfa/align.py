@@ -157,8 +157,9 @@ class FaceResult:
 
     @property
     def vertex_density(self) -> float:
-        """Distinct model vertices retrieved per foreground pixel of the DAFI, counted at a 128² crop's
-        resolution (MIN_VERTEX_DENSITY; a pixel of a network of another input side S counts (128 / S)²)."""
+        """Distinct model vertices retrieved (from the pixels confidently face, ``DafiPrediction.confident``) per
+        foreground pixel of the DAFI, counted at a 128² crop's resolution (MIN_VERTEX_DENSITY; a pixel of a
+        network of another input side S counts (128 / S)²)."""
         pixels = int(self.dafi_mask.sum()) * (DENSITY_CROP_SIDE / self.dafi_mask.shape[0]) ** 2
         return self.observed_vertices / max(pixels, 1.0)
 
@@ -362,7 +363,7 @@ class FaceAligner:
         prediction = self.estimator.predict(np.stack(crops), detail=detail)
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
-        observed = self.retriever(prediction.dafi, prediction.mask, offset=self.estimator.vertex_offset)
+        observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
         timings["retrieval"] = time.perf_counter() - start
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)

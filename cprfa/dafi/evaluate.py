@@ -49,7 +49,7 @@ def observe(estimator: DafiEstimator, faces, model: FaceModel, batch_size: int =
         stop = min(start + batch_size, len(faces))
         detail = None if faces.detail is None else faces.detail[start:stop]
         prediction = estimator.predict(faces.images[start:stop], detail=detail)
-        observed = retriever(prediction.dafi, prediction.mask, offset=estimator.vertex_offset)
+        observed = retriever(prediction.dafi, prediction.confident, offset=estimator.vertex_offset)
         truth = image_vertices(model, torch.from_numpy(faces.params[start:stop]).double())[..., :2].numpy()
         targets = faces.landmarks[start:stop]
         size = np.sqrt(np.prod(targets.max(axis=1) - targets.min(axis=1), axis=1))

@@ -27,6 +27,9 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "hsunet.pt"
 BUILD_SIZE = 256  # crop side of the training data (cprfa data build's default)
 MIRRORED_LANDMARKS = torch.tensor(FLIP_68)
 REFINER_CHUNK = 4  # faces refined together (DafiEstimator._refined)
+# foreground probability above which vertex retrieval reads a pixel's code; the less certain pixels of the face's
+# rim and of occluders' edges carry its least accurate codes (README, "DAFI estimation", chosen on afw)
+RETRIEVAL_CONFIDENCE = 0.8
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +45,11 @@ class DafiPrediction:
     mask: np.ndarray
     landmarks: np.ndarray
     landmark_foreground: np.ndarray
+
+    @property
+    def confident(self) -> np.ndarray:
+        """(B, S, S) bool: the pixels whose codes vertex retrieval reads (foreground > RETRIEVAL_CONFIDENCE)."""
+        return self.foreground > RETRIEVAL_CONFIDENCE
 
 
 def save_weights(network: HSUNet, config: HSUNetConfig, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 """Vertex retrieval (paper §2.1): each foreground pixel's predicted code → the model vertex with the nearest
 PNCC code (scipy cKDTree over the mean shape's normalized coordinates), accepted when closer than 0.01. A
 vertex hit by several pixels takes the mean of their positions. The result is the observed point set Y^O.
+The pipeline passes the pixels the HS-U-Net is confident are face (``DafiPrediction.confident``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def test_shipped_weights_find_the_face_of_the_bundled_example(face_model):
     assert ((landmarks >= [x0 - margin, y0 - margin]) & (landmarks <= [x1 + margin, y1 + margin])).all()
     # the codes are the face's: the eyes are above the mouth in the crop, and many vertices are found
     assert landmarks[36:48, 1].mean() < landmarks[48:68, 1].mean()
-    observed = VertexRetriever(face_model)(prediction.dafi, prediction.mask)
+    observed = VertexRetriever(face_model)(prediction.dafi, prediction.confident)
     assert observed.detection_rate[0] > 0.15
 
 
