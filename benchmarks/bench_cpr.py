@@ -12,8 +12,9 @@ all retrieved vertices (for round two's error pool), and 68 sparse landmarks in 
 - CPR-H: round one fused with the landmarks (§2.5);
 - CPR-H + CAPU (CPRFA): both rounds, round two with consistency-aware updating (§2.4);
 - and what ``cprfa align`` can run: the on-line optimization over the vertices and the landmarks (``online``),
-  a few of its iterations on the pose alone after CPRFA (``cpr+pose``), those and two more on every parameter
-  after CPR-H (``cpr+refine``), and that optimization in full started from CPRFA's result (``cpr+online``).
+  a few of its iterations on the pose alone after CPRFA (``cpr+pose``), those and more on every parameter
+  after the first two of CPR-H's three stages (``cpr+refine``), and that optimization in full started from
+  CPRFA's result (``cpr+online``).
 
 All CPR rows come from the one shipped network (cprfa/cpr/assets/cpr.pt), switched between round one and
 both rounds, with or without the sparse source; the paper trains its rows separately.
@@ -46,7 +47,14 @@ import numpy as np
 import torch
 from evaluation_sets import LARGE_POSE, add_set_arguments, estimator_of, evaluation_sets
 
-from cprfa.align import CPR_ROUNDS, LANDMARK_ROBUST_SCALE, LANDMARK_SHARE, polish_fit, polish_options
+from cprfa.align import (
+    CPR_ROUNDS,
+    CPR_STAGES,
+    LANDMARK_ROBUST_SCALE,
+    LANDMARK_SHARE,
+    polish_fit,
+    polish_options,
+)
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.onnx import OnnxStepNetworks
 from cprfa.cpr.regressor import align_point_sets, load_aligner
@@ -150,9 +158,10 @@ def _methods(model, aligner):
         return fit_points(model, landmarks.double(), lambda params: silhouette_landmark_ids(model, params), None,
                           options).float()
 
-    def cpr(rounds, fused):
+    def cpr(rounds, fused, stages=None):
         def run(points, detected, landmarks, confidence=None):
-            return align_point_sets(aligner, points, detected, landmarks if fused else None, rounds=rounds)
+            return align_point_sets(aligner, points, detected, landmarks if fused else None, rounds=rounds,
+                                    stages=stages)
         return run
 
     def online_with_landmarks(initial_from=None):
@@ -188,7 +197,7 @@ def _methods(model, aligner):
     rows["on-line optimization + landmarks (align --method online)"] = online_with_landmarks()
     rows["CPRFA, then on-line on the pose (align --method cpr+pose)"] = polished(full, "cpr+pose")
     rows["CPR-H, then a short on-line refinement (align --method cpr+refine)"] = polished(
-        cpr(CPR_ROUNDS["cpr+refine"], fused=True), "cpr+refine")
+        cpr(CPR_ROUNDS["cpr+refine"], True, CPR_STAGES["cpr+refine"]), "cpr+refine")
     rows["CPRFA, then on-line + landmarks (align --method cpr+online)"] = online_with_landmarks(full)
     return rows
 
@@ -212,16 +221,18 @@ def _speed(aligner, model) -> None:
     (this machine's speed drifts within minutes): the median over rounds of each runtime's median of its runs."""
     sets = synthetic_point_sets(model, 32, SYNTHETIC_SEED + 7)
     landmarks = landmarks_2d(model, sets.params)[..., :2].float()
-    configurations = {"round one": (1, None)}
+    configurations = {"round one": (1, None, None)}
     if aligner.config.fusion:
-        configurations["round one, with landmarks"] = (1, landmarks)
+        configurations["round one, with landmarks"] = (1, None, landmarks)
+        configurations["its first two stages, with landmarks (`cpr+refine`)"] = (1, CPR_STAGES["cpr+refine"],
+                                                                                  landmarks)
     if aligner.config.rounds > 1:
-        configurations["both rounds, with landmarks"] = (aligner.config.rounds, landmarks)
+        configurations["both rounds, with landmarks"] = (aligner.config.rounds, None, landmarks)
     runtimes = {"torch": None, "onnxruntime": OnnxStepNetworks(aligner)}
     print("| | " + " | ".join(f"{name}, {size}" for name in runtimes for size in ("one face", "batch of 32")) + " |")
     print("|---" * 5 + "|")
     one_face = {}
-    for label, (rounds, sparse) in configurations.items():
+    for label, (rounds, stages, sparse) in configurations.items():
         cells = {}
         for count, rounds_of_runs, runs in ((1, 10, 3), (32, 3, 1)):
             points, detected = sets.points[:count], sets.detected[:count]
@@ -230,11 +241,11 @@ def _speed(aligner, model) -> None:
             for _ in range(rounds_of_runs):
                 for name, runtime in runtimes.items():
                     aligner.runtime = runtime
-                    align_point_sets(aligner, points, detected, source, rounds=rounds)
+                    align_point_sets(aligner, points, detected, source, rounds=rounds, stages=stages)
                     timings = []
                     for _ in range(runs):
                         start = time.perf_counter()
-                        align_point_sets(aligner, points, detected, source, rounds=rounds)
+                        align_point_sets(aligner, points, detected, source, rounds=rounds, stages=stages)
                         timings.append(time.perf_counter() - start)
                     samples[name].append(1000 * float(np.median(timings)) / count)
             for name, values in samples.items():

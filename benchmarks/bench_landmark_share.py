@@ -33,6 +33,7 @@ from evaluation_sets import add_estimator_arguments, estimator_of
 
 from cprfa.align import (
     CPR_ROUNDS,
+    CPR_STAGES,
     LANDMARK_ROBUST_SCALE,
     LANDMARK_SHARE,
     OCCLUDED_CONFIDENCE,
@@ -94,7 +95,8 @@ def main() -> None:
             head = frame.points_to_frame(torch.from_numpy(batch.prediction.landmarks))
             confidence = torch.from_numpy(batch.prediction.landmark_foreground)
             targets = faces.landmarks[batch.start:batch.stop]
-            cpr_h = align_point_sets(aligner, points, detected, head, rounds=CPR_ROUNDS["cpr+refine"])
+            cpr_h = align_point_sets(aligner, points, detected, head, rounds=CPR_ROUNDS["cpr+refine"],
+                                     stages=CPR_STAGES["cpr+refine"])
             fits = {"cpr_h": cpr_h}
             for share, damping, pose, full, scale in variants:
                 fits[share, damping, pose, full, scale] = _refined(

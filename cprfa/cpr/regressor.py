@@ -365,8 +365,10 @@ class CPRAligner(nn.Module):
         return gather_channels(weak_perspective(landmarks, params[:, :6])[..., :2], self.sparse_channels)
 
     def forward(self, inputs: AlignerInput, params: torch.Tensor | None = None, detach: bool = True,
-                rounds: int | None = None, fuse: bool = True, step_jitter: float = 0.0) -> list[Step]:
-        """``rounds`` (default: the config's) of Q stages of α → [rx, ry] → rz → s → t (α in round one only).
+                rounds: int | None = None, fuse: bool = True, step_jitter: float = 0.0,
+                stages: int | None = None) -> list[Step]:
+        """``rounds`` (default: the config's) of ``stages`` (default: the config's Q) stages of
+        α → [rx, ry] → rz → s → t (α in round one only).
 
         ``fuse=False`` switches the sparse branch off for every face (the CPR(C) row of the ablation).
         ``detach`` stops gradients between steps (training: each regressor learns from its own step; the GRU
@@ -376,6 +378,9 @@ class CPRAligner(nn.Module):
         rounds = self.config.rounds if rounds is None else rounds
         if not 1 <= rounds <= self.config.rounds:
             raise InvalidInputError(f"these weights run 1 to {self.config.rounds} rounds, not {rounds}")
+        stages = self.config.stages if stages is None else stages
+        if not 1 <= stages <= self.config.stages:
+            raise InvalidInputError(f"these weights run 1 to {self.config.stages} stages a round, not {stages}")
         if params is None:
             params = self.layout.initial(len(inputs), inputs.observed.dtype).to(inputs.observed.device)
         present = inputs.present
@@ -392,7 +397,7 @@ class CPRAligner(nn.Module):
             pool_shape = None
             if round_index:
                 pool_shape = model_shape(self.model, params.detach(), inputs.pool_ids)
-            for stage in range(self.config.stages):
+            for stage in range(stages):
                 for group in GROUPS if round_index == 0 else POSE_GROUPS:
                     params = params.detach() if detach else params
                     deltas = self._deltas(group, params, shapes, observed, states,
@@ -582,9 +587,9 @@ def load_aligner(path: str | Path | None = None, model: FaceModel | None = None)
 @torch.inference_mode()
 def align_point_sets(aligner: CPRAligner, points: torch.Tensor, detected: torch.Tensor,
                      landmarks: torch.Tensor | None = None, landmark_given: torch.Tensor | None = None,
-                     rounds: int | None = None) -> torch.Tensor:
+                     rounds: int | None = None, stages: int | None = None) -> torch.Tensor:
     """The aligner on observed point sets over all model vertices and an optional sparse source, normalized
-    frame. Shape: points (B, N, 2), detected (B, N), landmarks (B, 68, 2), landmark_given (B, 68) -> params
-    (B, P)."""
+    frame (``rounds`` and ``stages`` per round: CPRAligner.forward). Shape: points (B, N, 2), detected (B, N),
+    landmarks (B, 68, 2), landmark_given (B, 68) -> params (B, P)."""
     inputs = aligner_input(points, detected, aligner.channels, aligner.config.kappa, landmarks, landmark_given)
-    return aligner(inputs, rounds=rounds)[-1].params
+    return aligner(inputs, rounds=rounds, stages=stages)[-1].params

@@ -67,6 +67,12 @@ def test_round_one_runs_every_step_in_order_from_p0(face_model, channels, point_
     _changed_groups_only(steps, aligner.layout.size)
     expression = steps[-1].params[:, aligner.layout.expression]
     assert (expression >= 0).all() and (expression <= 1).all()
+    first_two = aligner(inputs, stages=2)  # what ``cprfa align --method cpr+refine`` runs
+    assert all(torch.equal(a.params, b.params) for a, b in zip(steps, first_two, strict=False))
+    assert len(first_two) == 10
+    for stages in (0, 4):
+        with pytest.raises(InvalidInputError):
+            aligner(inputs, stages=stages)
 
 
 def test_round_two_updates_pose_only_with_beta_in_range(face_model, channels, point_sets, landmarks):
