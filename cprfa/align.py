@@ -105,7 +105,7 @@ CPR_ROUNDS = {"cpr+refine": 1}
 # The stages of each round per method (absent: all, Q). The refinement of "cpr+refine" lands where it lands after
 # round one's three stages from its first two (afw, training photos, with the flip: 2.553 against 2.556 % plain,
 # 4.114 against 4.114 % occluded, 3.340 against 3.342 % profiled), a third of round one's time sooner; from one
-# stage it lands 0.01–0.02 % further off (README, "Round one's stages before the refinement").
+# stage it lands 0.01–0.02 % further off (README, "Round two before the refinement").
 CPR_STAGES = {"cpr+refine": 2}
 # LM's starting damping in those few iterations (FitOptions.damping), 100 times the on-line optimization's:
 # from the CPR aligner's start its nearly Gauss–Newton first steps overshoot. Chosen on the real training photos
