@@ -20,9 +20,12 @@ With ``--mosaic G`` the photos are helen_test's tiled G × G into mosaics of 300
 G = 8 each face is about 1/16 of the 2400 px image side), aligned with ``--small-faces`` when asked; NME, failures
 and found count per face, time per mosaic.
 
+With ``--landmark-source mediapipe`` (the mediapipe extra) the fit's sparse landmarks are MediaPipe's face
+mesh mapped to 68 (cprfa.detect.landmarks), and the mapped points' own NME in the annotated boxes is printed.
+
     python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip] [--no-refine]
                                           [--weights FILE] [--detector-weights FILE] [--large-pose /tmp/lp]
-                                          [--mosaic G [--small-faces]] [--reframe]
+                                          [--mosaic G [--small-faces]] [--reframe] [--landmark-source mediapipe]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from cprfa.data.images import load_image
 from cprfa.data.readers import iter_300w, landmark_box
 from cprfa.detect.blazeface import box_iou
 from cprfa.detect.detector import FaceDetector
+from cprfa.detect.landmarks import MediaPipeLandmarks
 from cprfa.eval.metrics import nme
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "300w"
@@ -62,6 +66,8 @@ def main() -> None:
                         help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="test-time flip (FaceAligner's default: on)")
+    parser.add_argument("--landmark-source", choices=("head", "mediapipe"), default="head",
+                        help="the fit's 68 sparse landmarks (cprfa align --landmark-source)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -82,8 +88,15 @@ def main() -> None:
     owner = np.repeat(np.arange(len(images)), faces_per_image)  # the image of each face
     detector = (FaceDetector(args.detector_weights, small_faces=args.small_faces)
                 if args.detector_weights or args.small_faces else None)
+    source = None
+    if args.landmark_source == "mediapipe":
+        source = MediaPipeLandmarks()
+        own = np.concatenate([source(images[owner[f]], [box]) for f, box in enumerate(boxes)])
+        meshed = np.isfinite(own[:, 0, 0])
+        print(f"MediaPipe's face mesh mapped to 68, in the annotated boxes: found on {meshed.sum()} / {len(boxes)} "
+              f"faces, NME {nme(own[meshed], truth[meshed]).mean():.2f} % on those\n")
     aligner = FaceAligner(weights=args.weights, flip=args.flip, refine=args.refine, detector=detector,
-                          reframe=args.reframe)
+                          reframe=args.reframe, landmark_source=source)
     aligner.estimator.zoom = args.zoom
     print(f"{what}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
           f"refiner {'on' if args.refine else 'off'}, "

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--reframe", action="store_true",
                        help="align each detected face again in the tight box of its landmarks: more precise on "
                        "profiles and small faces, about 70 %% more time")
+    align.add_argument("--landmark-source", choices=("head", "mediapipe"), default="head",
+                       help="the 68 sparse landmarks of the fit: the HS-U-Net's landmark head (default) or "
+                       "MediaPipe's face mesh mapped to 68 (needs the mediapipe extra; the head fills the faces "
+                       "the mesh misses)")
     align.add_argument("--batch-size", type=int, default=8,
                        help="images aligned together: their faces share the network passes and fits (default 8)")
     align.add_argument("--workers", type=int, default=2,
@@ -440,9 +444,15 @@ def run_align(args: argparse.Namespace) -> int:
         from cprfa.detect.detector import FaceDetector
 
         detector = FaceDetector(args.detector_weights, min_score=args.min_score, small_faces=args.small_faces)
+    landmark_source = None
+    if args.landmark_source == "mediapipe":
+        from cprfa.detect.landmarks import MediaPipeLandmarks
+
+        landmark_source = MediaPipeLandmarks()
     aligner = FaceAligner(weights=args.weights, device=args.device, method=args.method, cpr_weights=args.cpr_weights,
                           runtime=args.runtime, flip=args.flip, refine=args.refine,
-                          refiner_weights=args.refiner_weights, detector=detector, reframe=args.reframe)
+                          refiner_weights=args.refiner_weights, detector=detector, reframe=args.reframe,
+                          landmark_source=landmark_source)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
     failures = 0

@@ -1,5 +1,6 @@
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,13 @@ def test_align_with_another_detector_and_threshold(tmp_path, capsys):
     assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--detector-weights",
                  str(tmp_path / "fake.pt")]) == 1
     assert "fake" in capsys.readouterr().err
+
+
+def test_align_says_what_the_mediapipe_landmark_source_needs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # as if not installed
+    assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(tmp_path), "--landmark-source",
+                 "mediapipe"]) == 1
+    assert 'pip install -e ".[mediapipe]"' in capsys.readouterr().err
 
 
 def test_align_with_the_users_landmarks(tmp_path, capsys):
