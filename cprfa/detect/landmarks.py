@@ -28,13 +28,12 @@ CROP_SIZE = 256
 
 
 class MediaPipeLandmarks:
-    """``landmarks(image, boxes)`` -> (F, 68, 2) pixels in the 300-W order and 2D convention (NaN where the
+    """``source(image, boxes)`` -> (F, 68, 2) pixels in the 300-W order and 2D convention (NaN where the
     mesh finds no face); ``mesh(image, boxes)`` -> the mesh's own (F, 468, 2) points. ``image``: (H, W, 3)
     uint8 RGB; ``boxes``: tight 68-landmark boxes (x0, y0, x1, y1)."""
 
     def __init__(self, mapping: str | Path = MEDIAPIPE_68):
         try:
-            import mediapipe  # noqa: F401 - only to say early and clearly that it is missing
             from mediapipe.python.solutions.face_mesh import FaceMesh
         except ImportError as error:
             raise InvalidInputError('the MediaPipe landmark source needs mediapipe 0.10.14: pip install -e '
