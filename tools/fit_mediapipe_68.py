@@ -19,11 +19,12 @@ import json
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from cprfa.data.images import load_image
 from cprfa.data.readers import iter_300w, landmark_box
 from cprfa.detect.landmarks import MEDIAPIPE_68, MESH_POINTS, MediaPipeLandmarks
+from cprfa.eval.metrics import nme
 
 
 def main() -> None:
@@ -38,8 +39,7 @@ def main() -> None:
     distance_sum, faces, found = np.zeros((68, MESH_POINTS)), 0, 0
     meshes, annotations = [], []
     for face in iter_300w(args.data, tuple(args.splits)):
-        image = cv2.imread(str(face.image), cv2.IMREAD_COLOR)[:, :, ::-1]
-        mesh = source.mesh(image, [landmark_box(face.landmarks)])[0]
+        mesh = source.mesh(load_image(face.image), [landmark_box(face.landmarks)])[0]
         faces += 1
         if np.isnan(mesh).any():
             continue
@@ -49,14 +49,12 @@ def main() -> None:
         meshes.append(mesh)
         annotations.append(face.landmarks)
     indices = distance_sum.argmin(axis=1)
-    mapped, annotations = np.stack(meshes)[:, indices], np.stack(annotations)
-    sizes = np.sqrt(np.prod(annotations.max(axis=1) - annotations.min(axis=1), axis=1))
-    nme = 100 * np.linalg.norm(mapped - annotations, axis=-1).mean(axis=1) / sizes
+    errors = nme(np.stack(meshes)[:, indices], np.stack(annotations))
     record = {"indices": indices.tolist(), "splits": args.splits, "faces": faces, "mesh_found": found,
-              "train_nme_percent": round(float(nme.mean()), 3),
+              "train_nme_percent": round(float(errors.mean()), 3),
               "made_by": "python tools/fit_mediapipe_68.py --data ../shared/data/300w (mediapipe 0.10.14)"}
     args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{found} of {faces} faces meshed; mapped 68-point NME {nme.mean():.2f} % on them; wrote {args.out}")
+    print(f"{found} of {faces} faces meshed; mapped 68-point NME {errors.mean():.2f} % on them; wrote {args.out}")
 
 
 def _first_68() -> Path:
