@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     if "helen_test" in args.splits:
         parser.error("helen_test is the evaluation split")
-    source = MediaPipeLandmarks(_first_68())  # only its mesh is used: there is no map yet
+    source = MediaPipeLandmarks(mapping=None)  # the mesh alone: there is no map yet
     distance_sum, faces, found = np.zeros((68, MESH_POINTS)), 0, 0
     meshes, annotations = [], []
     for face in iter_300w(args.data, tuple(args.splits)):
@@ -55,13 +54,6 @@ def main() -> None:
               "made_by": "python tools/fit_mediapipe_68.py --data ../shared/data/300w (mediapipe 0.10.14)"}
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{found} of {faces} faces meshed; mapped 68-point NME {errors.mean():.2f} % on them; wrote {args.out}")
-
-
-def _first_68() -> Path:
-    """A stand-in map file (the first 68 mesh points), so that the source can be made before the fit."""
-    path = Path(tempfile.mkdtemp()) / "map.json"
-    path.write_text(json.dumps({"indices": list(range(68))}))
-    return path
 
 
 if __name__ == "__main__":

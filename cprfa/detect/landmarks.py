@@ -32,16 +32,20 @@ class MediaPipeLandmarks:
     mesh finds no face); ``mesh(image, boxes)`` -> the mesh's own (F, 468, 2) points. ``image``: (H, W, 3)
     uint8 RGB; ``boxes``: tight 68-landmark boxes (x0, y0, x1, y1)."""
 
-    def __init__(self, mapping: str | Path = MEDIAPIPE_68):
+    def __init__(self, mapping: str | Path | None = MEDIAPIPE_68):
+        """``mapping``: the 68-point map file; None for the mesh alone (tools/fit_mediapipe_68.py, which fits
+        the map)."""
         try:
             from mediapipe.python.solutions.face_mesh import FaceMesh
         except ImportError as error:
             raise InvalidInputError('the MediaPipe landmark source needs mediapipe 0.10.14: pip install -e '
                                     f'".[mediapipe]" ({error})') from None
-        self.indices = _mapping(mapping)
+        self.indices = None if mapping is None else _mapping(mapping)
         self._mesh = FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
 
     def __call__(self, image: np.ndarray, boxes: list) -> np.ndarray:
+        if self.indices is None:
+            raise InvalidInputError("this MediaPipe source has no 68-point map; only its mesh() is available")
         return self.mesh(image, boxes)[:, self.indices]
 
     def mesh(self, image: np.ndarray, boxes: list) -> np.ndarray:
