@@ -28,8 +28,9 @@ Sets:
   vertex retrieval and landmark head: 68-point NME in each set's own convention (2D silhouette jaw for plain
   and occluded, 3D for large-pose), by |yaw| bucket as DESIGN.md, and CED curves (``--figures``).
 
-Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` torch threads, with the
-networks run by torch and by onnxruntime (cprfa.cpr.onnx, as ``cprfa align`` runs them), the two alternating.
+Speed: the aligner on one face and per face in a batch of 32, C = 512, on ``--threads`` threads, run by torch and
+by onnxruntime (the whole alignment as one graph, cprfa.cpr.onnx, as ``cprfa align`` runs it), the two
+alternating.
 
 Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only] [--flip]
      [--rows PREFIX...]
@@ -56,7 +57,7 @@ from cprfa.align import (
     polish_options,
 )
 from cprfa.cpr.frame import NormalizedFrame
-from cprfa.cpr.onnx import OnnxStepNetworks
+from cprfa.cpr.onnx import OnnxAligner
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.dafi.evaluate import observe
@@ -91,8 +92,8 @@ def main() -> None:
                if not args.rows or name.startswith(tuple(args.rows))}
     count = 2 * aligner.channels.shape[1]
     if not args.rows:
-        print(f"## Speed (C = {count}, {args.threads} torch threads; ms per face, the networks run by torch or by "
-              "onnxruntime as `cprfa align` runs them, the rest in torch)\n")
+        print(f"## Speed (C = {count}, {args.threads} threads; ms per face, the alignment run by torch or by "
+              "onnxruntime as one graph, as `cprfa align` runs it)\n")
         _speed(aligner, model)
     if args.speed_only:
         return
@@ -217,7 +218,7 @@ def where_fittable(model, points, detected, selected, fit, fallback=None):
 
 
 def _speed(aligner, model) -> None:
-    """ms per face of each configuration with torch and with onnxruntime running the networks, the two alternating
+    """ms per face of each configuration run by torch and by onnxruntime, the two alternating
     (this machine's speed drifts within minutes): the median over rounds of each runtime's median of its runs."""
     sets = synthetic_point_sets(model, 32, SYNTHETIC_SEED + 7)
     landmarks = landmarks_2d(model, sets.params)[..., :2].float()
@@ -228,19 +229,23 @@ def _speed(aligner, model) -> None:
                                                                                   landmarks)
     if aligner.config.rounds > 1:
         configurations["both rounds, with landmarks"] = (aligner.config.rounds, None, landmarks)
-    runtimes = {"torch": None, "onnxruntime": OnnxStepNetworks(aligner)}
-    print("| | " + " | ".join(f"{name}, {size}" for name in runtimes for size in ("one face", "batch of 32")) + " |")
-    print("|---" * 5 + "|")
+    runtimes = {"torch": None, "onnxruntime": OnnxAligner(aligner)}
+    columns = [("torch", 1), ("torch", 4), ("torch", 32), ("onnxruntime", 1)]  # batches: torch (OnnxAligner)
+    print("| | " + " | ".join(f"{name}, {'one face' if count == 1 else f'batch of {count}'}"
+                              for name, count in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     one_face = {}
     for label, (rounds, stages, sparse) in configurations.items():
         cells = {}
-        for count, rounds_of_runs, runs in ((1, 10, 3), (32, 3, 1)):
+        for count in sorted({count for _, count in columns}):
+            rounds_of_runs, runs = (10, 3) if count < 32 else (3, 1)
             points, detected = sets.points[:count], sets.detected[:count]
             source = None if sparse is None else sparse[:count]
-            samples = {name: [] for name in runtimes}
+            names = [name for name, size in columns if size == count]
+            samples = {name: [] for name in names}
             for _ in range(rounds_of_runs):
-                for name, runtime in runtimes.items():
-                    aligner.runtime = runtime
+                for name in names:
+                    aligner.runtime = runtimes[name]
                     align_point_sets(aligner, points, detected, source, rounds=rounds, stages=stages)
                     timings = []
                     for _ in range(runs):
@@ -251,9 +256,10 @@ def _speed(aligner, model) -> None:
             for name, values in samples.items():
                 cells[name, count] = float(np.median(values))
         one_face[label] = {name: cells[name, 1] for name in runtimes}
-        print(f"| {label} | " + " | ".join(f"{cells[name, count]:.1f}" for name in runtimes for count in (1, 32)) + " |")
+        print(f"| {label} | " + " | ".join(f"{cells[column]:.1f}" for column in columns) + " |")
     aligner.runtime = None
-    print("\n(one face: medians of 10 rounds of 3 runs; a batch: of 3 rounds of 1 run)")
+    print("\n(one face and a batch of 4: medians of 10 rounds of 3 runs; a batch of 32: of 3 rounds of 1 run; the "
+          "default runtime runs a batch of several faces in torch)")
     if "both rounds, with landmarks" in one_face:
         added = {name: one_face["both rounds, with landmarks"][name] - one_face["round one, with landmarks"][name]
                  for name in runtimes}

@@ -207,9 +207,9 @@ class FaceAligner:
     about 5 % of the whole per face; ``flip=False`` for speed. ``refine`` (default) refines the landmark head's
     points with the landmark refiner of ``refiner_weights`` (default: the shipped one; cprfa.dafi.refine).
     ``runtime``: what runs the networks. "auto" (default): torch the HS-U-Net and the refiner (on ``device``),
-    onnxruntime the CPR aligner's (on the CPU, as always; these networks about three times faster than torch's
-    for one face; cprfa.cpr.onnx, which caches their export); "torch" or "onnx": all of them. onnxruntime's
-    sessions take torch's thread count when the aligner is made. ``fit_options`` set the on-line fits of
+    onnxruntime the CPR aligner, networks and all, as one graph (on the CPU, as always; about a quarter faster
+    than torch; cprfa.cpr.onnx, which caches its export); "torch" or "onnx": all of them. onnxruntime's
+    sessions take torch's thread count when the aligner is made (one thread for a few faces). ``fit_options`` set the on-line fits of
     "online" and "cpr+online"; the refinement of "cpr+refine" and "cpr+pose" takes their priors and robust loss
     with its own iterations, damping and float32 (``polish_options``). ``detector`` finds the faces when no boxes
     are given (default: ``FaceDetector()``, the shipped weights and their threshold). ``reframe`` aligns each
@@ -248,9 +248,9 @@ class FaceAligner:
         self.method = method
         self.cpr = load_aligner(cpr_weights, self.model).fused() if method.startswith("cpr") else None
         if self.cpr is not None and runtime != "torch":  # the aligner runs on the CPU whatever ``device`` says
-            from cprfa.cpr.onnx import OnnxStepNetworks
+            from cprfa.cpr.onnx import OnnxAligner
 
-            self.cpr.runtime = OnnxStepNetworks(self.cpr)
+            self.cpr.runtime = OnnxAligner(self.cpr)
         self.landmark_source = landmark_source
         self.detector = detector  # None: the shipped one, made on first use
         self.reframe = reframe

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--device", default="cpu", help="cpu or cuda: where the HS-U-Net runs (default cpu)")
     align.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
                        help="what runs the networks: auto (default: torch the HS-U-Net, onnxruntime the CPR "
-                       "aligner's on the CPU), torch or onnx (onnxruntime all of them)")
+                       "aligner of a single face on the CPU), torch or onnx (onnxruntime all of them)")
     align.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                        help="test-time flip augmentation: the HS-U-Net also reads each mirrored crop and the two "
                        "predictions are averaged (a more precise DAFI and landmark head, twice the network's work; "
@@ -124,13 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     align.set_defaults(run=run_align)
 
     export = commands.add_parser(
-        "export-onnx", help="write the HS-U-Net and the CPR aligner's networks as ONNX graphs",
+        "export-onnx", help="write the HS-U-Net, the landmark refiner and the CPR aligner as ONNX graphs",
         description="Export the HS-U-Net (input: (B, 3, S, S) float32, RGB / 255 - 0.5 as "
         "cprfa.dafi.network.to_input makes it; outputs: the full-resolution group (B, 4, S, S: DAFI codes and "
         "foreground logit) and the landmark heatmaps) to OUT/hsunet.onnx, the landmark refiner (detail crops "
-        "(B, 3, 2S, 2S) and points (B, 68, 2) in, refined points out) to OUT/refiner.onnx, and the networks of the CPR aligner's "
-        "steps (cprfa.cpr.onnx: the stage, CPRs and GRU states in, the step and the next states out), one graph "
-        "per parameter group, to OUT/cpr/<group>.onnx, all with a dynamic batch size.")
+        "(B, 3, 2S, 2S) and points (B, 68, 2) in, refined points out) to OUT/refiner.onnx, and the CPR aligner's "
+        "whole alignment (cprfa.cpr.onnx: the fields of cprfa.cpr.regressor.AlignerInput in, the parameters in "
+        "the normalized frame out), one graph per schedule `cprfa align` runs, to "
+        "OUT/cpr/rounds<R>_stages<S>.onnx, all with a dynamic batch size.")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     export.add_argument("--cpr-weights", type=Path, help="CPR aligner weights (default: the shipped ones)")
@@ -806,14 +807,15 @@ def run_train_cpr(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from cprfa.cpr.onnx import export_group
-    from cprfa.cpr.regressor import GROUPS, load_aligner
+    from cprfa.align import CPR_ROUNDS, CPR_STAGES, METHODS
+    from cprfa.cpr.onnx import export_aligner
+    from cprfa.cpr.regressor import load_aligner
     from cprfa.dafi.onnx import export_hsunet, export_refiner
     from cprfa.dafi.predict import load_network
     from cprfa.dafi.refine import load_refiner
 
     network, config = load_network(args.weights)
-    aligner = load_aligner(args.cpr_weights)
+    aligner = load_aligner(args.cpr_weights).fused()
     (args.out / "cpr").mkdir(parents=True, exist_ok=True)
     export_hsunet(network, config.input_size, args.out / "hsunet.onnx")
     print(f"wrote {args.out / 'hsunet.onnx'} (input {config.input_size}², dynamic batch)")
@@ -822,9 +824,12 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         side = refiner.config.scale * config.input_size
         export_refiner(refiner, side, args.out / "refiner.onnx")
         print(f"wrote {args.out / 'refiner.onnx'} (detail crops {side}² and 68 points, dynamic batch)")
-    for group in GROUPS:
-        export_group(aligner, group, args.out / "cpr" / f"{group}.onnx")
-    print(f"wrote {len(GROUPS)} graphs of the CPR aligner's steps (one per parameter group) to {args.out / 'cpr'}")
+    schedules = sorted({aligner.schedule(CPR_ROUNDS.get(method), CPR_STAGES.get(method))
+                        for method in METHODS if method.startswith("cpr")})
+    for rounds, stages in schedules:
+        export_aligner(aligner, args.out / "cpr" / f"rounds{rounds}_stages{stages}.onnx", rounds, stages)
+    print(f"wrote the CPR aligner as {len(schedules)} graphs, one per schedule that `cprfa align` runs "
+          f"(rounds, stages per round: {', '.join(map(str, schedules))}), to {args.out / 'cpr'}")
     return 0
 
 

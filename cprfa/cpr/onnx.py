@@ -1,23 +1,26 @@
-"""The CPR aligner's networks through ONNX: export them (``cprfa export-onnx``) and run them with onnxruntime
-(``--runtime auto``, the default, and ``--runtime onnx``).
+"""The CPR aligner through ONNX: export it (``cprfa export-onnx``) and run it with onnxruntime (``--runtime auto``,
+the default, and ``--runtime onnx``).
 
-The networks of a step (``CPRAligner.step_networks``: the DAFI branch's CNN and GRU and, with fusion, the
-sparse branch's and their crossing) become one graph per group. Its first input is the stage (an int64
-scalar), which picks that stage's batch-norm statistics: the stages share every other weight, so one graph
-per stage would repeat them. The batch size is dynamic. Everything between the networks (the CPRs, Y^G,
-consistency-aware updating, the translation step) stays in torch, so ``OnnxStepNetworks`` stands in for
-``step_networks`` through ``CPRAligner.runtime``. With fusion, a batch without any sparse source runs the
-fused graphs with the sparse branch switched off (zero input, ``present`` 0), which gives what the DAFI
-branch alone gives.
+The whole alignment becomes one graph: from the aligner's input (``AlignerInput``: the selected vertices, the
+error pool, the sparse landmarks) to the final parameters, with everything between the networks (the CPRs,
+Y^G, consistency-aware updating, the translation steps) and the networks of every stage, each stage's
+batch norms folded into its convolutions. One graph per schedule (rounds, and stages per round) that is
+asked for; the batch size and the pool size are dynamic. ``OnnxAligner`` stands in for the torch forward
+through ``CPRAligner.runtime`` (``align_point_sets`` hands it the input). Why one graph: an alignment is
+about 1,700 small torch operations, most of the time their overhead; onnxruntime runs the same work with
+less of it (one face: both rounds 40 against 61 ms, cpr+refine's two stages of round one 18 against 24 ms;
+README, "ONNX"). A graph traced with a sparse source runs faces without one too: their landmark branch adds
+nothing, as in torch.
 
-Exporting the four graphs takes about 3 s, more than a command on a few photos gains from them, so
-``OnnxStepNetworks`` keeps them in a cache folder (``cache_folder``) under a key of the weights, torch's
-version and the opset, and checks a cached graph against torch on a fixed input before it trusts it: a graph
-written by other code, or a damaged file, is exported again.
+Exporting a graph takes 4–8 s, more than a command on a few photos gains from it, so ``OnnxAligner`` keeps
+the graphs in a cache folder (``cache_folder``) under a key of the weights, torch's version, the opset and
+the schedule, and checks a cached graph against torch on a fixed input before it trusts it: a graph written
+by other code, or a damaged file, is exported again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -29,65 +32,92 @@ import numpy as np
 import torch
 from torch import nn
 
-from cprfa.cpr.regressor import GROUPS, CPRAligner
-from cprfa.cpr.sparse import N_LANDMARKS
+from cprfa.cpr.regressor import AlignerInput, CPRAligner, aligner_input
 from cprfa.dafi.onnx import OPSET, cpu_session
+from cprfa.model.contour import landmarks_2d
+from cprfa.model.projection import model_shape, weak_perspective
 
-DENSE_NAMES = ("cpr", "state")
-FUSED_NAMES = ("cpr", "state", "sparse_cpr", "sparse_state", "present")
+INPUT_NAMES = tuple(field.name for field in dataclasses.fields(AlignerInput))
+POOLED = ("pool_ids", "pool_points", "pool_weight")  # their second axis, the pool's size, is dynamic too
 CACHE_VARIABLE = "CPRFA_CACHE_DIR"
-AGREEMENT = 1e-3  # largest difference from torch that a cached graph's outputs may show
+GRAPH_FORMAT = 2  # in the cache key: 1 was one graph per parameter group's networks
+AGREEMENT = 1e-3  # largest difference from torch that a cached graph's parameters may show
+# A single face runs in onnxruntime on one thread, a batch in torch: the graph's operations are small, waking a
+# second thread for each costs more than it gains, and from a few faces on torch is faster (cpr+refine's
+# schedule: one face 17.9 against 23.9 ms, a batch of 4 13.2 against 11.0 ms per face; README, "ONNX").
+ONNX_FACES = 1
 
 
-class _GroupGraph(nn.Module):
-    def __init__(self, aligner: CPRAligner, group: str):
+class _AlignmentGraph(nn.Module):
+    def __init__(self, aligner: CPRAligner, rounds: int, stages: int):
         super().__init__()
-        self.aligner, self.group = aligner, group
+        self.aligner, self.rounds, self.stages = aligner, rounds, stages
 
-    def forward(self, stage: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.aligner.step_networks(self.group, stage, *tensors)
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.aligner(AlignerInput(*tensors), rounds=self.rounds, stages=self.stages)[-1].params
 
 
-def export_group(aligner: CPRAligner, group: str, target: str | Path | io.BytesIO) -> None:
-    """Write the networks of one group's steps (every stage) as an ONNX graph to a file or a buffer."""
-    channels, count = aligner.channels.shape
-    example = [torch.zeros(2, channels, count, count), torch.zeros(2, aligner.config.hidden)]
-    names, outputs = DENSE_NAMES, ["delta", "next_state"]
-    if aligner.config.fusion:
-        example += [torch.zeros(2, 3, N_LANDMARKS, N_LANDMARKS), torch.zeros(2, aligner.config.hidden),
-                    torch.ones(2)]
-        names, outputs = FUSED_NAMES, outputs + ["sparse_delta", "next_sparse_state"]
-    with warnings.catch_warnings():
+def export_aligner(aligner: CPRAligner, target: str | Path | io.BytesIO, rounds: int | None = None,
+                   stages: int | None = None, sparse: bool = True) -> None:
+    """Write the alignment of ``rounds`` rounds of ``stages`` stages (default: all the weights have), with the
+    ``sparse`` source (it then also runs faces without one) or without, as an ONNX graph to a file or a buffer.
+    Inputs: the fields of ``AlignerInput`` that it reads (those of the error pool only with round two, of the
+    sparse source only with it); output: the parameters (B, P), normalized frame."""
+    rounds, stages = aligner.schedule(rounds, stages)
+    axes = {name: {0: "batch", 1: "pool"} if name in POOLED else {0: "batch"} for name in INPUT_NAMES}
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
-        torch.onnx.export(_GroupGraph(aligner, group).eval(), (torch.tensor(0), *example), target,
-                          input_names=["stage", *names], output_names=outputs, opset_version=OPSET, dynamo=False,
-                          dynamic_axes={name: {0: "batch"} for name in (*names, *outputs)})
+        torch.onnx.export(_AlignmentGraph(aligner, rounds, stages).eval(),
+                          tuple(vars(example_input(aligner, sparse)).values()),
+                          target, input_names=list(INPUT_NAMES), output_names=["params"], opset_version=OPSET,
+                          dynamo=False, dynamic_axes=axes | {"params": {0: "batch"}})
 
 
-class OnnxStepNetworks:
-    """onnxruntime sessions answering like ``CPRAligner.step_networks``; set it as the aligner's ``runtime``.
-    ``cache``: keep the exported graphs in ``cache_folder()`` (module docstring)."""
+def example_input(aligner: CPRAligner, sparse: bool = True) -> AlignerInput:
+    """A fixed input of two faces (the mean face turned by 17° and −29° of yaw, a block of vertices unseen), with
+    ``sparse`` the first with the 68 landmarks as its sparse source, the second without: what a graph is traced
+    on and checked with."""
+    params = aligner.layout.initial(2)
+    params[:, :3] = torch.tensor([[0.1, 0.3, -0.05], [-0.15, -0.5, 0.1]])
+    params[:, 3] = torch.tensor([0.95, 1.05])
+    points = weak_perspective(model_shape(aligner.model, params), params[:, :6])[..., :2]
+    detected = torch.ones(points.shape[:2], dtype=torch.bool)
+    detected[:, : aligner.n_vertices // 5] = False
+    landmarks = landmarks_2d(aligner.model, params)[..., :2]
+    given = torch.tensor([sparse, False])[:, None].expand(-1, landmarks.shape[1])
+    return aligner_input(points, detected, aligner.channels, aligner.config.kappa, landmarks, given)
 
-    def __init__(self, aligner: CPRAligner, threads: int | None = None, cache: bool = True):
-        self.fusion = aligner.config.fusion
-        key = graph_key(aligner) if cache else None
-        self.sessions = {group: _session(aligner, group, threads, key) for group in GROUPS}
 
-    def __call__(self, group: str, stage: int, cpr: torch.Tensor, state: torch.Tensor,
-                 sparse_cpr: torch.Tensor | None = None, sparse_state: torch.Tensor | None = None,
-                 present: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        tensors = [cpr, state]
-        if self.fusion:
-            if sparse_cpr is None:  # no source in this batch: the sparse branch off
-                tensors += [cpr.new_zeros(len(cpr), 3, N_LANDMARKS, N_LANDMARKS), torch.zeros_like(state),
-                            cpr.new_zeros(len(cpr))]
-            else:
-                tensors += [sparse_cpr, sparse_state, present]
-        names = FUSED_NAMES if self.fusion else DENSE_NAMES
-        feed = {name: tensor.detach().float().cpu().numpy() for name, tensor in zip(names, tensors, strict=True)}
-        feed["stage"] = np.array(stage, dtype=np.int64)
-        outputs = [torch.from_numpy(value) for value in self.sessions[group].run(None, feed)]
-        return tuple(outputs if sparse_cpr is not None or not self.fusion else outputs[:2])
+class OnnxAligner:
+    """Aligns like the aligner's torch forward, a batch of up to ONNX_FACES faces in onnxruntime (one thread), a
+    larger one in torch; set it as the aligner's ``runtime``. ``cache``: keep the exported graphs in
+    ``cache_folder()`` (module docstring). A schedule's graph is loaded or exported when first asked for: one
+    traced with a sparse source, and one without for a batch where no face has one (``AlignerInput.present``)."""
+
+    def __init__(self, aligner: CPRAligner, cache: bool = True):
+        self.aligner = aligner
+        self.key = graph_key(aligner) if cache else None
+        self._sessions: dict[tuple[int, int, bool], object] = {}
+
+    def session(self, rounds: int | None = None, stages: int | None = None, sparse: bool = True):
+        """The session of ``rounds`` rounds of ``stages`` stages, with or without the ``sparse`` source."""
+        schedule = (*self.aligner.schedule(rounds, stages), sparse and self.aligner.config.fusion)
+        if schedule not in self._sessions:
+            self._sessions[schedule] = _session(self.aligner, *schedule, self.key)
+        return self._sessions[schedule]
+
+    def __call__(self, inputs: AlignerInput, rounds: int | None = None, stages: int | None = None) -> torch.Tensor:
+        """The final parameters. Shape: an input of B faces -> (B, P)."""
+        if len(inputs) > ONNX_FACES:
+            with torch.inference_mode():
+                return self.aligner(inputs, rounds=rounds, stages=stages)[-1].params
+        return torch.from_numpy(_run(self.session(rounds, stages, bool(inputs.present.any())), inputs))
+
+
+def _run(session, inputs: AlignerInput) -> np.ndarray:
+    wanted = {node.name for node in session.get_inputs()}
+    feed = {name: value.detach().cpu().numpy() for name, value in vars(inputs).items() if name in wanted}
+    return session.run(None, feed)[0]
 
 
 def cache_folder() -> Path:
@@ -105,9 +135,9 @@ def cache_folder() -> Path:
 
 def graph_key(aligner: CPRAligner) -> str:
     """What an aligner's graphs depend on, hashed: its weights (not the folded copies of ``fused``), config and
-    channel shape, torch's version and the opset."""
-    digest = hashlib.sha256(f"{aligner.config.to_dict()} {tuple(aligner.channels.shape)} {torch.__version__} "
-                            f"{OPSET}".encode())
+    channels, torch's version, the opset and the graphs' format."""
+    digest = hashlib.sha256(f"{aligner.config.to_dict()} {aligner.channels.tolist()} {torch.__version__} "
+                            f"{OPSET} {GRAPH_FORMAT}".encode())
     for name, value in aligner.state_dict().items():
         if ".folded." in name:
             continue
@@ -116,22 +146,22 @@ def graph_key(aligner: CPRAligner) -> str:
     return digest.hexdigest()[:16]
 
 
-def _session(aligner: CPRAligner, group: str, threads: int | None, key: str | None):
-    """A session for one group's graph: the cached one when it is there and agrees with torch, else a fresh
-    export (written to the cache when ``key`` is given and the folder is writable). No spinning: torch runs
-    between the calls."""
-    path = cache_folder() / f"cpr-{key}-{group}.onnx" if key is not None else None
-    session = _cached_session(path, aligner, group, threads) if path is not None else None
+def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: str | None):
+    """A one-thread session for a schedule's graph: the cached one when it is there and agrees with torch, else
+    a fresh export (written to the cache when ``key`` is given and the folder is writable)."""
+    name = f"cpr-{key}-r{rounds}s{stages}{'' if sparse else '-dense'}.onnx"
+    path = cache_folder() / name if key is not None else None
+    session = _cached_session(path, aligner, rounds, stages, sparse) if path is not None else None
     if session is not None:
         return session
     buffer = io.BytesIO()
-    export_group(aligner, group, buffer)
+    export_aligner(aligner, buffer, rounds, stages, sparse)
     if path is not None:
         _write_atomically(path, buffer.getvalue())
-    return cpu_session(buffer.getvalue(), threads, spinning=False)
+    return cpu_session(buffer.getvalue(), 1)
 
 
-def _cached_session(path: Path, aligner: CPRAligner, group: str, threads: int | None):
+def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, sparse: bool):
     """The session of a cached graph, or None when there is none, or it cannot be read, is damaged or disagrees
     with torch."""
     try:
@@ -139,8 +169,8 @@ def _cached_session(path: Path, aligner: CPRAligner, group: str, threads: int | 
     except OSError:  # absent, or a folder this user may not enter
         return None
     try:
-        session = cpu_session(graph, threads, spinning=False)
-        return session if _agrees(session, aligner, group) else None
+        session = cpu_session(graph, 1)
+        return session if _agrees(session, aligner, rounds, stages, sparse) else None
     except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged or foreign graph share no class below it
         return None
 
@@ -163,25 +193,10 @@ def _write_atomically(path: Path, content: bytes) -> None:
             Path(partial).unlink(missing_ok=True)
 
 
-def _agrees(session, aligner: CPRAligner, group: str) -> bool:
-    """Whether a session gives the torch networks' outputs, within AGREEMENT, on a fixed random input (two
-    faces, the second without a sparse source) at the first and the last stage."""
-    generator = torch.Generator().manual_seed(0)
-    channels, count = aligner.channels.shape
-    hidden = aligner.config.hidden
-    inputs = [torch.rand(2, channels, count, count, generator=generator), torch.rand(2, hidden, generator=generator)]
-    names = DENSE_NAMES
-    if aligner.config.fusion:
-        inputs += [torch.rand(2, 3, N_LANDMARKS, N_LANDMARKS, generator=generator),
-                   torch.rand(2, hidden, generator=generator), torch.tensor([1.0, 0.0])]
-        names = FUSED_NAMES
-    feed = {name: value.numpy() for name, value in zip(names, inputs, strict=True)}
-    for stage in (0, aligner.config.rounds * aligner.config.stages - 1):
-        with torch.inference_mode():
-            expected = aligner.step_networks(group, stage, *inputs)
-        actual = session.run(None, {"stage": np.array(stage, dtype=np.int64), **feed})
-        if len(actual) != len(expected) or not all(
-                got.shape == tuple(wanted.shape) and np.abs(got - wanted.numpy()).max() <= AGREEMENT
-                for got, wanted in zip(actual, expected, strict=True)):
-            return False
-    return True
+def _agrees(session, aligner: CPRAligner, rounds: int, stages: int, sparse: bool) -> bool:
+    """Whether a session gives the torch forward's parameters, within AGREEMENT, on ``example_input``."""
+    inputs = example_input(aligner, sparse)
+    with torch.inference_mode():
+        expected = aligner(inputs, rounds=rounds, stages=stages)[-1].params.numpy()
+    actual = _run(session, inputs)
+    return actual.shape == expected.shape and bool(np.abs(actual - expected).max() <= AGREEMENT)

@@ -122,15 +122,11 @@ class CPRRegressor(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.folded: nn.ModuleList | None = None  # per stage, the convolutions with their norms (fold_norms)
 
-    def features(self, cpr: torch.Tensor, stage: int | torch.Tensor) -> torch.Tensor:
-        """The sixth layer's output. ``stage``: an int, or a 0-d integer tensor in eval mode (one graph for
-        every stage, cprfa.cpr.onnx). Shape: (B, 3, n, n) -> (B, hidden)."""
+    def features(self, cpr: torch.Tensor, stage: int) -> torch.Tensor:
+        """The sixth layer's output. Shape: (B, 3, n, n) -> (B, hidden)."""
         x = cpr
         for index, convolution in enumerate(self.convolutions):
-            if isinstance(stage, torch.Tensor):
-                scale, shift = self.stage_affine(index)
-                x = convolution(x) * scale[stage][:, None, None] + shift[stage][:, None, None]
-            elif self.folded is not None:
+            if self.folded is not None:
                 x = self.folded[stage][index](x)
             else:
                 x = self.norms[stage][index](convolution(x))
@@ -311,7 +307,7 @@ class CPRAligner(nn.Module):
         self.register_buffer("jaw_landmarks", torch.as_tensor(self.contours.landmarks), persistent=False)
         self.register_buffer("outward", torch.as_tensor(self.contours.outward), persistent=False)
         self.register_buffer("multipliers", path_multipliers(config.path_samples), persistent=False)
-        self.runtime = None  # what runs ``step_networks`` when not torch (cprfa.cpr.onnx)
+        self.runtime = None  # what runs ``align_point_sets`` instead of this forward (cprfa.cpr.onnx.OnnxAligner)
         outputs = {"alpha": self.layout.n_identity + self.layout.n_expression, "rotation_xy": 2, "rotation_z": 1,
                    "scale": 1}
         stages = config.rounds * config.stages
@@ -352,7 +348,7 @@ class CPRAligner(nn.Module):
         Shape: params (B, P) -> (B, K, n, 2)."""
         shape = (self.shapes(params) if shapes is None else shapes)[0]
         points = weak_perspective(shape, params[:, :6])[..., :2]
-        return points.reshape(len(params), *self.channels.shape, 2)
+        return points.unflatten(1, tuple(self.channels.shape))
 
     def generated_landmarks(self, params: torch.Tensor, shapes: tuple | None = None) -> torch.Tensor:
         """Y^G of the sparse source: the 68 landmarks, jaw on the silhouette (cprfa.model.contour), in their
@@ -375,21 +371,16 @@ class CPRAligner(nn.Module):
         states still carry gradients across stages). ``step_jitter`` J (training the β networks) scales each
         round-two Δ by exp(U(−J, J)), drawn per face, before its path is tried. Returns (4 + 1)·Q steps in
         round one, (3 + 1)·Q in two."""
-        rounds = self.config.rounds if rounds is None else rounds
-        if not 1 <= rounds <= self.config.rounds:
-            raise InvalidInputError(f"these weights run 1 to {self.config.rounds} rounds, not {rounds}")
-        stages = self.config.stages if stages is None else stages
-        if not 1 <= stages <= self.config.stages:
-            raise InvalidInputError(f"these weights run 1 to {self.config.stages} stages a round, not {stages}")
+        rounds, stages = self.schedule(rounds, stages)
         if params is None:
-            params = self.layout.initial(len(inputs), inputs.observed.dtype).to(inputs.observed.device)
+            params = self.layout.initial(1, inputs.observed.dtype).to(inputs.observed.device).expand(inputs.observed.shape[0], -1)
         present = inputs.present
         fusion = self.config.fusion and fuse and bool(present.any())  # without any source: the DAFI branch alone
         present = present.to(params.dtype) if fusion else None
         observed = {"dense": _Observed.of(inputs.observed, inputs.detected)}
         if fusion:
             observed["sparse"] = _Observed.of(inputs.landmarks, inputs.landmark_given)
-        start = params.new_zeros(len(params), self.config.hidden)  # the GRUs' initial state
+        start = params.new_zeros(params.shape[0], self.config.hidden)  # the GRUs' initial state
         states = {name: start for group in GROUPS for name in (group, f"sparse {group}")}
         steps = []
         shapes = self.shapes(params)
@@ -409,8 +400,11 @@ class CPRAligner(nn.Module):
                             deltas = [delta * torch.exp(step_jitter * (2 * torch.rand_like(delta[:, :1]) - 1))
                                       for delta in deltas]
                         nets = [self.consistency[group]] + ([self.sparse_consistency[group]] if fusion else [])
-                        errors, before = self._path_errors(group, params.repeat(len(deltas), 1), torch.cat(deltas),
-                                                           pool_shape.repeat(len(deltas), 1, 1), inputs)
+                        copies = len(deltas)
+                        errors, before = self._path_errors(group, params.repeat(copies, 1), torch.cat(deltas),
+                                                           pool_shape.repeat(copies, 1, 1),
+                                                           inputs.pool_points.repeat(copies, 1, 1),
+                                                           inputs.pool_weight.repeat(copies, 1))
                         betas = [net(e, b) for net, e, b in zip(nets, errors.chunk(len(deltas)),
                                                                 before.chunk(len(deltas)), strict=True)]
                     update = sum(beta * delta for beta, delta in zip(betas, deltas, strict=True))
@@ -422,24 +416,32 @@ class CPRAligner(nn.Module):
                 steps.append(Step("translation", params, round_index + 1))
         return steps
 
+    def schedule(self, rounds: int | None = None, stages: int | None = None) -> tuple[int, int]:
+        """The rounds and the stages per round of an alignment (None: all the weights have), checked."""
+        rounds = self.config.rounds if rounds is None else rounds
+        if not 1 <= rounds <= self.config.rounds:
+            raise InvalidInputError(f"these weights run 1 to {self.config.rounds} rounds, not {rounds}")
+        stages = self.config.stages if stages is None else stages
+        if not 1 <= stages <= self.config.stages:
+            raise InvalidInputError(f"these weights run 1 to {self.config.stages} stages a round, not {stages}")
+        return rounds, stages
+
     def _deltas(self, group, params, shapes, observed, states, stage, present) -> list[torch.Tensor]:
         """Δ of the DAFI branch and, with fusion, of the sparse branch (zero for faces without a source)."""
         cpr = observed["dense"].network_input(group, self.generated(params, shapes))
-        run = self.step_networks if self.runtime is None else self.runtime
         if present is None:
-            delta, states[group] = run(group, stage, cpr, states[group])
+            delta, states[group] = self.step_networks(group, stage, cpr, states[group])
             return [delta]
         sparse_cpr = observed["sparse"].network_input(group, self.generated_landmarks(params, shapes))
-        delta, states[group], sparse_delta, states[f"sparse {group}"] = run(
+        delta, states[group], sparse_delta, states[f"sparse {group}"] = self.step_networks(
             group, stage, cpr, states[group], sparse_cpr, states[f"sparse {group}"], present)
         return [delta, sparse_delta]
 
-    def step_networks(self, group: str, stage: int | torch.Tensor, cpr: torch.Tensor, state: torch.Tensor,
+    def step_networks(self, group: str, stage: int, cpr: torch.Tensor, state: torch.Tensor,
                       sparse_cpr: torch.Tensor | None = None, sparse_state: torch.Tensor | None = None,
                       present: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """The networks of one step (a graph of cprfa.cpr.onnx, with ``stage`` a tensor): the DAFI branch's CNN and
-        GRU, and with a sparse input the sparse branch's, crossing at the sixth layer (its Δ zero for faces
-        without a source).
+        """The networks of one step: the DAFI branch's CNN and GRU, and with a sparse input the sparse branch's,
+        crossing at the sixth layer (its Δ zero for faces without a source).
 
         Shape: cpr (B, K, n, n), states (B, hidden), sparse_cpr (B, 3, 68, 68), present (B,) -> Δ (B, d) and
         the next state, then with a sparse input the sparse Δ and state."""
@@ -467,16 +469,15 @@ class CPRAligner(nn.Module):
 
     @torch.no_grad()
     def _path_errors(self, group: str, params: torch.Tensor, delta: torch.Tensor, pool_shape: torch.Tensor,
-                     inputs: AlignerInput) -> tuple[torch.Tensor, torch.Tensor]:
+                     pool_points: torch.Tensor, pool_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CAPU's errors along the path (cprfa.cpr.consistency) and before the step, for k copies of the batch
-        (one per branch). Shape: params (k·B, P), delta (k·B, d), pool_shape (k·B, E, 3) -> (k·B, 2M), (k·B,)."""
-        samples, batch = len(self.multipliers), len(params)
-        path = (self.multipliers[:, None, None] * delta).reshape(samples * batch, -1)
+        (one per branch). Shape: params (k·B, P), delta (k·B, d), pool_shape (k·B, E, 3), pool_points (k·B, E, 2),
+        pool_weight (k·B, E) -> (k·B, 2M), (k·B,)."""
+        samples = len(self.multipliers)
+        path = (self.multipliers[:, None, None] * delta).flatten(0, 1)
         poses = torch.cat([params[:, :6], self._updated(group, params.repeat(samples, 1), path)[:, :6]])
         points = weak_perspective(pool_shape.repeat(samples + 1, 1, 1), poses)[..., :2]
-        copies = batch // len(inputs)  # one per branch
-        errors = residual_error(points.reshape(samples + 1, batch, -1, 2), inputs.pool_points.repeat(copies, 1, 1),
-                                inputs.pool_weight.repeat(copies, 1))
+        errors = residual_error(points.unflatten(0, (samples + 1, -1)), pool_points, pool_weight)
         return errors[1:].T, errors[0]
 
     def _translate(self, params: torch.Tensor, shapes, observed: dict[str, _Observed]) -> torch.Tensor:
@@ -589,7 +590,10 @@ def align_point_sets(aligner: CPRAligner, points: torch.Tensor, detected: torch.
                      landmarks: torch.Tensor | None = None, landmark_given: torch.Tensor | None = None,
                      rounds: int | None = None, stages: int | None = None) -> torch.Tensor:
     """The aligner on observed point sets over all model vertices and an optional sparse source, normalized
-    frame (``rounds`` and ``stages`` per round: CPRAligner.forward). Shape: points (B, N, 2), detected (B, N),
-    landmarks (B, 68, 2), landmark_given (B, 68) -> params (B, P)."""
+    frame (``rounds`` and ``stages`` per round: CPRAligner.forward), run by the aligner's ``runtime`` when it has
+    one (cprfa.cpr.onnx.OnnxAligner). Shape: points (B, N, 2), detected (B, N), landmarks (B, 68, 2),
+    landmark_given (B, 68) -> params (B, P)."""
     inputs = aligner_input(points, detected, aligner.channels, aligner.config.kappa, landmarks, landmark_given)
+    if aligner.runtime is not None:
+        return aligner.runtime(inputs, rounds, stages)
     return aligner(inputs, rounds=rounds, stages=stages)[-1].params

@@ -72,7 +72,7 @@ def elementary_rotations(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     Shape: angles (B, 3) -> (B, 3, 3) three times."""
     cos, sin = torch.cos(angles), torch.sin(angles)
     table = torch.stack([torch.zeros_like(cos), torch.ones_like(cos), cos, sin, -sin], dim=-1)  # (B, 3, 5)
-    index = _ELEMENTARY.to(angles.device).expand(len(angles), -1, -1)
+    index = _ELEMENTARY.to(angles.device).expand(angles.shape[0], -1, -1)  # not len(): ONNX export traces shape[0]
     return torch.gather(table, 2, index).reshape(-1, 3, 3, 3).unbind(1)
 
 

@@ -210,7 +210,8 @@ def test_shipped_beta_moves_an_overshooting_or_undershooting_step_towards_the_mi
     for factor in (0.5, 1.7):  # a step that undershoots the minimum, and one that overshoots it
         delta = factor * correction
         with torch.no_grad():
-            beta = aligner.consistency[group](*aligner._path_errors(group, start, delta, pool_shape, inputs))
+            beta = aligner.consistency[group](*aligner._path_errors(group, start, delta, pool_shape, inputs.pool_points,
+                                                                            inputs.pool_weight))
         closer = ((beta * delta - correction).norm(dim=1) < (delta - correction).norm(dim=1)).float().mean()
         assert closer >= 0.8, (group, factor, beta.squeeze(1))
 

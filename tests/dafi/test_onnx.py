@@ -8,8 +8,8 @@ import torch
 from cprfa.align import FaceAligner
 from cprfa.cli.main import main
 from cprfa.cpr import onnx as cpr_onnx
-from cprfa.cpr.onnx import FUSED_NAMES, OnnxStepNetworks, cache_folder
-from cprfa.cpr.regressor import GROUPS, align_point_sets, load_aligner
+from cprfa.cpr.onnx import OnnxAligner, cache_folder, example_input
+from cprfa.cpr.regressor import align_point_sets, aligner_input, load_aligner
 from cprfa.dafi.onnx import OnnxNetwork
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.refine import load_refiner
@@ -53,68 +53,88 @@ def test_export_onnx_writes_graphs_onnxruntime_runs(tmp_path, capsys):
     (refined,) = session.run(None, {"image": np.zeros((2, 3, 2 * size, 2 * size), np.float32), "points": points})
     expected = load_refiner()(torch.zeros(2, 3, 2 * size, 2 * size), torch.from_numpy(points)).detach().numpy()
     assert refined.shape == (2, 68, 2) and np.abs(refined - expected).max() < 1e-3
-    aligner = load_aligner()
-    assert sorted(path.stem for path in (tmp_path / "cpr").glob("*.onnx")) == sorted(GROUPS)
-    session = ort.InferenceSession(str(tmp_path / "cpr" / "scale.onnx"), providers=["CPUExecutionProvider"])
-    inputs = [torch.rand(3, *aligner.channels.shape, aligner.channels.shape[1]), torch.rand(3, 256),
-              torch.rand(3, 3, 68, 68), torch.rand(3, 256), torch.tensor([1.0, 0.0, 1.0])]
-    feed = {name: value.numpy() for name, value in zip(FUSED_NAMES, inputs, strict=True)}
-    for stage in (0, 4):  # each stage its own batch-norm statistics
-        outputs = session.run(None, {"stage": np.array(stage), **feed})
+    aligner = load_aligner().fused()
+    graphs = sorted(path.name for path in (tmp_path / "cpr").glob("*.onnx"))
+    assert graphs == ["rounds1_stages2.onnx", "rounds2_stages3.onnx"]  # cpr+refine's; cpr's and cpr+pose's
+    inputs = example_input(aligner)
+    for name in graphs:
+        session = ort.InferenceSession(str(tmp_path / "cpr" / name), providers=["CPUExecutionProvider"])
+        wanted = {node.name for node in session.get_inputs()}
+        (params,) = session.run(None, {key: value.numpy() for key, value in vars(inputs).items() if key in wanted})
+        rounds, stages = int(name[6]), int(name[-6])
         with torch.inference_mode():
-            expected = aligner.step_networks("scale", stage, *inputs)
-        for actual, wanted in zip(outputs, expected, strict=True):
-            assert np.abs(actual - wanted.numpy()).max() < 1e-4
-        assert not outputs[2][1].any()  # a face without a sparse source gets no sparse step
+            expected = aligner(inputs, rounds=rounds, stages=stages)[-1].params
+        assert np.abs(params - expected.numpy()).max() < 1e-4
 
 
 def test_onnx_and_torch_aligners_agree_on_synthetic_faces(face_model):
-    aligner = load_aligner(model=face_model)
+    aligner = load_aligner(model=face_model).fused()
     sets = synthetic_point_sets(face_model, 8, 123)
     landmarks = landmarks_2d(face_model, sets.params)[..., :2].float()
-    expected = [align_point_sets(aligner, sets.points, sets.detected, landmarks),
-                align_point_sets(aligner, sets.points, sets.detected)]  # the sparse branch off
-    aligner.runtime = OnnxStepNetworks(aligner)
-    actual = [align_point_sets(aligner, sets.points, sets.detected, landmarks),
-              align_point_sets(aligner, sets.points, sets.detected)]
+    schedules = ((None, None), (1, 2))  # both rounds; cpr+refine's two stages of round one
+    expected = [align_point_sets(aligner, sets.points, sets.detected, source, rounds=rounds, stages=stages)
+                for rounds, stages in schedules for source in (landmarks, None)]  # None: the sparse branch off
+    aligner.runtime = OnnxAligner(aligner)
+    actual = [align_point_sets(aligner, sets.points, sets.detected, source, rounds=rounds, stages=stages)
+              for rounds, stages in schedules for source in (landmarks, None)]
     for got, wanted in zip(actual, expected, strict=True):
-        truth = landmarks_3d(face_model, wanted)[..., :2]
-        assert (torch.linalg.vector_norm(landmarks_3d(face_model, got)[..., :2] - truth, dim=-1).mean(dim=1)
-                < 0.005 * wanted[:, 3] * 15).all()
+        assert _close_fits(face_model, got, wanted)
+
+
+def _close_fits(face_model, got: torch.Tensor, wanted: torch.Tensor) -> bool:
+    """Whether every face's mean 68-landmark difference is under 0.5 % of its width (about 15 model units):
+    a face near a tie of the silhouette's choice can move that much from a difference in the last bit."""
+    truth = landmarks_3d(face_model, wanted)[..., :2]
+    difference = torch.linalg.vector_norm(landmarks_3d(face_model, got)[..., :2] - truth, dim=-1).mean(dim=1)
+    return bool((difference < 0.005 * wanted[:, 3] * 15).all())
+
+
+def test_one_face_runs_in_onnxruntime_on_one_thread_and_a_batch_in_torch(face_model):
+    aligner = load_aligner(model=face_model).fused()
+    runtime = OnnxAligner(aligner)
+    assert runtime.session(1, 1).get_session_options().intra_op_num_threads == 1
+    sets = synthetic_point_sets(face_model, 3, 7)
+    with torch.inference_mode():
+        expected = aligner(aligner_input(sets.points, sets.detected, aligner.channels), rounds=1, stages=1)[-1].params
+    aligner.runtime = runtime
+    assert torch.equal(align_point_sets(aligner, sets.points, sets.detected, rounds=1, stages=1), expected)
+    alone = torch.cat([align_point_sets(aligner, sets.points[i:i + 1], sets.detected[i:i + 1], rounds=1, stages=1)
+                       for i in range(3)])
+    assert _close_fits(face_model, alone, expected)
+    assert sorted(runtime._sessions) == [(1, 1, False), (1, 1, True)]  # and the one without a sparse source
 
 
 def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_path, monkeypatch):
     monkeypatch.setenv(cpr_onnx.CACHE_VARIABLE, str(tmp_path))
     assert cache_folder() == tmp_path
     aligner = load_aligner().fused()
-    inputs = [torch.rand(2, *aligner.channels.shape, aligner.channels.shape[1]), torch.rand(2, 256),
-              torch.rand(2, 3, 68, 68), torch.rand(2, 256), torch.tensor([1.0, 1.0])]
+    inputs = example_input(aligner)
     with torch.inference_mode():
-        expected = aligner.step_networks("rotation_z", 1, *inputs)
-    OnnxStepNetworks(aligner)
+        expected = aligner(inputs, rounds=1, stages=1)[-1].params
+    OnnxAligner(aligner).session(1, 1)
+    OnnxAligner(aligner).session(1, 2)
     graphs = {path.name.rsplit("-", 1)[1]: path for path in tmp_path.glob("cpr-*.onnx")}
-    assert sorted(graphs) == sorted(f"{group}.onnx" for group in GROUPS)
+    assert sorted(graphs) == ["r1s1.onnx", "r1s2.onnx"]
 
     def no_export(*_args):
         raise AssertionError("exported although cached")
 
     with monkeypatch.context() as patch:  # a second aligner reads the cache
-        patch.setattr(cpr_onnx, "export_group", no_export)
-        cached = OnnxStepNetworks(aligner)
-    for got, wanted in zip(cached("rotation_z", 1, *inputs), expected, strict=True):
-        assert (got - wanted).abs().max() < 1e-4
-    graphs["alpha.onnx"].write_bytes(b"not a graph")  # damaged
-    graphs["scale.onnx"].write_bytes(graphs["rotation_z.onnx"].read_bytes())  # another group's, same shapes
-    exported, export = [], cpr_onnx.export_group
+        patch.setattr(cpr_onnx, "export_aligner", no_export)
+        assert (OnnxAligner(aligner)(inputs, 1, 1) - expected).abs().max() < 1e-4
+    exported, export = [], cpr_onnx.export_aligner
 
-    def counted_export(aligner, group, target):
-        exported.append(group)
-        export(aligner, group, target)
+    def counted_export(aligner, target, rounds, stages, sparse):
+        exported.append((rounds, stages))
+        export(aligner, target, rounds, stages, sparse)
 
-    monkeypatch.setattr(cpr_onnx, "export_group", counted_export)
-    OnnxStepNetworks(aligner)
-    assert sorted(exported) == ["alpha", "scale"]
-    assert graphs["alpha.onnx"].stat().st_size > 10**6
+    monkeypatch.setattr(cpr_onnx, "export_aligner", counted_export)
+    graphs["r1s1.onnx"].write_bytes(b"not a graph")  # damaged
+    OnnxAligner(aligner).session(1, 1)
+    graphs["r1s1.onnx"].write_bytes(graphs["r1s2.onnx"].read_bytes())  # another schedule's, the same inputs
+    OnnxAligner(aligner).session(1, 1)
+    assert exported == [(1, 1), (1, 1)]
+    assert graphs["r1s1.onnx"].stat().st_size > 10**6
 
 
 def test_a_cache_folder_that_cannot_be_used_costs_only_the_export(tmp_path, monkeypatch):
@@ -122,17 +142,15 @@ def test_a_cache_folder_that_cannot_be_used_costs_only_the_export(tmp_path, monk
     blocked.write_text("not a folder")
     monkeypatch.setenv(cpr_onnx.CACHE_VARIABLE, str(blocked / "cache"))
     aligner = load_aligner().fused()
-    inputs = [torch.rand(1, *aligner.channels.shape, aligner.channels.shape[1]), torch.rand(1, 256),
-              torch.rand(1, 3, 68, 68), torch.rand(1, 256), torch.ones(1)]
+    inputs = example_input(aligner)
     with torch.inference_mode():
-        expected = aligner.step_networks("scale", 0, *inputs)
-    for got, wanted in zip(OnnxStepNetworks(aligner)("scale", 0, *inputs), expected, strict=True):
-        assert (got - wanted).abs().max() < 1e-4
+        expected = aligner(inputs, rounds=1, stages=1)[-1].params
+    assert (OnnxAligner(aligner)(inputs, 1, 1) - expected).abs().max() < 1e-4
     assert blocked.read_text() == "not a folder" and list(tmp_path.iterdir()) == [blocked]
 
 
 def test_the_default_runtime_runs_the_aligner_networks_with_onnxruntime():
-    assert isinstance(FaceAligner().cpr.runtime, OnnxStepNetworks)
+    assert isinstance(FaceAligner().cpr.runtime, OnnxAligner)
     assert FaceAligner(runtime="torch").cpr.runtime is None
     assert isinstance(FaceAligner(runtime="onnx").estimator.network, OnnxNetwork)
     with pytest.raises(InvalidInputError, match="runtime"):
