@@ -230,7 +230,7 @@ def _speed(aligner, model) -> None:
     if aligner.config.rounds > 1:
         configurations["both rounds, with landmarks"] = (aligner.config.rounds, None, landmarks)
     runtimes = {"torch": None, "onnxruntime": OnnxAligner(aligner)}
-    columns = [("torch", 1), ("torch", 4), ("torch", 32), ("onnxruntime", 1)]  # batches: torch (OnnxAligner)
+    columns = [("torch", 1), ("torch", 2), ("torch", 32), ("onnxruntime", 1), ("onnxruntime", 2)]
     print("| | " + " | ".join(f"{name}, {'one face' if count == 1 else f'batch of {count}'}"
                               for name, count in columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
@@ -258,8 +258,8 @@ def _speed(aligner, model) -> None:
         one_face[label] = {name: cells[name, 1] for name in runtimes}
         print(f"| {label} | " + " | ".join(f"{cells[column]:.1f}" for column in columns) + " |")
     aligner.runtime = None
-    print("\n(one face and a batch of 4: medians of 10 rounds of 3 runs; a batch of 32: of 3 rounds of 1 run; the "
-          "default runtime runs a batch of several faces in torch)")
+    print("\n(one face and a batch of 2: medians of 10 rounds of 3 runs; a batch of 32: of 3 rounds of 1 run; the "
+          "default runtime runs a batch of more than 3 faces in torch)")
     if "both rounds, with landmarks" in one_face:
         added = {name: one_face["both rounds, with landmarks"][name] - one_face["round one, with landmarks"][name]
                  for name in runtimes}

@@ -8,8 +8,8 @@ batch norms folded into its convolutions. One graph per schedule (rounds, and st
 asked for; the batch size and the pool size are dynamic. ``OnnxAligner`` stands in for the torch forward
 through ``CPRAligner.runtime`` (``align_point_sets`` hands it the input). Why one graph: an alignment is
 about 1,700 small torch operations, most of the time their overhead; onnxruntime runs the same work with
-less of it (one face: both rounds 40 against 61 ms, cpr+refine's two stages of round one 18 against 24 ms;
-README, "ONNX"). A graph traced with a sparse source runs faces without one too: their landmark branch adds
+less of it (one face: both rounds 38–41 against 58–65 ms, cpr+refine's two stages of round one 16–17
+against 23–24 ms; README, "ONNX"). A graph traced with a sparse source runs faces without one too: their landmark branch adds
 nothing, as in torch.
 
 Exporting a graph takes 4–8 s, more than a command on a few photos gains from it, so ``OnnxAligner`` keeps
@@ -42,10 +42,11 @@ POOLED = ("pool_ids", "pool_points", "pool_weight")  # their second axis, the po
 CACHE_VARIABLE = "CPRFA_CACHE_DIR"
 GRAPH_FORMAT = 2  # in the cache key: 1 was one graph per parameter group's networks
 AGREEMENT = 1e-3  # largest difference from torch that a cached graph's parameters may show
-# A single face runs in onnxruntime on one thread, a batch in torch: the graph's operations are small, waking a
-# second thread for each costs more than it gains, and from a few faces on torch is faster (cpr+refine's
-# schedule: one face 17.9 against 23.9 ms, a batch of 4 13.2 against 11.0 ms per face; README, "ONNX").
-ONNX_FACES = 1
+# Up to ONNX_FACES faces run in onnxruntime, a single face on one thread (the graph's operations are small, and
+# waking a second thread for each costs more than it gains), two or three on all of ``OnnxAligner.threads``;
+# more run in torch, as fast or faster from three faces on for cpr+refine's schedule, from eight for both
+# rounds (README, "ONNX").
+ONNX_FACES = 3
 
 
 class _AlignmentGraph(nn.Module):
@@ -89,29 +90,33 @@ def example_input(aligner: CPRAligner, sparse: bool = True) -> AlignerInput:
 
 
 class OnnxAligner:
-    """Aligns like the aligner's torch forward, a batch of up to ONNX_FACES faces in onnxruntime (one thread), a
-    larger one in torch; set it as the aligner's ``runtime``. ``cache``: keep the exported graphs in
-    ``cache_folder()`` (module docstring). A schedule's graph is loaded or exported when first asked for: one
-    traced with a sparse source, and one without for a batch where no face has one (``AlignerInput.present``)."""
+    """Aligns like the aligner's torch forward, a batch of up to ONNX_FACES faces in onnxruntime, a larger one in
+    torch; set it as the aligner's ``runtime``. ``threads`` (default: torch's when this is made) run a batch of
+    two or three faces, one thread a single face. ``cache``: keep the exported graphs in ``cache_folder()`` (module
+    docstring). A schedule's graph is loaded or exported when first asked for: one traced with a sparse source,
+    and one without for a batch where no face has one (``AlignerInput.present``)."""
 
-    def __init__(self, aligner: CPRAligner, cache: bool = True):
+    def __init__(self, aligner: CPRAligner, threads: int | None = None, cache: bool = True):
         self.aligner = aligner
+        self.threads = threads or torch.get_num_threads()
         self.key = graph_key(aligner) if cache else None
-        self._sessions: dict[tuple[int, int, bool], object] = {}
+        self._sessions: dict[tuple[int, int, bool, int], object] = {}
 
-    def session(self, rounds: int | None = None, stages: int | None = None, sparse: bool = True):
-        """The session of ``rounds`` rounds of ``stages`` stages, with or without the ``sparse`` source."""
-        schedule = (*self.aligner.schedule(rounds, stages), sparse and self.aligner.config.fusion)
-        if schedule not in self._sessions:
-            self._sessions[schedule] = _session(self.aligner, *schedule, self.key)
-        return self._sessions[schedule]
+    def session(self, rounds: int | None = None, stages: int | None = None, sparse: bool = True, threads: int = 1):
+        """The session of ``rounds`` rounds of ``stages`` stages, with or without the ``sparse`` source, on
+        ``threads``."""
+        setting = (*self.aligner.schedule(rounds, stages), sparse and self.aligner.config.fusion, threads)
+        if setting not in self._sessions:
+            self._sessions[setting] = _session(self.aligner, *setting, self.key)
+        return self._sessions[setting]
 
     def __call__(self, inputs: AlignerInput, rounds: int | None = None, stages: int | None = None) -> torch.Tensor:
         """The final parameters. Shape: an input of B faces -> (B, P)."""
         if len(inputs) > ONNX_FACES:
             with torch.inference_mode():
                 return self.aligner(inputs, rounds=rounds, stages=stages)[-1].params
-        return torch.from_numpy(_run(self.session(rounds, stages, bool(inputs.present.any())), inputs))
+        session = self.session(rounds, stages, bool(inputs.present.any()), 1 if len(inputs) == 1 else self.threads)
+        return torch.from_numpy(_run(session, inputs))
 
 
 def _run(session, inputs: AlignerInput) -> np.ndarray:
@@ -146,22 +151,23 @@ def graph_key(aligner: CPRAligner) -> str:
     return digest.hexdigest()[:16]
 
 
-def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: str | None):
-    """A one-thread session for a schedule's graph: the cached one when it is there and agrees with torch, else
-    a fresh export (written to the cache when ``key`` is given and the folder is writable)."""
+def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, threads: int, key: str | None):
+    """A session on ``threads`` for a schedule's graph: the cached one when it is there and agrees with torch,
+    else a fresh export (written to the cache when ``key`` is given and the folder is writable). No spinning:
+    torch runs between the calls."""
     name = f"cpr-{key}-r{rounds}s{stages}{'' if sparse else '-dense'}.onnx"
     path = cache_folder() / name if key is not None else None
-    session = _cached_session(path, aligner, rounds, stages, sparse) if path is not None else None
+    session = _cached_session(path, aligner, rounds, stages, sparse, threads) if path is not None else None
     if session is not None:
         return session
     buffer = io.BytesIO()
     export_aligner(aligner, buffer, rounds, stages, sparse)
     if path is not None:
         _write_atomically(path, buffer.getvalue())
-    return cpu_session(buffer.getvalue(), 1)
+    return cpu_session(buffer.getvalue(), threads, spinning=False)
 
 
-def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, sparse: bool):
+def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, sparse: bool, threads: int):
     """The session of a cached graph, or None when there is none, or it cannot be read, is damaged or disagrees
     with torch."""
     try:
@@ -169,7 +175,7 @@ def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, s
     except OSError:  # absent, or a folder this user may not enter
         return None
     try:
-        session = cpu_session(graph, 1)
+        session = cpu_session(graph, threads, spinning=False)
         return session if _agrees(session, aligner, rounds, stages, sparse) else None
     except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged or foreign graph share no class below it
         return None

@@ -89,19 +89,22 @@ def _close_fits(face_model, got: torch.Tensor, wanted: torch.Tensor) -> bool:
     return bool((difference < 0.005 * wanted[:, 3] * 15).all())
 
 
-def test_one_face_runs_in_onnxruntime_on_one_thread_and_a_batch_in_torch(face_model):
+def test_a_few_faces_run_in_onnxruntime_and_more_in_torch(face_model):
     aligner = load_aligner(model=face_model).fused()
-    runtime = OnnxAligner(aligner)
-    assert runtime.session(1, 1).get_session_options().intra_op_num_threads == 1
-    sets = synthetic_point_sets(face_model, 3, 7)
+    runtime = OnnxAligner(aligner, threads=2)
+    sets = synthetic_point_sets(face_model, cpr_onnx.ONNX_FACES + 1, 7)
     with torch.inference_mode():
         expected = aligner(aligner_input(sets.points, sets.detected, aligner.channels), rounds=1, stages=1)[-1].params
     aligner.runtime = runtime
-    assert torch.equal(align_point_sets(aligner, sets.points, sets.detected, rounds=1, stages=1), expected)
+    assert torch.equal(align_point_sets(aligner, sets.points, sets.detected, rounds=1, stages=1), expected)  # torch
+    few = align_point_sets(aligner, sets.points[:2], sets.detected[:2], rounds=1, stages=1)
     alone = torch.cat([align_point_sets(aligner, sets.points[i:i + 1], sets.detected[i:i + 1], rounds=1, stages=1)
-                       for i in range(3)])
-    assert _close_fits(face_model, alone, expected)
-    assert sorted(runtime._sessions) == [(1, 1, False), (1, 1, True)]  # and the one without a sparse source
+                       for i in range(2)])
+    assert _close_fits(face_model, few, expected[:2]) and _close_fits(face_model, alone, expected[:2])
+    # one face on one thread, two on two; the graph without a sparse source, as these faces have none
+    assert sorted(runtime._sessions) == [(1, 1, False, 1), (1, 1, False, 2)]
+    assert all(session.get_session_options().intra_op_num_threads == setting[3]
+               for setting, session in runtime._sessions.items())
 
 
 def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_path, monkeypatch):
