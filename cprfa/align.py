@@ -207,10 +207,10 @@ class FaceAligner:
     about 5 % of the whole per face; ``flip=False`` for speed. ``refine`` (default) refines the landmark head's
     points with the landmark refiner of ``refiner_weights`` (default: the shipped one; cprfa.dafi.refine).
     ``runtime``: what runs the networks. "auto" (default): torch the HS-U-Net and the refiner (on ``device``),
-    onnxruntime the CPR aligner of up to three faces, networks and all, as one graph (on the CPU, as always;
-    about a quarter faster than torch for one face; more faces in torch; cprfa.cpr.onnx, which caches its
-    export); "torch" or "onnx": all of them. onnxruntime's sessions take torch's thread count when the aligner
-    is made (the aligner's, one thread for a single face). ``fit_options`` set the on-line fits of
+    onnxruntime the CPR aligner of one or two faces, networks and all, as one graph on one thread (on the CPU,
+    as always; about a quarter faster than torch for one face; more faces in torch; cprfa.cpr.onnx, which caches
+    its export); "torch" or "onnx": all of them. onnxruntime's other sessions take torch's thread count when
+    the aligner is made. ``fit_options`` set the on-line fits of
     "online" and "cpr+online"; the refinement of "cpr+refine" and "cpr+pose" takes their priors and robust loss
     with its own iterations, damping and float32 (``polish_options``). ``detector`` finds the faces when no boxes
     are given (default: ``FaceDetector()``, the shipped weights and their threshold). ``reframe`` aligns each

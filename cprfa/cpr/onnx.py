@@ -9,8 +9,8 @@ asked for; the batch size and the pool size are dynamic. ``OnnxAligner`` stands 
 through ``CPRAligner.runtime`` (``align_point_sets`` hands it the input). Why one graph: an alignment is
 about 1,700 small torch operations, most of the time their overhead; onnxruntime runs the same work with
 less of it (one face: both rounds 38–41 against 58–65 ms, cpr+refine's two stages of round one 16–17
-against 23–24 ms; README, "ONNX"). A graph traced with a sparse source runs faces without one too: their landmark branch adds
-nothing, as in torch.
+against 23–24 ms; README, "ONNX"). A graph traced with a sparse source runs faces without one too: their
+landmark branch adds nothing, as in torch.
 
 Exporting a graph takes 4–8 s, more than a command on a few photos gains from it, so ``OnnxAligner`` keeps
 the graphs in a cache folder (``cache_folder``) under a key of the weights, torch's version, the opset and
@@ -42,11 +42,10 @@ POOLED = ("pool_ids", "pool_points", "pool_weight")  # their second axis, the po
 CACHE_VARIABLE = "CPRFA_CACHE_DIR"
 GRAPH_FORMAT = 2  # in the cache key: 1 was one graph per parameter group's networks
 AGREEMENT = 1e-3  # largest difference from torch that a cached graph's parameters may show
-# Up to ONNX_FACES faces run in onnxruntime, a single face on one thread (the graph's operations are small, and
-# waking a second thread for each costs more than it gains), two or three on all of ``OnnxAligner.threads``;
-# more run in torch, as fast or faster from three faces on for cpr+refine's schedule, from eight for both
-# rounds (README, "ONNX").
-ONNX_FACES = 3
+# Up to ONNX_FACES faces run in onnxruntime on one thread (the graph's operations are small, and waking a second
+# thread for each costs more than it gains); more run in torch, as fast from three faces on for cpr+refine's
+# schedule (README, "The CPR aligner", Speed).
+ONNX_FACES = 2
 
 
 class _AlignmentGraph(nn.Module):
@@ -74,49 +73,49 @@ def export_aligner(aligner: CPRAligner, target: str | Path | io.BytesIO, rounds:
                           dynamo=False, dynamic_axes=axes | {"params": {0: "batch"}})
 
 
-def example_input(aligner: CPRAligner, sparse: bool = True) -> AlignerInput:
-    """A fixed input of two faces (the mean face turned by 17° and −29° of yaw, a block of vertices unseen), with
-    ``sparse`` the first with the 68 landmarks as its sparse source, the second without: what a graph is traced
-    on and checked with."""
+def example_input(aligner: CPRAligner, sparse: bool = True, faces: int = 2) -> AlignerInput:
+    """A fixed input of the first ``faces`` of two (the mean face turned by 17° and −29° of yaw, the first third
+    and the first fifth of the vertices unseen, so that their error pools differ in size), with ``sparse`` the
+    first with the 68 landmarks as its sparse source, the second without: what a graph is traced on (two faces)
+    and checked with."""
     params = aligner.layout.initial(2)
     params[:, :3] = torch.tensor([[0.1, 0.3, -0.05], [-0.15, -0.5, 0.1]])
     params[:, 3] = torch.tensor([0.95, 1.05])
     points = weak_perspective(model_shape(aligner.model, params), params[:, :6])[..., :2]
     detected = torch.ones(points.shape[:2], dtype=torch.bool)
-    detected[:, : aligner.n_vertices // 5] = False
+    detected[0, : aligner.n_vertices // 3] = False
+    detected[1, : aligner.n_vertices // 5] = False
     landmarks = landmarks_2d(aligner.model, params)[..., :2]
     given = torch.tensor([sparse, False])[:, None].expand(-1, landmarks.shape[1])
-    return aligner_input(points, detected, aligner.channels, aligner.config.kappa, landmarks, given)
+    return aligner_input(points[:faces], detected[:faces], aligner.channels, aligner.config.kappa,
+                         landmarks[:faces], given[:faces])
 
 
 class OnnxAligner:
-    """Aligns like the aligner's torch forward, a batch of up to ONNX_FACES faces in onnxruntime, a larger one in
-    torch; set it as the aligner's ``runtime``. ``threads`` (default: torch's when this is made) run a batch of
-    two or three faces, one thread a single face. ``cache``: keep the exported graphs in ``cache_folder()`` (module
-    docstring). A schedule's graph is loaded or exported when first asked for: one traced with a sparse source,
-    and one without for a batch where no face has one (``AlignerInput.present``)."""
+    """Aligns like the aligner's torch forward, a batch of one to ONNX_FACES faces in onnxruntime on one thread,
+    any other in torch; set it as the aligner's ``runtime``. ``cache``: keep the exported graphs in
+    ``cache_folder()`` (module docstring). A schedule's graph is loaded or exported when first asked for: one
+    traced with a sparse source, and one without for a batch where no face has one (``AlignerInput.present``)."""
 
-    def __init__(self, aligner: CPRAligner, threads: int | None = None, cache: bool = True):
+    def __init__(self, aligner: CPRAligner, cache: bool = True):
         self.aligner = aligner
-        self.threads = threads or torch.get_num_threads()
         self.key = graph_key(aligner) if cache else None
-        self._sessions: dict[tuple[int, int, bool, int], object] = {}
+        self._sessions: dict[tuple[int, int, bool], object] = {}
 
-    def session(self, rounds: int | None = None, stages: int | None = None, sparse: bool = True, threads: int = 1):
-        """The session of ``rounds`` rounds of ``stages`` stages, with or without the ``sparse`` source, on
-        ``threads``."""
-        setting = (*self.aligner.schedule(rounds, stages), sparse and self.aligner.config.fusion, threads)
+    def session(self, rounds: int | None = None, stages: int | None = None, sparse: bool = True):
+        """The session of ``rounds`` rounds of ``stages`` stages, with or without the ``sparse`` source."""
+        setting = (*self.aligner.schedule(rounds, stages), sparse and self.aligner.config.fusion)
         if setting not in self._sessions:
             self._sessions[setting] = _session(self.aligner, *setting, self.key)
         return self._sessions[setting]
 
     def __call__(self, inputs: AlignerInput, rounds: int | None = None, stages: int | None = None) -> torch.Tensor:
         """The final parameters. Shape: an input of B faces -> (B, P)."""
-        if len(inputs) > ONNX_FACES:
+        if not 1 <= len(inputs) <= ONNX_FACES:
             with torch.inference_mode():
                 return self.aligner(inputs, rounds=rounds, stages=stages)[-1].params
-        session = self.session(rounds, stages, bool(inputs.present.any()), 1 if len(inputs) == 1 else self.threads)
-        return torch.from_numpy(_run(session, inputs))
+        params = _run(self.session(rounds, stages, bool(inputs.present.any())), inputs)
+        return torch.from_numpy(params).to(inputs.observed.device)
 
 
 def _run(session, inputs: AlignerInput) -> np.ndarray:
@@ -139,11 +138,13 @@ def cache_folder() -> Path:
 
 
 def graph_key(aligner: CPRAligner) -> str:
-    """What an aligner's graphs depend on, hashed: its weights (not the folded copies of ``fused``), config and
-    channels, torch's version, the opset and the graphs' format."""
+    """What an aligner's graphs depend on, hashed: its weights (not the folded copies of ``fused``), config,
+    channels and face model (whose tensors a graph holds), torch's version, the opset and the graphs' format."""
     digest = hashlib.sha256(f"{aligner.config.to_dict()} {aligner.channels.tolist()} {torch.__version__} "
                             f"{OPSET} {GRAPH_FORMAT}".encode())
-    for name, value in aligner.state_dict().items():
+    tensors = aligner.model.torch_tensors()
+    values = {**aligner.state_dict(), "model mean": tensors["mean"], "model basis": tensors["basis"]}
+    for name, value in values.items():
         if ".folded." in name:
             continue
         digest.update(name.encode())
@@ -151,23 +152,22 @@ def graph_key(aligner: CPRAligner) -> str:
     return digest.hexdigest()[:16]
 
 
-def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, threads: int, key: str | None):
-    """A session on ``threads`` for a schedule's graph: the cached one when it is there and agrees with torch,
-    else a fresh export (written to the cache when ``key`` is given and the folder is writable). No spinning:
-    torch runs between the calls."""
+def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: str | None):
+    """A one-thread session for a schedule's graph: the cached one when it is there and agrees with torch, else
+    a fresh export (written to the cache when ``key`` is given and the folder is writable)."""
     name = f"cpr-{key}-r{rounds}s{stages}{'' if sparse else '-dense'}.onnx"
     path = cache_folder() / name if key is not None else None
-    session = _cached_session(path, aligner, rounds, stages, sparse, threads) if path is not None else None
+    session = _cached_session(path, aligner, rounds, stages, sparse) if path is not None else None
     if session is not None:
         return session
     buffer = io.BytesIO()
     export_aligner(aligner, buffer, rounds, stages, sparse)
     if path is not None:
         _write_atomically(path, buffer.getvalue())
-    return cpu_session(buffer.getvalue(), threads, spinning=False)
+    return cpu_session(buffer.getvalue(), 1)
 
 
-def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, sparse: bool, threads: int):
+def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, sparse: bool):
     """The session of a cached graph, or None when there is none, or it cannot be read, is damaged or disagrees
     with torch."""
     try:
@@ -175,7 +175,7 @@ def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, s
     except OSError:  # absent, or a folder this user may not enter
         return None
     try:
-        session = cpu_session(graph, threads, spinning=False)
+        session = cpu_session(graph, 1)
         return session if _agrees(session, aligner, rounds, stages, sparse) else None
     except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged or foreign graph share no class below it
         return None
@@ -200,9 +200,13 @@ def _write_atomically(path: Path, content: bytes) -> None:
 
 
 def _agrees(session, aligner: CPRAligner, rounds: int, stages: int, sparse: bool) -> bool:
-    """Whether a session gives the torch forward's parameters, within AGREEMENT, on ``example_input``."""
-    inputs = example_input(aligner, sparse)
-    with torch.inference_mode():
-        expected = aligner(inputs, rounds=rounds, stages=stages)[-1].params.numpy()
-    actual = _run(session, inputs)
-    return actual.shape == expected.shape and bool(np.abs(actual - expected).max() <= AGREEMENT)
+    """Whether a session gives the torch forward's parameters, within AGREEMENT, on ``example_input``'s two
+    faces and on its first face alone (another batch size and error-pool size than the graph was traced with)."""
+    for faces in (2, 1):
+        inputs = example_input(aligner, sparse, faces)
+        with torch.inference_mode():
+            expected = aligner(inputs, rounds=rounds, stages=stages)[-1].params.numpy()
+        actual = _run(session, inputs)
+        if actual.shape != expected.shape or np.abs(actual - expected).max() > AGREEMENT:
+            return False
+    return True

@@ -373,7 +373,8 @@ class CPRAligner(nn.Module):
         round one, (3 + 1)·Q in two."""
         rounds, stages = self.schedule(rounds, stages)
         if params is None:
-            params = self.layout.initial(1, inputs.observed.dtype).to(inputs.observed.device).expand(inputs.observed.shape[0], -1)
+            points = inputs.observed  # its shape[0], not len(): an ONNX export traces the batch size
+            params = self.layout.initial(1, points.dtype).to(points.device).expand(points.shape[0], -1)
         present = inputs.present
         fusion = self.config.fusion and fuse and bool(present.any())  # without any source: the DAFI branch alone
         present = present.to(params.dtype) if fusion else None

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_export_onnx_writes_graphs_onnxruntime_runs(tmp_path, capsys):
         session = ort.InferenceSession(str(tmp_path / "cpr" / name), providers=["CPUExecutionProvider"])
         wanted = {node.name for node in session.get_inputs()}
         (params,) = session.run(None, {key: value.numpy() for key, value in vars(inputs).items() if key in wanted})
-        rounds, stages = int(name[6]), int(name[-6])
+        rounds, stages = map(int, re.fullmatch(r"rounds(\d)_stages(\d)\.onnx", name).groups())
         with torch.inference_mode():
             expected = aligner(inputs, rounds=rounds, stages=stages)[-1].params
         assert np.abs(params - expected.numpy()).max() < 1e-4
@@ -69,14 +70,20 @@ def test_export_onnx_writes_graphs_onnxruntime_runs(tmp_path, capsys):
 
 def test_onnx_and_torch_aligners_agree_on_synthetic_faces(face_model):
     aligner = load_aligner(model=face_model).fused()
-    sets = synthetic_point_sets(face_model, 8, 123)
+    sets = synthetic_point_sets(face_model, 4, 123)
     landmarks = landmarks_2d(face_model, sets.params)[..., :2].float()
     schedules = ((None, None), (1, 2))  # both rounds; cpr+refine's two stages of round one
-    expected = [align_point_sets(aligner, sets.points, sets.detected, source, rounds=rounds, stages=stages)
+    runtime = OnnxAligner(aligner)
+
+    def aligned(runtime):  # a face at a time and two together, all in onnxruntime
+        aligner.runtime = runtime
+        return [torch.cat([align_point_sets(aligner, sets.points[part], sets.detected[part],
+                                            None if source is None else source[part], rounds=rounds, stages=stages)
+                           for part in (slice(0, 1), slice(1, 2), slice(2, 4))])
                 for rounds, stages in schedules for source in (landmarks, None)]  # None: the sparse branch off
-    aligner.runtime = OnnxAligner(aligner)
-    actual = [align_point_sets(aligner, sets.points, sets.detected, source, rounds=rounds, stages=stages)
-              for rounds, stages in schedules for source in (landmarks, None)]
+
+    expected, actual = aligned(None), aligned(runtime)
+    assert sorted(runtime._sessions) == [(1, 2, False), (1, 2, True), (2, 3, False), (2, 3, True)]
     for got, wanted in zip(actual, expected, strict=True):
         assert _close_fits(face_model, got, wanted)
 
@@ -89,22 +96,21 @@ def _close_fits(face_model, got: torch.Tensor, wanted: torch.Tensor) -> bool:
     return bool((difference < 0.005 * wanted[:, 3] * 15).all())
 
 
-def test_a_few_faces_run_in_onnxruntime_and_more_in_torch(face_model):
+def test_a_few_faces_run_in_onnxruntime_on_one_thread_and_more_in_torch(face_model):
     aligner = load_aligner(model=face_model).fused()
-    runtime = OnnxAligner(aligner, threads=2)
+    runtime = OnnxAligner(aligner)
     sets = synthetic_point_sets(face_model, cpr_onnx.ONNX_FACES + 1, 7)
     with torch.inference_mode():
         expected = aligner(aligner_input(sets.points, sets.detected, aligner.channels), rounds=1, stages=1)[-1].params
     aligner.runtime = runtime
     assert torch.equal(align_point_sets(aligner, sets.points, sets.detected, rounds=1, stages=1), expected)  # torch
+    assert not runtime._sessions
     few = align_point_sets(aligner, sets.points[:2], sets.detected[:2], rounds=1, stages=1)
-    alone = torch.cat([align_point_sets(aligner, sets.points[i:i + 1], sets.detected[i:i + 1], rounds=1, stages=1)
-                       for i in range(2)])
-    assert _close_fits(face_model, few, expected[:2]) and _close_fits(face_model, alone, expected[:2])
-    # one face on one thread, two on two; the graph without a sparse source, as these faces have none
-    assert sorted(runtime._sessions) == [(1, 1, False, 1), (1, 1, False, 2)]
-    assert all(session.get_session_options().intra_op_num_threads == setting[3]
-               for setting, session in runtime._sessions.items())
+    assert _close_fits(face_model, few, expected[:2])
+    assert list(runtime._sessions) == [(1, 1, False)]  # the graph without a sparse source: these faces have none
+    assert runtime.session(1, 1, False).get_session_options().intra_op_num_threads == 1
+    empty = align_point_sets(aligner, sets.points[:0], sets.detected[:0], rounds=1, stages=1)
+    assert empty.shape == (0, expected.shape[1])
 
 
 def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_path, monkeypatch):
