@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cprfa.cpr.regressor import AlignerInput, CPRAligner, aligner_input
+from cprfa.cpr.regressor import GROUPS, AlignerInput, CPRAligner, aligner_input
 from cprfa.dafi.onnx import OPSET, cpu_session
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.projection import model_shape, weak_perspective
@@ -164,7 +164,18 @@ def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: s
     export_aligner(aligner, buffer, rounds, stages, sparse)
     if path is not None:
         _write_atomically(path, buffer.getvalue())
+        _remove_old_format(path.parent)
     return cpu_session(buffer.getvalue(), 1)
+
+
+def _remove_old_format(folder: Path) -> None:
+    """Delete the graphs that GRAPH_FORMAT 1 cached (one per parameter group, 30 MB a set): no code reads them."""
+    for group in GROUPS:
+        for path in folder.glob(f"cpr-*-{group}.onnx"):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # a folder this user may not change: they stay
+                pass
 
 
 def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, sparse: bool):

@@ -120,8 +120,12 @@ def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_p
     inputs = example_input(aligner)
     with torch.inference_mode():
         expected = aligner(inputs, rounds=1, stages=1)[-1].params
+    old_format = [tmp_path / f"cpr-0123456789abcdef-{group}.onnx" for group in ("alpha", "rotation_xy")]
+    for path in old_format:
+        path.write_bytes(b"a graph of one group's networks, as before")
     OnnxAligner(aligner).session(1, 1)
     OnnxAligner(aligner).session(1, 2)
+    assert not any(path.exists() for path in old_format)  # removed when a graph is written
     graphs = {path.name.rsplit("-", 1)[1]: path for path in tmp_path.glob("cpr-*.onnx")}
     assert sorted(graphs) == ["r1s1.onnx", "r1s2.onnx"]
 
