@@ -135,7 +135,8 @@ class FaceResult:
     also low at the inner lips of an open mouth (the face model's mouth opening is not face) and at times on
     the outline; vertices
     (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box; observed
-    vertices retrieved from the DAFI; timings in ms."""
+    vertices retrieved from the DAFI; timings: ms per stage (detect, crop, dafi, retrieval, fit, outputs), each
+    stage's time for the whole call divided by the faces it aligned (detect: 0 for given boxes)."""
 
     box: tuple[float, float, float, float]
     score: float | None
@@ -165,8 +166,7 @@ class FaceResult:
         """Distinct model vertices retrieved (from the pixels confidently face, ``DafiPrediction.confident``) per
         foreground pixel of the DAFI, counted at a 128² crop's resolution (MIN_VERTEX_DENSITY; a pixel of a
         network of another input side S counts (128 / S)²)."""
-        pixels = int(self.dafi_mask.sum()) * (DENSITY_CROP_SIDE / self.dafi_mask.shape[0]) ** 2
-        return self.observed_vertices / max(pixels, 1.0)
+        return vertex_density(self.observed_vertices, self.dafi_mask)
 
     def to_dict(self, dense: bool = False) -> dict:
         """JSON-ready values; ``dense`` adds the mesh vertices (large)."""
@@ -190,13 +190,15 @@ class FaceResult:
 class _ImageFaces:
     """One image's faces before alignment: boxes, detector scores (None for given boxes), the sparse
     landmarks given for them ((68, 2) pixels per face, NaN where missing; None: the landmark head's) and the
-    parameters each face's fit starts from ((P,) image frame per face, None: the CPR aligner's)."""
+    parameters each face's fit starts from ((P,) image frame per face, None: the CPR aligner's), and the
+    seconds the detector took on it (0 for given boxes)."""
 
     image: np.ndarray
     boxes: list
     scores: list
     landmarks: list[np.ndarray] | None
     starts: list[np.ndarray | None] | None = None
+    detect_seconds: float = 0.0
 
 
 class FaceAligner:
@@ -264,7 +266,7 @@ class FaceAligner:
         CPR aligner's sparse source).
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
-        there). Detections the HS-U-Net does not confirm (``is_confirmed``) are left out, so an image where the
+        there). Detections the HS-U-Net does not confirm (``is_confirmed``) are left out (not fitted), so an image where the
         detector finds no face gives an empty list.
         ``starts``, with ``boxes``: per box the same face's FaceResult in the frame before (a video, cprfa.video),
         its (P,) parameters, or None; a face's fit then starts there instead of from the CPR aligner, which it
@@ -317,15 +319,18 @@ class FaceAligner:
                 raise InvalidInputError("give boxes or landmarks, not both")
             given = [check_landmarks(face, f"landmarks of face {i}") for i, face in enumerate(landmarks)]
             boxes = [landmark_box(face) for face in given]
+        detect_seconds = 0.0
         if boxes is None:
+            start = time.perf_counter()
             detections = self.detect(image)
+            detect_seconds = time.perf_counter() - start
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:
             boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
             scores = [None] * len(boxes)
         if given is None and self.landmark_source is not None and boxes:
             given = _source_landmarks(self.landmark_source, image, boxes)
-        return _ImageFaces(image, boxes, scores, given)
+        return _ImageFaces(image, boxes, scores, given, detect_seconds=detect_seconds)
 
     def _align_faces(self, images: list[_ImageFaces]) -> list[list[FaceResult | None]]:
         """The pipeline on every face of the images at once (module docstring), without the detections the
@@ -356,7 +361,7 @@ class FaceAligner:
         if not owners:
             return results
         size = self.estimator.input_size
-        timings = {}
+        timings = {"detect": sum(faces.detect_seconds for faces in images if faces.boxes)}
         start = time.perf_counter()
         crops, crop_boxes = zip(*(self.estimator.crop(images[k].image, images[k].boxes[i]) for k, i in owners),
                                 strict=True)
@@ -373,6 +378,10 @@ class FaceAligner:
         timings["retrieval"] = time.perf_counter() - start
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)
+        for j, (k, i) in enumerate(owners):  # a detection the HS-U-Net does not confirm is dropped before the fit
+            if images[k].scores[i] is not None and vertex_density(int(observed.detected[j].sum()),
+                                                                  prediction.mask[j]) < MIN_VERTEX_DENSITY:
+                chosen[j] = None
         faces = [j for j, found in enumerate(chosen) if found is not None]
         if not faces:
             return results
@@ -468,6 +477,13 @@ class FaceAligner:
                 found = np.sort(rng.choice(found, self.max_points, replace=False))
             chosen.append(found)
         return chosen
+
+
+def vertex_density(observed_vertices: int, dafi_mask: np.ndarray) -> float:
+    """``FaceResult.vertex_density`` of a face with ``observed_vertices`` retrieved from a DAFI of ``dafi_mask``
+    (S, S) foreground."""
+    pixels = int(dafi_mask.sum()) * (DENSITY_CROP_SIDE / dafi_mask.shape[0]) ** 2
+    return observed_vertices / max(pixels, 1.0)
 
 
 def is_confirmed(result: FaceResult | None) -> bool:

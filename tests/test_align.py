@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cprfa.align
 from cprfa.align import (
     LANDMARK_ROBUST_SCALE,
     LANDMARK_SHARE,
@@ -81,8 +82,14 @@ def test_detections_the_hsunet_does_not_confirm_are_left_out(aligner, monkeypatc
         return [best, dataclasses.replace(best, box=sleeve, face_box=sleeve, score=0.95)]
 
     monkeypatch.setattr(aligner, "detect", the_face_and_the_sleeve)
+    fitted = []
+    polish = cprfa.align.polish_fit
+    monkeypatch.setattr(cprfa.align, "polish_fit", lambda model, points, *rest: fitted.append(len(points))
+                        or polish(model, points, *rest))
     faces = aligner.align(EXAMPLE)
     assert len(faces) == 1 and faces[0].score > 0.95
+    assert fitted == [1]  # the sleeve is dropped before the fit
+    assert faces[0].timings["detect"] > 0 and face.timings["detect"] == 0  # given boxes: no detector
     alone = aligner.align(EXAMPLE, [faces[0].box])[0]  # the same face (the fit ran batched with the sleeve)
     assert np.abs(faces[0].landmarks_3d - alone.landmarks_3d).max() < 0.5
 

@@ -13,9 +13,11 @@ against 23–24 ms; README, "ONNX"). A graph traced with a sparse source runs fa
 landmark branch adds nothing, as in torch.
 
 Exporting a graph takes 4–8 s, more than a command on a few photos gains from it, so ``OnnxAligner`` keeps
-the graphs in a cache folder (``cache_folder``) under a key of the weights, torch's version, the opset and
-the schedule, and checks a cached graph against torch on a fixed input before it trusts it: a graph written
-by other code, or a damaged file, is exported again.
+the graphs in a cache folder (``cache_folder``) under a key of the weights, the face model, torch's version,
+the opset and the graph format (``graph_key``), one file per schedule, and checks a cached graph against
+torch on a fixed input before it trusts it: a graph written by other code, or a damaged file, is exported
+again. Writing a graph removes those of all but the CACHED_KEYS most recently used keys (45–75 MB a
+schedule: new weights or a new torch would otherwise leave the old ones for good).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ AGREEMENT = 1e-3  # largest difference from torch that a cached graph's paramete
 # thread for each costs more than it gains); more run in torch, as fast from three faces on for cpr+refine's
 # schedule (README, "The CPR aligner", Speed).
 ONNX_FACES = 2
+CACHED_KEYS = 2  # writing a graph keeps the graphs of this many keys: its own and the most recently used
 
 
 class _AlignmentGraph(nn.Module):
@@ -164,18 +167,38 @@ def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: s
     export_aligner(aligner, buffer, rounds, stages, sparse)
     if path is not None:
         _write_atomically(path, buffer.getvalue())
-        _remove_old_format(path.parent)
+        _prune(path.parent, key)
     return cpu_session(buffer.getvalue(), 1)
 
 
-def _remove_old_format(folder: Path) -> None:
-    """Delete the graphs that GRAPH_FORMAT 1 cached (one per parameter group, 30 MB a set): no code reads them."""
-    for group in GROUPS:
-        for path in folder.glob(f"cpr-*-{group}.onnx"):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:  # a folder this user may not change: they stay
-                pass
+def _prune(folder: Path, key: str) -> None:
+    """Delete the cached graphs that GRAPH_FORMAT 1 wrote (one per parameter group: no code reads them) and those
+    of keys other than ``key`` but for the CACHED_KEYS − 1 whose graphs were used last (a file's modification
+    time: written, or read by ``_cached_session``)."""
+    last_use: dict[str, float] = {}
+    graphs: dict[str, list[Path]] = {}
+    for path in folder.glob("cpr-*.onnx"):
+        owner, _, schedule = path.stem[len("cpr-"):].partition("-")
+        if schedule in GROUPS:
+            _remove(path)
+            continue
+        try:
+            used = path.stat().st_mtime
+        except OSError:  # removed meanwhile
+            continue
+        last_use[owner] = max(last_use.get(owner, used), used)
+        graphs.setdefault(owner, []).append(path)
+    others = sorted((owner for owner in last_use if owner != key), key=last_use.get, reverse=True)
+    for owner in others[CACHED_KEYS - 1:]:
+        for path in graphs[owner]:
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a folder this user may not change: it stays
+        pass
 
 
 def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, sparse: bool):
@@ -187,9 +210,15 @@ def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, s
         return None
     try:
         session = cpu_session(graph, 1)
-        return session if _agrees(session, aligner, rounds, stages, sparse) else None
+        if not _agrees(session, aligner, rounds, stages, sparse):
+            return None
     except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged or foreign graph share no class below it
         return None
+    try:
+        os.utime(path)  # its last use, which _prune goes by
+    except OSError:
+        pass
+    return session
 
 
 def _write_atomically(path: Path, content: bytes) -> None:

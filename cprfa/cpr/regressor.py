@@ -406,8 +406,8 @@ class CPRAligner(nn.Module):
                                                            pool_shape.repeat(copies, 1, 1),
                                                            inputs.pool_points.repeat(copies, 1, 1),
                                                            inputs.pool_weight.repeat(copies, 1))
-                        betas = [net(e, b) for net, e, b in zip(nets, errors.chunk(len(deltas)),
-                                                                before.chunk(len(deltas)), strict=True)]
+                        betas = [net(e, b) for net, e, b in zip(nets, errors.chunk(copies), before.chunk(copies),
+                                                                strict=True)]
                     update = sum(beta * delta for beta, delta in zip(betas, deltas, strict=True))
                     params = self._updated(group, params, update)
                     if group == "alpha":

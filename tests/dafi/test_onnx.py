@@ -1,4 +1,6 @@
+import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,11 +125,20 @@ def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_p
     old_format = [tmp_path / f"cpr-0123456789abcdef-{group}.onnx" for group in ("alpha", "rotation_xy")]
     for path in old_format:
         path.write_bytes(b"a graph of one group's networks, as before")
+    other_keys = [tmp_path / f"cpr-{key}-r1s2{dense}.onnx" for key in ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb")
+                  for dense in ("", "-dense")]
+    for age, path in enumerate(other_keys):  # the first key's graphs used last
+        path.write_bytes(b"a graph of other weights")
+        os.utime(path, (time.time() - 3600 * (age + 1),) * 2)
     OnnxAligner(aligner).session(1, 1)
     OnnxAligner(aligner).session(1, 2)
     assert not any(path.exists() for path in old_format)  # removed when a graph is written
+    assert [path.exists() for path in other_keys] == [True, True, False, False]  # CACHED_KEYS = 2
+    for path in other_keys[:2]:
+        path.unlink()
     graphs = {path.name.rsplit("-", 1)[1]: path for path in tmp_path.glob("cpr-*.onnx")}
     assert sorted(graphs) == ["r1s1.onnx", "r1s2.onnx"]
+    os.utime(graphs["r1s1.onnx"], (0, 0))
 
     def no_export(*_args):
         raise AssertionError("exported although cached")
@@ -135,6 +146,7 @@ def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_p
     with monkeypatch.context() as patch:  # a second aligner reads the cache
         patch.setattr(cpr_onnx, "export_aligner", no_export)
         assert (OnnxAligner(aligner)(inputs, 1, 1) - expected).abs().max() < 1e-4
+    assert graphs["r1s1.onnx"].stat().st_mtime > time.time() - 600  # its use, which the pruning goes by
     exported, export = [], cpr_onnx.export_aligner
 
     def counted_export(aligner, target, rounds, stages, sparse):
