@@ -39,10 +39,10 @@ def main() -> None:
     aligner = FaceAligner(method=args.method, runtime=args.runtime, flip=args.flip, refine=args.refine)
     image = load_image(EXAMPLES / "astronaut.jpg")
     box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
-    print("| faces | aligned | detect | crop | dafi | retrieval | fit | outputs | total per face | the call |")
+    print("| faces | boxes | detect | crop | dafi | retrieval | fit | outputs | total per box | the call |")
     print("|---" * 10 + "|")
     for label, boxes in (("detected", None), ("box given", [box]), ("boxes given", [box] * 16)):
-        aligned = len(boxes) if boxes is not None else len(aligner.detect(image))
+        taken = len(boxes) if boxes is not None else len(aligner.detect(image))
         aligner.align(image, boxes)
         runs, calls = [], []
         for _ in range(args.repeats):
@@ -51,10 +51,10 @@ def main() -> None:
             calls.append(1000 * (time.perf_counter() - start))
         stages = {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
         total = float(np.median([sum(run.values()) for run in runs]))
-        print(f"| {label} | {aligned} | " + " | ".join(f"{value:.1f}" for value in stages.values())
+        print(f"| {label} | {taken} | " + " | ".join(f"{value:.1f}" for value in stages.values())
               + f" | {total:.1f} | {np.median(calls):.1f} |")
-    print("\nms per face (the call's time per stage divided by the faces it aligned; a detection the HS-U-Net "
-          "does not confirm is aligned, then dropped), and ms for the whole call")
+    print("\nms per box (the call's time per stage divided by the boxes it took, detected or given: a detection "
+          "the HS-U-Net does not confirm goes through it, not through the fit), and ms for the whole call")
     aligner.align(image, [box] * 32)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"\npeak resident memory of the process after a batch of 32 faces: {peak:.0f} MiB")

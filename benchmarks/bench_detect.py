@@ -64,7 +64,7 @@ def match(detections, targets: list) -> list[float]:
 class Confirmed:
     """A detector followed by what ``cprfa align`` does with its detections: each box through the HS-U-Net and
     the fit, kept where the network confirms a face (``cprfa.align.is_confirmed``). Its time is the whole
-    alignment's."""
+    alignment's (a little more than ``cprfa align`` spends, which does not fit a detection it does not confirm)."""
 
     def __init__(self, detector: FaceDetector):
         self.detector, self.aligner = detector, FaceAligner(detector=detector)

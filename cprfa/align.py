@@ -136,7 +136,8 @@ class FaceResult:
     the outline; vertices
     (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box; observed
     vertices retrieved from the DAFI; timings: ms per stage (detect, crop, dafi, retrieval, fit, outputs), each
-    stage's time for the whole call divided by the faces it aligned (detect: 0 for given boxes)."""
+    stage's time in the whole call divided by the boxes it took (detected or given, faces or not; detect: 0
+    when every box was given)."""
 
     box: tuple[float, float, float, float]
     score: float | None
@@ -266,8 +267,8 @@ class FaceAligner:
         CPR aligner's sparse source).
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
-        there). Detections the HS-U-Net does not confirm (``is_confirmed``) are left out (not fitted), so an image where the
-        detector finds no face gives an empty list.
+        there). Detections the HS-U-Net does not confirm (``is_confirmed``) are left out, unfitted, so an image
+        where the detector finds no face gives an empty list.
         ``starts``, with ``boxes``: per box the same face's FaceResult in the frame before (a video, cprfa.video),
         its (P,) parameters, or None; a face's fit then starts there instead of from the CPR aligner, which it
         skips (the methods of STARTABLE, whose fit on every parameter can move the start: ``cpr+refine``,
@@ -339,7 +340,7 @@ class FaceAligner:
         if not self.reframe:
             return results
         detected = [k for k, faces in enumerate(images) if results[k] and faces.scores[0] is not None]
-        again = self._fit([self._reframed(images[k].image, results[k]) for k in detected])
+        again = self._fit([self._reframed(images[k].image, results[k]) for k in detected], confirm=False)
         for k, second in zip(detected, again, strict=True):
             results[k] = [first if new is None else dataclasses.replace(
                 new, timings={key: first.timings[key] + value for key, value in new.timings.items()})
@@ -354,14 +355,15 @@ class FaceAligner:
         starts = [result.params for result in results] if self.method in STARTABLE else None
         return _ImageFaces(image, boxes, [result.score for result in results], given, starts)
 
-    def _fit(self, images: list[_ImageFaces]) -> list[list[FaceResult | None]]:
-        """The pipeline on every face of the images at once: per image and box its FaceResult or None."""
+    def _fit(self, images: list[_ImageFaces], confirm: bool = True) -> list[list[FaceResult | None]]:
+        """The pipeline on every face of the images at once: per image and box its FaceResult or None (also for
+        a detection the HS-U-Net does not confirm, with ``confirm``: it is not fitted)."""
         owners = [(k, i) for k, faces in enumerate(images) for i in range(len(faces.boxes))]
         results: list[list[FaceResult | None]] = [[None] * len(faces.boxes) for faces in images]
         if not owners:
             return results
         size = self.estimator.input_size
-        timings = {"detect": sum(faces.detect_seconds for faces in images if faces.boxes)}
+        timings = {"detect": sum(faces.detect_seconds for faces in images)}
         start = time.perf_counter()
         crops, crop_boxes = zip(*(self.estimator.crop(images[k].image, images[k].boxes[i]) for k, i in owners),
                                 strict=True)
@@ -379,8 +381,8 @@ class FaceAligner:
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)
         for j, (k, i) in enumerate(owners):  # a detection the HS-U-Net does not confirm is dropped before the fit
-            if images[k].scores[i] is not None and vertex_density(int(observed.detected[j].sum()),
-                                                                  prediction.mask[j]) < MIN_VERTEX_DENSITY:
+            if confirm and images[k].scores[i] is not None and vertex_density(
+                    int(observed.detected[j].sum()), prediction.mask[j]) < MIN_VERTEX_DENSITY:
                 chosen[j] = None
         faces = [j for j, found in enumerate(chosen) if found is not None]
         if not faces:

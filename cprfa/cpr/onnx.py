@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -49,6 +50,8 @@ AGREEMENT = 1e-3  # largest difference from torch that a cached graph's paramete
 # schedule (README, "The CPR aligner", Speed).
 ONNX_FACES = 2
 CACHED_KEYS = 2  # writing a graph keeps the graphs of this many keys: its own and the most recently used
+# a cached graph's name: its key, and its schedule (r<rounds>s<stages>[-dense], or a group of GRAPH_FORMAT 1)
+CACHED_NAME = re.compile(rf"cpr-([0-9a-f]{{16}})-(r\d+s\d+(?:-dense)?|{'|'.join(GROUPS)})\.onnx")
 
 
 class _AlignmentGraph(nn.Module):
@@ -178,7 +181,10 @@ def _prune(folder: Path, key: str) -> None:
     last_use: dict[str, float] = {}
     graphs: dict[str, list[Path]] = {}
     for path in folder.glob("cpr-*.onnx"):
-        owner, _, schedule = path.stem[len("cpr-"):].partition("-")
+        name = CACHED_NAME.fullmatch(path.name)
+        if name is None:  # not a graph this module wrote
+            continue
+        owner, schedule = name.groups()
         if schedule in GROUPS:
             _remove(path)
             continue

@@ -127,14 +127,15 @@ def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_p
         path.write_bytes(b"a graph of one group's networks, as before")
     other_keys = [tmp_path / f"cpr-{key}-r1s2{dense}.onnx" for key in ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb")
                   for dense in ("", "-dense")]
-    for age, path in enumerate(other_keys):  # the first key's graphs used last
+    not_graphs = [tmp_path / "cpr-mine-r1s2.onnx", tmp_path / "cpr-bbbbbbbbbbbbbbbb-r1s2.onnx.x1.tmp"]
+    for age, path in enumerate(other_keys + not_graphs):  # the first key's graphs used last
         path.write_bytes(b"a graph of other weights")
         os.utime(path, (time.time() - 3600 * (age + 1),) * 2)
     OnnxAligner(aligner).session(1, 1)
     OnnxAligner(aligner).session(1, 2)
     assert not any(path.exists() for path in old_format)  # removed when a graph is written
-    assert [path.exists() for path in other_keys] == [True, True, False, False]  # CACHED_KEYS = 2
-    for path in other_keys[:2]:
+    assert [path.exists() for path in other_keys + not_graphs] == [True, True, False, False, True, True]
+    for path in other_keys[:2] + not_graphs:
         path.unlink()
     graphs = {path.name.rsplit("-", 1)[1]: path for path in tmp_path.glob("cpr-*.onnx")}
     assert sorted(graphs) == ["r1s1.onnx", "r1s2.onnx"]
