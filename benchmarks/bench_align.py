@@ -3,7 +3,7 @@ the given box, and that box 16 times as a batch), median of ``--repeats`` runs a
 then the process's peak resident memory once it has also aligned a batch of 32 faces.
 
 Run: python benchmarks/bench_align.py [--method cpr+refine|cpr+pose|cpr|online|cpr+online] [--runtime auto|torch|onnx]
-     [--no-flip] [--no-refine]
+     [--no-flip] [--no-refine] [--no-tiles]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from cprfa.align import FaceAligner
 from cprfa.data.boxes import read_boxes
 from cprfa.data.images import load_image
+from cprfa.detect.detector import FaceDetector
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -34,9 +35,11 @@ def main() -> None:
                         help="the landmark refiner (FaceAligner's default: on)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="test-time flip augmentation of the HS-U-Net (FaceAligner's default: on)")
+    parser.add_argument("--no-tiles", action="store_true", help="the detector on the whole photo only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    aligner = FaceAligner(method=args.method, runtime=args.runtime, flip=args.flip, refine=args.refine)
+    aligner = FaceAligner(method=args.method, runtime=args.runtime, flip=args.flip, refine=args.refine,
+                          detector=FaceDetector(tiles=False) if args.no_tiles else None)
     image = load_image(EXAMPLES / "astronaut.jpg")
     box = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
     print("| faces | boxes | detect | crop | dafi | retrieval | fit | outputs | total per box | the call |")

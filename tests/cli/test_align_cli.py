@@ -60,6 +60,20 @@ def test_align_small_faces(tmp_path, capsys):
     assert 650 < np.mean(np.array(face["landmarks_2d"])[:, 0]) < 800 and not (tmp_path / "out" / "far_face1.json").exists()
 
 
+def test_align_without_tiles_looks_at_the_whole_photo_only(tmp_path, capsys):
+    canvas = np.full((1000, 1000, 3), 128, np.uint8)  # the example's face about 9 % of the side: tiles find it
+    canvas[200:712, 300:812] = load_image(EXAMPLES / "astronaut.jpg")
+    save_image(tmp_path / "mid.png", canvas)
+    out = tmp_path / "out"
+    assert main(["align", str(tmp_path / "mid.png"), "-o", str(out), "--no-tiles"]) == 1
+    assert "mid.png: no face found" in capsys.readouterr().err
+    assert main(["align", str(tmp_path / "mid.png"), "-o", str(out)]) == 0
+    assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--no-tiles"]) == 0
+    assert json.loads((out / "astronaut_face0.json").read_text())["timings_ms"]["detect"] > 0
+    assert main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--no-tiles", "--small-faces"]) == 1
+    assert "exclude each other" in capsys.readouterr().err
+
+
 def test_align_with_another_detector_and_threshold(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["align", str(EXAMPLES / "astronaut.jpg"), "-o", str(out), "--detector-weights",
