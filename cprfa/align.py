@@ -380,9 +380,10 @@ class FaceAligner:
         timings["retrieval"] = time.perf_counter() - start
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)
+        counts = observed.detected.sum(axis=1)  # distinct vertices retrieved per face
         for j, (k, i) in enumerate(owners):  # a detection the HS-U-Net does not confirm is dropped before the fit
             if confirm and images[k].scores[i] is not None and vertex_density(
-                    int(observed.detected[j].sum()), prediction.mask[j]) < MIN_VERTEX_DENSITY:
+                    int(counts[j]), prediction.mask[j]) < MIN_VERTEX_DENSITY:
                 chosen[j] = None
         faces = [j for j, found in enumerate(chosen) if found is not None]
         if not faces:
@@ -458,7 +459,7 @@ class FaceAligner:
                                                 size),
                 head_confidence=prediction.landmark_foreground[j].copy(),
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
-                crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(observed.detected[j].sum()),
+                crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(counts[j]),
                 timings=per_face)
         return results
 
