@@ -259,7 +259,7 @@ class FaceAligner:
         self.detector = detector  # None: the shipped one, made on first use
         self.reframe = reframe
 
-    def align(self, image, boxes=None, landmarks=None, starts=None) -> list[FaceResult | None]:
+    def align(self, image, boxes=None, landmarks=None, starts=None, scores=None) -> list[FaceResult | None]:
         """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
         detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes), or those of
         ``landmarks`` (F, 68, 2) (the user's own 68 points per face, 300-W order, pixels): their tight boxes
@@ -272,9 +272,12 @@ class FaceAligner:
         ``starts``, with ``boxes``: per box the same face's FaceResult in the frame before (a video, cprfa.video),
         its (P,) parameters, or None; a face's fit then starts there instead of from the CPR aligner, which it
         skips (the methods of STARTABLE, whose fit on every parameter can move the start: ``cpr+refine``,
-        ``cpr+online``). A start far from its box misleads the fit: give each box its own face's."""
+        ``cpr+online``). A start far from its box misleads the fit: give each box its own face's.
+        ``scores``, with ``boxes``: per box a face detector's score, or None. A box with a score is a detection,
+        as one of the detector's own: it carries that score, and is left out, unfitted, when the HS-U-Net does not
+        confirm it (for a detector of one's own, or a video's detections beside its followed faces)."""
         if starts is None:
-            return self._align_faces([self._faces_of(image, boxes, landmarks)])[0]
+            return self._align_faces([self._faces_of(image, boxes, landmarks, scores)])[0]
         if self.method not in STARTABLE:
             raise InvalidInputError(f"starts need a method of {STARTABLE}, not '{self.method}'")
         starts = list(starts)
@@ -288,7 +291,7 @@ class FaceAligner:
                 raise InvalidInputError(f"start {k}: a FaceResult or {count} finite parameters, got shape "
                                         f"{values.shape}")
             initials.append(values)
-        faces = self._faces_of(image, boxes, landmarks)
+        faces = self._faces_of(image, boxes, landmarks, scores)
         return self._align_faces([dataclasses.replace(faces, starts=initials)])[0]
 
     def align_batch(self, images, boxes=None, landmarks=None) -> list[list[FaceResult | None]]:
@@ -311,8 +314,11 @@ class FaceAligner:
             self.detector = FaceDetector()
         return self.detector.detect(_as_rgb(image))
 
-    def _faces_of(self, image, boxes, landmarks) -> _ImageFaces:
-        """An image's face boxes (given, from the given landmarks, or detected), scores and sparse landmarks."""
+    def _faces_of(self, image, boxes, landmarks, scores=None) -> _ImageFaces:
+        """An image's face boxes (given, from the given landmarks, or detected), scores (detected, or given with
+        the boxes) and sparse landmarks."""
+        if scores is not None and (boxes is None or len(scores) != len(boxes)):
+            raise InvalidInputError("scores need boxes: one score (a number or None) per box")
         image = _as_rgb(image)
         given = None
         if landmarks is not None:
@@ -328,7 +334,8 @@ class FaceAligner:
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:
             boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
-            scores = [None] * len(boxes)
+            scores = [None] * len(boxes) if scores is None else [_checked_score(score, i)
+                                                                  for i, score in enumerate(scores)]
         if given is None and self.landmark_source is not None and boxes:
             given = _source_landmarks(self.landmark_source, image, boxes)
         return _ImageFaces(image, boxes, scores, given, detect_seconds=detect_seconds)
@@ -528,6 +535,19 @@ def polish_fit(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,
                                                               initial[rows], landmark_robust_scale,
                                                               confidence[rows]).to(params.dtype)
     return params
+
+
+def _checked_score(score, index: int) -> float | None:
+    """A given detection score: None or a finite number."""
+    if score is None:
+        return None
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise InvalidInputError(f"score {index}: a finite number or None, got {score!r}")
+    return value
 
 
 def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) -> list[np.ndarray]:

@@ -3,7 +3,7 @@
 With ``track`` (the default), each face is followed as face trackers follow one: its box in a frame is the
 tight box of its landmarks in the frame before, and the detector runs only to find faces, on a frame without
 any and on every DETECT_EVERY-th frame (a detection that overlaps a followed face's box, IoU ≥ ``MIN_IOU``,
-is left to it; a new one must be confirmed by the HS-U-Net, ``cprfa.align.is_confirmed``), and a face whose
+is left to it; a new one must be confirmed by the HS-U-Net, ``cprfa.align.is_confirmed``, before its fit), and a face whose
 landmarks' box overlaps one already found in the frame is dropped (two boxes on one face). On the other frames a followed face's fit starts from its result in the frame before
 (``FaceAligner.align(starts=...)``, with the methods whose on-line fit frees every parameter: STARTABLE),
 which skips the CPR aligner; on the detector's frames the CPR aligner starts it afresh, so that a fit cannot drift
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from cprfa.align import STARTABLE, FaceAligner, FaceResult, is_confirmed
+from cprfa.align import STARTABLE, FaceAligner, FaceResult
 from cprfa.data.boxes import landmark_box
 from cprfa.detect.blazeface import box_iou
 from cprfa.errors import ImageReadError, InvalidInputError
@@ -122,25 +123,34 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
         boxes = [landmark_box(face.landmarks_2d) for face in raw]
         scores: list[float | None] = [None] * len(boxes)
         detecting = not raw or index % DETECT_EVERY == 0
+        detect_seconds = 0.0
         if detecting:
-            for detection in aligner.detect(image):
+            start = time.perf_counter()
+            detections = aligner.detect(image)
+            detect_seconds = time.perf_counter() - start
+            for detection in detections:
                 if not _overlaps(detection.face_box, boxes):
                     boxes.append(detection.face_box)
                     scores.append(detection.score)
         starts = None  # on the frames the detector looks at, the CPR aligner starts every fit afresh
         if aligner.method in STARTABLE and not detecting:
             starts = raw
-        results = aligner.align(image, boxes, starts=starts) if boxes else []
+        # the followed faces first, one entry each; then the detections the HS-U-Net confirms (the others unfitted)
+        results = aligner.align(image, boxes, starts=starts, scores=scores) if boxes else []
+        if detect_seconds and boxes:  # the detector ran outside ``align``: its time per box, as ``align`` gives it
+            detect_ms = round(1000 * detect_seconds / len(boxes), 2)
+            results = [None if face is None else dataclasses.replace(face, timings={**face.timings,
+                                                                                    "detect": detect_ms})
+                       for face in results]
         followed, raw, previous, previous_ids = len(raw), [], shown, ids
         shown, ids, found = [], [], []
-        for k, (face, score) in enumerate(zip(results, scores, strict=True)):
-            if face is None or (score is not None and not is_confirmed(face)):  # a detection not confirmed
+        for k, face in enumerate(results):
+            if face is None:
                 continue
             box = landmark_box(face.landmarks_2d)
             if _overlaps(box, found):  # two boxes found one face
                 continue
             found.append(box)
-            face = dataclasses.replace(face, score=score)
             raw.append(face)
             shown.append(_smoothed(face, previous[k], smoothing) if k < followed else face)
             ids.append(previous_ids[k] if k < followed else next(new_ids))

@@ -93,6 +93,15 @@ def test_detections_the_hsunet_does_not_confirm_are_left_out_before_the_fit(alig
     assert fitted == [1]  # the sleeve went through the HS-U-Net, not the fit
     alone = aligner.align(EXAMPLE, [faces[0].box])[0]  # the same face (the HS-U-Net ran batched with the sleeve)
     assert np.abs(faces[0].landmarks_3d - alone.landmarks_3d).max() < 0.5
+    fitted.clear()  # boxes with the scores of one's own detector: detections, confirmed before the fit
+    faces = aligner.align(EXAMPLE, [faces[0].box, sleeve], scores=[0.97, 0.95])
+    assert len(faces) == 1 and faces[0].score == 0.97 and fitted == [1]
+    assert [face is not None for face in aligner.align(EXAMPLE, [BOX, sleeve], scores=[None, None])] == [True, True]
+    for scores, message in (([0.9], "one score"), ([0.9, "high"], "score 1"), ([float("nan"), 0.9], "score 0")):
+        with pytest.raises(InvalidInputError, match=message):
+            aligner.align(EXAMPLE, [BOX, sleeve], scores=scores)
+    with pytest.raises(InvalidInputError, match="scores need boxes"):
+        aligner.align(EXAMPLE, scores=[0.9])
 
 
 def test_reframe_aligns_a_detected_face_again_in_its_landmarks_box(aligner, monkeypatch):

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+import cprfa.align
 from cprfa.align import FaceAligner
 from cprfa.cli.main import main
 from cprfa.data.images import load_image
@@ -77,6 +78,8 @@ def test_a_face_the_detector_loses_is_followed_from_its_last_landmarks(tmp_path,
     assert [len(frame.faces) for frame in tracked] == [1, 1, 1, 1]
     assert [frame.face_ids for frame in tracked] == [[0], [0], [0], [0]]
     assert tracked[0].faces[0].score is not None and all(frame.faces[0].score is None for frame in tracked[1:])
+    assert tracked[0].faces[0].timings["detect"] > 0  # the detector's time, although it ran outside ``align``
+    assert all(frame.faces[0].timings["detect"] == 0 for frame in tracked[1:])  # followed: no detector
     centres = [frame.faces[0].landmarks_2d[:, 0].mean() for frame in tracked]
     assert np.allclose(np.diff(centres), 3.0, atol=1.5)  # followed as the face drifts
     assert len(calls) == 1  # while a face is followed, the detector only looks for new ones now and then
@@ -122,3 +125,25 @@ def test_the_cli_writes_an_annotated_video_and_a_frame_table(tmp_path, capsys):
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
     capture.release()
     assert main(["align", str(clip), "-o", str(out), "--smoothing", "1.5"]) == 1
+
+
+def test_a_new_detection_the_hsunet_does_not_confirm_is_not_fitted(tmp_path, monkeypatch):
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, frames=1)
+    aligner = FaceAligner()
+    aligner.detector = FaceDetector()
+    detect = aligner.detector.detect
+    sleeve = (13.0, 326.0, 169.0, 479.0)  # the astronaut's orange sleeve and mission patch: no face
+
+    def the_face_and_the_sleeve(image):
+        best = detect(image)[0]
+        return [best, dataclasses.replace(best, box=sleeve, face_box=sleeve, score=0.95)]
+
+    monkeypatch.setattr(aligner.detector, "detect", the_face_and_the_sleeve)
+    monkeypatch.setattr(cprfa.align, "MIN_DETECTION", 0.0)  # the sleeve has too few vertices even for this
+    fitted = []
+    polish = cprfa.align.polish_fit
+    monkeypatch.setattr(cprfa.align, "polish_fit", lambda model, points, *rest: fitted.append(len(points))
+                        or polish(model, points, *rest))
+    (frame,) = align_video(aligner, clip, smoothing=0.0)
+    assert len(frame.faces) == 1 and fitted == [1]  # the sleeve went through the HS-U-Net, not the fit

@@ -5,12 +5,16 @@ The whole alignment becomes one graph: from the aligner's input (``AlignerInput`
 error pool, the sparse landmarks) to the final parameters, with everything between the networks (the CPRs,
 Y^G, consistency-aware updating, the translation steps) and the networks of every stage, each stage's
 batch norms folded into its convolutions. One graph per schedule (rounds, and stages per round) that is
-asked for; the batch size and the pool size are dynamic. ``OnnxAligner`` stands in for the torch forward
-through ``CPRAligner.runtime`` (``align_point_sets`` hands it the input). Why one graph: an alignment is
-about 1,700 small torch operations, most of the time their overhead; onnxruntime runs the same work with
-less of it (one face: both rounds 38–41 against 58–65 ms, cpr+refine's two stages of round one 16–17
-against 23–24 ms; README, "ONNX"). A graph traced with a sparse source runs faces without one too: their
-landmark branch adds nothing, as in torch.
+asked for, of one face (the error pool's size is dynamic); ``OnnxAligner`` runs up to ONNX_FACES faces
+through it one at a time and stands in for the torch forward through ``CPRAligner.runtime``
+(``align_point_sets`` hands it the input). Why one graph: an alignment is about 1,700 small torch operations,
+most of the time their overhead; onnxruntime runs the same work with less of it (one face: both rounds 38–41
+against 58–65 ms, cpr+refine's two stages of round one 16–17 against 23–24 ms; README, "ONNX"). Why one face:
+with the batch size fixed, the export computes the graph's shapes once instead of in a few thousand small
+operations at every run, and onnxruntime's memory arena can keep its buffers: both rounds about a tenth
+faster, and two faces one after the other take less time than both in one batch of the dynamic graph (README,
+"ONNX"). ``cprfa export-onnx`` writes graphs of a dynamic batch size. A graph traced with a sparse source runs
+faces without one too: their landmark branch adds nothing, as in torch.
 
 Exporting a graph takes 4–8 s, more than a command on a few photos gains from it, so ``OnnxAligner`` keeps
 the graphs in a cache folder (``cache_folder``) under a key of the weights, the face model, torch's version,
@@ -43,11 +47,11 @@ from cprfa.model.projection import model_shape, weak_perspective
 INPUT_NAMES = tuple(field.name for field in dataclasses.fields(AlignerInput))
 POOLED = ("pool_ids", "pool_points", "pool_weight")  # their second axis, the pool's size, is dynamic too
 CACHE_VARIABLE = "CPRFA_CACHE_DIR"
-GRAPH_FORMAT = 2  # in the cache key: 1 was one graph per parameter group's networks
+GRAPH_FORMAT = 3  # in the cache key: 1 was one graph per parameter group's networks, 2 of a dynamic batch size
 AGREEMENT = 1e-3  # largest difference from torch that a cached graph's parameters may show
-# Up to ONNX_FACES faces run in onnxruntime on one thread (the graph's operations are small, and waking a second
-# thread for each costs more than it gains); more run in torch, as fast from three faces on for cpr+refine's
-# schedule (README, "The CPR aligner", Speed).
+# Up to ONNX_FACES faces run in onnxruntime, one at a time on one thread (the graph's operations are small, and
+# waking a second thread for each costs more than it gains); more run in torch, in one batch (README, "The CPR
+# aligner", Speed).
 ONNX_FACES = 2
 CACHED_KEYS = 2  # writing a graph keeps the graphs of this many keys: its own and the most recently used
 # a cached graph's name: its key, and its schedule (r<rounds>s<stages>[-dense], or a group of GRAPH_FORMAT 1)
@@ -64,19 +68,21 @@ class _AlignmentGraph(nn.Module):
 
 
 def export_aligner(aligner: CPRAligner, target: str | Path | io.BytesIO, rounds: int | None = None,
-                   stages: int | None = None, sparse: bool = True) -> None:
+                   stages: int | None = None, sparse: bool = True, one_face: bool = False) -> None:
     """Write the alignment of ``rounds`` rounds of ``stages`` stages (default: all the weights have), with the
-    ``sparse`` source (it then also runs faces without one) or without, as an ONNX graph to a file or a buffer.
-    Inputs: the fields of ``AlignerInput`` that it reads (those of the error pool only with round two, of the
-    sparse source only with it); output: the parameters (B, P), normalized frame."""
+    ``sparse`` source (it then also runs faces without one) or without, as an ONNX graph to a file or a buffer,
+    of any batch size or, with ``one_face``, of one face (module docstring). Inputs: the fields of
+    ``AlignerInput`` that it reads (those of the error pool only with round two, of the sparse source only with
+    it); output: the parameters (B, P), normalized frame."""
     rounds, stages = aligner.schedule(rounds, stages)
-    axes = {name: {0: "batch", 1: "pool"} if name in POOLED else {0: "batch"} for name in INPUT_NAMES}
+    batch = {} if one_face else {0: "batch"}
+    axes = {name: {**batch, 1: "pool"} if name in POOLED else batch for name in INPUT_NAMES}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
         torch.onnx.export(_AlignmentGraph(aligner, rounds, stages).eval(),
-                          tuple(vars(example_input(aligner, sparse)).values()),
+                          tuple(vars(example_input(aligner, sparse, 1 if one_face else 2)).values()),
                           target, input_names=list(INPUT_NAMES), output_names=["params"], opset_version=OPSET,
-                          dynamo=False, dynamic_axes=axes | {"params": {0: "batch"}})
+                          dynamo=False, dynamic_axes=axes | {"params": batch})
 
 
 def example_input(aligner: CPRAligner, sparse: bool = True, faces: int = 2) -> AlignerInput:
@@ -98,8 +104,8 @@ def example_input(aligner: CPRAligner, sparse: bool = True, faces: int = 2) -> A
 
 
 class OnnxAligner:
-    """Aligns like the aligner's torch forward, a batch of one to ONNX_FACES faces in onnxruntime on one thread,
-    any other in torch; set it as the aligner's ``runtime``. ``cache``: keep the exported graphs in
+    """Aligns like the aligner's torch forward, a batch of one to ONNX_FACES faces in onnxruntime on one thread, a
+    face at a time, any other in torch; set it as the aligner's ``runtime``. ``cache``: keep the exported graphs in
     ``cache_folder()`` (module docstring). A schedule's graph is loaded or exported when first asked for: one
     traced with a sparse source, and one without for a batch where no face has one (``AlignerInput.present``)."""
 
@@ -120,7 +126,8 @@ class OnnxAligner:
         if not 1 <= len(inputs) <= ONNX_FACES:
             with torch.inference_mode():
                 return self.aligner(inputs, rounds=rounds, stages=stages)[-1].params
-        params = _run(self.session(rounds, stages, bool(inputs.present.any())), inputs)
+        session = self.session(rounds, stages, bool(inputs.present.any()))
+        params = np.concatenate([_run(session, inputs[face:face + 1]) for face in range(len(inputs))])
         return torch.from_numpy(params).to(inputs.observed.device)
 
 
@@ -159,7 +166,7 @@ def graph_key(aligner: CPRAligner) -> str:
 
 
 def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: str | None):
-    """A one-thread session for a schedule's graph: the cached one when it is there and agrees with torch, else
+    """A one-thread session for a schedule's graph of one face: the cached one when it is there and agrees with torch, else
     a fresh export (written to the cache when ``key`` is given and the folder is writable)."""
     name = f"cpr-{key}-r{rounds}s{stages}{'' if sparse else '-dense'}.onnx"
     path = cache_folder() / name if key is not None else None
@@ -167,11 +174,11 @@ def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: s
     if session is not None:
         return session
     buffer = io.BytesIO()
-    export_aligner(aligner, buffer, rounds, stages, sparse)
+    export_aligner(aligner, buffer, rounds, stages, sparse, one_face=True)
     if path is not None:
         _write_atomically(path, buffer.getvalue())
         _prune(path.parent, key)
-    return cpu_session(buffer.getvalue(), 1)
+    return cpu_session(buffer.getvalue(), 1, arena=True)
 
 
 def _prune(folder: Path, key: str) -> None:
@@ -215,7 +222,7 @@ def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, s
     except OSError:  # absent, or a folder this user may not enter
         return None
     try:
-        session = cpu_session(graph, 1)
+        session = cpu_session(graph, 1, arena=True)
         if not _agrees(session, aligner, rounds, stages, sparse):
             return None
     except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged or foreign graph share no class below it
@@ -246,10 +253,10 @@ def _write_atomically(path: Path, content: bytes) -> None:
 
 
 def _agrees(session, aligner: CPRAligner, rounds: int, stages: int, sparse: bool) -> bool:
-    """Whether a session gives the torch forward's parameters, within AGREEMENT, on ``example_input``'s two
-    faces and on its first face alone (another batch size and error-pool size than the graph was traced with)."""
-    for faces in (2, 1):
-        inputs = example_input(aligner, sparse, faces)
+    """Whether a one-face session gives the torch forward's parameters, within AGREEMENT, on each of
+    ``example_input``'s two faces (the second: another error-pool size than the graph was traced with)."""
+    for face in range(2):
+        inputs = example_input(aligner, sparse)[face:face + 1]
         with torch.inference_mode():
             expected = aligner(inputs, rounds=rounds, stages=stages)[-1].params.numpy()
         actual = _run(session, inputs)

@@ -110,7 +110,9 @@ def test_a_few_faces_run_in_onnxruntime_on_one_thread_and_more_in_torch(face_mod
     few = align_point_sets(aligner, sets.points[:2], sets.detected[:2], rounds=1, stages=1)
     assert _close_fits(face_model, few, expected[:2])
     assert list(runtime._sessions) == [(1, 1, False)]  # the graph without a sparse source: these faces have none
-    assert runtime.session(1, 1, False).get_session_options().intra_op_num_threads == 1
+    session = runtime.session(1, 1, False)
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert all(node.shape[0] == 1 for node in session.get_inputs())  # a graph of one face, run once per face
     empty = align_point_sets(aligner, sets.points[:0], sets.detected[:0], rounds=1, stages=1)
     assert empty.shape == (0, expected.shape[1])
 
@@ -150,9 +152,9 @@ def test_the_aligner_graphs_are_cached_checked_and_exported_again_when_bad(tmp_p
     assert graphs["r1s1.onnx"].stat().st_mtime > time.time() - 600  # its use, which the pruning goes by
     exported, export = [], cpr_onnx.export_aligner
 
-    def counted_export(aligner, target, rounds, stages, sparse):
+    def counted_export(aligner, target, rounds, stages, sparse, **options):
         exported.append((rounds, stages))
-        export(aligner, target, rounds, stages, sparse)
+        export(aligner, target, rounds, stages, sparse, **options)
 
     monkeypatch.setattr(cpr_onnx, "export_aligner", counted_export)
     graphs["r1s1.onnx"].write_bytes(b"not a graph")  # damaged
