@@ -29,6 +29,15 @@ def write_clip(path: Path, frames: int = 4) -> None:
     writer.release()
 
 
+def aligner_detecting(monkeypatch, change) -> FaceAligner:
+    """A FaceAligner whose detector gives ``change(detections)`` instead of the shipped detector's detections."""
+    aligner = FaceAligner()
+    aligner.detector = FaceDetector()
+    detect = aligner.detector.detect
+    monkeypatch.setattr(aligner.detector, "detect", lambda image: change(detect(image)))
+    return aligner
+
+
 def test_a_generated_clip_is_aligned_frame_by_frame_and_smoothed(tmp_path):
     clip = tmp_path / "clip.avi"
     write_clip(clip)
@@ -99,17 +108,13 @@ def test_a_face_the_detector_loses_is_followed_from_its_last_landmarks(tmp_path,
 def test_two_boxes_on_one_face_give_one_face(tmp_path, monkeypatch):
     clip = tmp_path / "clip.avi"
     write_clip(clip, frames=2)
-    aligner = FaceAligner()
-    aligner.detector = FaceDetector()
-    detect = aligner.detector.detect
 
-    def with_a_shifted_copy(image):  # a second detection 60 % of a face to the right: IoU < MIN_IOU with the first
-        found = detect(image)
+    def with_a_shifted_copy(found):  # a second detection 60 % of a face to the right: IoU < MIN_IOU with the first
         x0, y0, x1, y1 = found[0].face_box
         shift = 0.6 * (x1 - x0)
         return [*found, dataclasses.replace(found[0], face_box=(x0 + shift, y0, x1 + shift, y1))]
 
-    monkeypatch.setattr(aligner.detector, "detect", with_a_shifted_copy)
+    aligner = aligner_detecting(monkeypatch, with_a_shifted_copy)
     assert [len(frame.faces) for frame in align_video(aligner, clip, smoothing=0.0)] == [1, 1]
 
 
@@ -130,16 +135,12 @@ def test_the_cli_writes_an_annotated_video_and_a_frame_table(tmp_path, capsys):
 def test_a_new_detection_the_hsunet_does_not_confirm_is_not_fitted(tmp_path, monkeypatch):
     clip = tmp_path / "clip.avi"
     write_clip(clip, frames=1)
-    aligner = FaceAligner()
-    aligner.detector = FaceDetector()
-    detect = aligner.detector.detect
     sleeve = (13.0, 326.0, 169.0, 479.0)  # the astronaut's orange sleeve and mission patch: no face
 
-    def the_face_and_the_sleeve(image):
-        best = detect(image)[0]
-        return [best, dataclasses.replace(best, box=sleeve, face_box=sleeve, score=0.95)]
+    def the_face_and_the_sleeve(found):
+        return [found[0], dataclasses.replace(found[0], box=sleeve, face_box=sleeve, score=0.95)]
 
-    monkeypatch.setattr(aligner.detector, "detect", the_face_and_the_sleeve)
+    aligner = aligner_detecting(monkeypatch, the_face_and_the_sleeve)
     monkeypatch.setattr(cprfa.align, "MIN_DETECTION", 0.0)  # the sleeve has too few vertices even for this
     fitted = []
     polish = cprfa.align.polish_fit

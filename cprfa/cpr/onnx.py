@@ -166,8 +166,8 @@ def graph_key(aligner: CPRAligner) -> str:
 
 
 def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: str | None):
-    """A one-thread session for a schedule's graph of one face: the cached one when it is there and agrees with torch, else
-    a fresh export (written to the cache when ``key`` is given and the folder is writable)."""
+    """A one-thread session for a schedule's graph of one face: the cached one when it is there and agrees with
+    torch, else a fresh export (written to the cache when ``key`` is given and the folder is writable)."""
     name = f"cpr-{key}-r{rounds}s{stages}{'' if sparse else '-dense'}.onnx"
     path = cache_folder() / name if key is not None else None
     session = _cached_session(path, aligner, rounds, stages, sparse) if path is not None else None
@@ -255,8 +255,9 @@ def _write_atomically(path: Path, content: bytes) -> None:
 def _agrees(session, aligner: CPRAligner, rounds: int, stages: int, sparse: bool) -> bool:
     """Whether a one-face session gives the torch forward's parameters, within AGREEMENT, on each of
     ``example_input``'s two faces (the second: another error-pool size than the graph was traced with)."""
-    for face in range(2):
-        inputs = example_input(aligner, sparse)[face:face + 1]
+    both = example_input(aligner, sparse)
+    for face in range(len(both)):
+        inputs = both[face:face + 1]
         with torch.inference_mode():
             expected = aligner(inputs, rounds=rounds, stages=stages)[-1].params.numpy()
         actual = _run(session, inputs)
