@@ -29,8 +29,8 @@ Sets:
   and occluded, 3D for large-pose), by |yaw| bucket as DESIGN.md, and CED curves (``--figures``).
 
 Speed: the aligner on one face and per face in batches of 2 and 32, C = 512, on ``--threads`` threads, run by
-torch and by onnxruntime (the whole alignment as one graph on one thread, cprfa.cpr.onnx, as ``cprfa align``
-runs one or two faces; not a batch of 32, which it runs in torch), the two alternating.
+torch and by onnxruntime (the whole alignment as one graph of one face, cprfa.cpr.onnx, as ``cprfa align``
+runs up to ONNX_FACES faces; not a batch of 32, which it runs in torch), the two alternating.
 
 Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only] [--flip]
      [--rows PREFIX...]
@@ -57,7 +57,7 @@ from cprfa.align import (
     polish_options,
 )
 from cprfa.cpr.frame import NormalizedFrame
-from cprfa.cpr.onnx import OnnxAligner
+from cprfa.cpr.onnx import ONNX_FACES, OnnxAligner
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.dafi.evaluate import observe
@@ -259,7 +259,7 @@ def _speed(aligner, model) -> None:
         print(f"| {label} | " + " | ".join(f"{cells[column]:.1f}" for column in columns) + " |")
     aligner.runtime = None
     print("\n(one face and a batch of 2: medians of 10 rounds of 3 runs; a batch of 32: of 3 rounds of 1 run; the "
-          "default runtime runs a batch of more than 2 faces in torch)")
+          f"default runtime runs a batch of more than {ONNX_FACES} faces in torch)")
     if "both rounds, with landmarks" in one_face:
         added = {name: one_face["both rounds, with landmarks"][name] - one_face["round one, with landmarks"][name]
                  for name in runtimes}

@@ -210,10 +210,10 @@ class FaceAligner:
     about 5 % of the whole per face; ``flip=False`` for speed. ``refine`` (default) refines the landmark head's
     points with the landmark refiner of ``refiner_weights`` (default: the shipped one; cprfa.dafi.refine).
     ``runtime``: what runs the networks. "auto" (default): torch the HS-U-Net and the refiner (on ``device``),
-    onnxruntime the CPR aligner of one or two faces, networks and all, as one graph on one thread (on the CPU,
-    as always; about a quarter faster than torch for one face; more faces in torch; cprfa.cpr.onnx, which caches
-    its export); "torch" or "onnx": all of them. onnxruntime's other sessions take torch's thread count when
-    the aligner is made. ``fit_options`` set the on-line fits of
+    onnxruntime the CPR aligner of one to four faces, networks and all, as one graph run once per face (on the
+    CPU, as always; about twice as fast as torch for one face; more faces in torch; cprfa.cpr.onnx, which caches
+    its export); "torch" or "onnx": all of them. onnxruntime's sessions take torch's thread count when the
+    aligner is made. ``fit_options`` set the on-line fits of
     "online" and "cpr+online"; the refinement of "cpr+refine" and "cpr+pose" takes their priors and robust loss
     with its own iterations, damping and float32 (``polish_options``). ``detector`` finds the faces when no boxes
     are given (default: ``FaceDetector()``, the shipped weights and their threshold). ``reframe`` aligns each
@@ -437,7 +437,8 @@ class FaceAligner:
         params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()
-        shape = model_shape(self.model, params)  # the landmarks and the crop's mesh are picked from it
+        # the landmarks and the crop's mesh are picked from it; float32 halves the basis read, ~1e-5 px off
+        shape = model_shape(self.model, params.float()).double()
         vertices = project(shape, params[:, :N_POSE])
         points_2d = torch.gather(vertices, 1,
                                  silhouette_landmark_ids(self.model, params, shape)[..., None].expand(-1, -1, 3))

@@ -8,8 +8,8 @@ batch norms folded into its convolutions. One graph per schedule (rounds, and st
 asked for, of one face (the error pool's size is dynamic); ``OnnxAligner`` runs up to ONNX_FACES faces
 through it one at a time and stands in for the torch forward through ``CPRAligner.runtime``
 (``align_point_sets`` hands it the input). Why one graph: an alignment is about 1,700 small torch operations,
-most of the time their overhead; onnxruntime runs the same work with less of it (one face: both rounds 38–41
-against 58–65 ms, cpr+refine's two stages of round one 16–17 against 23–24 ms; README, "ONNX"). Why one face:
+most of the time their overhead; onnxruntime runs the same work with less of it, and on both threads (one face:
+both rounds 32 against 63 ms, cpr+refine's two stages of round one 14 against 24 ms; README, "ONNX"). Why one face:
 with the batch size fixed, the export computes the graph's shapes once instead of in a few thousand small
 operations at every run, and onnxruntime's memory arena can keep its buffers: both rounds about a tenth
 faster, and two faces one after the other take less time than both in one batch of the dynamic graph (README,
@@ -49,10 +49,10 @@ POOLED = ("pool_ids", "pool_points", "pool_weight")  # their second axis, the po
 CACHE_VARIABLE = "CPRFA_CACHE_DIR"
 GRAPH_FORMAT = 3  # in the cache key: 1 was one graph per parameter group's networks, 2 of a dynamic batch size
 AGREEMENT = 1e-3  # largest difference from torch that a cached graph's parameters may show
-# Up to ONNX_FACES faces run in onnxruntime, one at a time on one thread (the graph's operations are small, and
-# waking a second thread for each costs more than it gains); more run in torch, in one batch (README, "The CPR
-# aligner", Speed).
-ONNX_FACES = 2
+# Up to ONNX_FACES faces run in onnxruntime, one at a time, on torch's threads (spinning only while a run lasts:
+# onnxruntime's session.force_spinning_stop); more run in torch, in one batch, which is as fast from four faces on
+# (README, "ONNX").
+ONNX_FACES = 4
 CACHED_KEYS = 2  # writing a graph keeps the graphs of this many keys: its own and the most recently used
 # a cached graph's name: its key, and its schedule (r<rounds>s<stages>[-dense], or a group of GRAPH_FORMAT 1)
 CACHED_NAME = re.compile(rf"cpr-([0-9a-f]{{16}})-(r\d+s\d+(?:-dense)?|{'|'.join(GROUPS)})\.onnx")
@@ -104,8 +104,8 @@ def example_input(aligner: CPRAligner, sparse: bool = True, faces: int = 2) -> A
 
 
 class OnnxAligner:
-    """Aligns like the aligner's torch forward, a batch of one to ONNX_FACES faces in onnxruntime on one thread, a
-    face at a time, any other in torch; set it as the aligner's ``runtime``. ``cache``: keep the exported graphs in
+    """Aligns like the aligner's torch forward, a batch of one to ONNX_FACES faces in onnxruntime, a face at a
+    time, any other in torch; set it as the aligner's ``runtime``. ``cache``: keep the exported graphs in
     ``cache_folder()`` (module docstring). A schedule's graph is loaded or exported when first asked for: one
     traced with a sparse source, and one without for a batch where no face has one (``AlignerInput.present``)."""
 
@@ -166,7 +166,7 @@ def graph_key(aligner: CPRAligner) -> str:
 
 
 def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: str | None):
-    """A one-thread session for a schedule's graph of one face: the cached one when it is there and agrees with
+    """A session for a schedule's graph of one face: the cached one when it is there and agrees with
     torch, else a fresh export (written to the cache when ``key`` is given and the folder is writable)."""
     name = f"cpr-{key}-r{rounds}s{stages}{'' if sparse else '-dense'}.onnx"
     path = cache_folder() / name if key is not None else None
@@ -178,7 +178,7 @@ def _session(aligner: CPRAligner, rounds: int, stages: int, sparse: bool, key: s
     if path is not None:
         _write_atomically(path, buffer.getvalue())
         _prune(path.parent, key)
-    return cpu_session(buffer.getvalue(), 1, arena=True)
+    return cpu_session(buffer.getvalue(), arena=True)
 
 
 def _prune(folder: Path, key: str) -> None:
@@ -222,7 +222,7 @@ def _cached_session(path: Path, aligner: CPRAligner, rounds: int, stages: int, s
     except OSError:  # absent, or a folder this user may not enter
         return None
     try:
-        session = cpu_session(graph, 1, arena=True)
+        session = cpu_session(graph, arena=True)
         if not _agrees(session, aligner, rounds, stages, sparse):
             return None
     except Exception:  # noqa: BLE001 - onnxruntime's errors for a damaged or foreign graph share no class below it

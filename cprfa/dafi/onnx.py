@@ -91,11 +91,13 @@ class OnnxRefiner:
 def cpu_session(graph: bytes, threads: int | None = None, spinning: bool = True, arena: bool = False):
     """An onnxruntime CPU session for a serialized graph, on ``threads`` (default: torch's), by default without
     the memory arena (it keeps each session's largest buffers for good: too much memory for a network's batches;
-    ``arena`` for a graph of one small fixed batch, whose buffers it then need not ask the system for again)."""
+    ``arena`` for a graph of one small fixed batch, whose buffers it then need not ask the system for again).
+    With ``spinning`` its idle threads spin while a run lasts (the quickest hand-over between small operations)
+    and stop when it ends, so as not to take the cores from the torch work that follows."""
     import onnxruntime as ort  # here, so that importing cprfa does not load it
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.enable_cpu_mem_arena = arena
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

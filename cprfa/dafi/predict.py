@@ -109,7 +109,7 @@ class DafiEstimator:
         self.refiner = refiner.fused().to(device) if refiner is not None else None
         self.landmark_offset = network.landmark_offset.to(device)
         self.vertex_offsets = network.vertex_offset.cpu().numpy()
-        self.network, self.config, self.device = network.to(device).eval(), config, torch.device(device)
+        self.network, self.config, self.device = network.to(device).fused(), config, torch.device(device)
         self.flip = flip
         self.zoom = check_zoom(DEFAULT_ZOOM if zoom is None else zoom)
 

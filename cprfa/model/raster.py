@@ -107,13 +107,7 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, height: int, widt
     candidate_tri = flat_id % n_tri
 
     size = batch * height * width
-    zbuffer = torch.full((size,), float("-inf"), device=device)
-    zbuffer.scatter_reduce_(0, pixel, depth, reduce="amax")
-    nearest = depth == zbuffer[pixel]
-    triangle_map = torch.full((size,), -1, dtype=torch.long, device=device)
-    triangle_map.scatter_reduce_(0, pixel[nearest], candidate_tri[nearest], reduce="amax")
-
-    winner = nearest & (candidate_tri == triangle_map[pixel])  # exactly one candidate per foreground pixel
+    zbuffer, triangle_map, winner = z_buffer(pixel, depth, candidate_tri, size)
     barycentric = torch.zeros(size, 3, device=device)
     w0, w1 = values[winner, 0], values[winner, 1]
     barycentric[pixel[winner]] = torch.stack([w0, w1, 1 - w0 - w1], dim=-1)
@@ -123,6 +117,19 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, height: int, widt
         depth=zbuffer.view(batch, height, width),
         front_facing=area < 0,
     )
+
+
+def z_buffer(pixel: torch.Tensor, depth: torch.Tensor, triangle: torch.Tensor, size: int):
+    """The nearest of each pixel's candidate triangles (ties: the larger triangle id).
+
+    Shape: pixel, depth, triangle (P,) of the candidates -> depth (size,) (-inf where none), triangle (size,)
+    (-1 where none), and (P,) bool: the candidates that win (exactly one per pixel that has any)."""
+    zbuffer = torch.full((size,), float("-inf"), device=depth.device)
+    zbuffer.scatter_reduce_(0, pixel, depth, reduce="amax")
+    nearest = depth == zbuffer[pixel]
+    triangle_map = torch.full((size,), -1, dtype=torch.long, device=depth.device)
+    triangle_map.scatter_reduce_(0, pixel[nearest], triangle[nearest], reduce="amax")
+    return zbuffer, triangle_map, nearest & (triangle == triangle_map[pixel])
 
 
 def _inside_window(planes, spans, k: int):

@@ -12,7 +12,15 @@ import torch
 
 from cprfa._checks import check_shape
 from cprfa.model.face_model import FaceModel
-from cprfa.model.raster import Rasterization, _plane_coefficients, interpolate, rasterize, signed_area
+from cprfa.model.raster import (
+    _EDGE,
+    Rasterization,
+    _evaluate,
+    _plane_coefficients,
+    interpolate,
+    rasterize,
+    z_buffer,
+)
 
 VISIBILITY_TOLERANCE = 0.01
 
@@ -92,40 +100,52 @@ def visible_vertices(
 
 def visible_vertices_of(vertices: torch.Tensor, triangles: torch.Tensor, vertex_ids: torch.Tensor, height: int,
                         width: int, tolerance: float = VISIBILITY_TOLERANCE) -> torch.Tensor:
-    """``visible_vertices`` of a few vertices in an H × W image, without rasterizing all of it: only a triangle
-    whose pixel box holds the pixel centre of one of those vertices can be drawn at their pixels, so only those
-    triangles are rasterized (a summed-area table of the vertices' pixels finds them). The same answer for a
-    small part of the time.
+    """``visible_vertices`` of a few vertices in an H × W image, without rasterizing it: only the triangles drawn
+    at those vertices' pixels matter. A summed-area table of the pixels finds the front-facing triangles whose
+    pixel box holds one of them; each such pair of pixel and triangle is tested as ``rasterize`` tests it (the
+    same arithmetic), and the nearest triangle wins the pixel (ties: the larger id). The same answer for a small
+    part of the time (it tests every pair at once: meant for tens of vertices, such as the landmarks).
 
     Shape: vertices (B, N, 3), triangles (T, 3), vertex_ids (n,) -> (B, n) bool."""
     vertices = vertices.detach().float()
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
-    batch = len(vertices)
-    col, row = torch.floor(vertices[:, vertex_ids, :2]).long().unbind(-1)
+    batch, device = len(vertices), vertices.device
+    pixel = torch.floor(vertices[:, vertex_ids, :2]).long()  # (B, n, 2) column, row
+    col, row = pixel.unbind(-1)
     inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    marked = torch.zeros(batch, height + 1, width + 1, dtype=torch.int32, device=vertices.device)
-    faces = torch.arange(batch, device=vertices.device)[:, None].expand_as(col)
+    marked = torch.zeros(batch, height + 1, width + 1, dtype=torch.int32, device=device)
+    faces = torch.arange(batch, device=device)[:, None].expand_as(col)
     marked[faces[inside], row[inside] + 1, col[inside] + 1] = 1
-    table = marked.cumsum(1).cumsum(2)  # table[b, i, j]: marked pixels in rows < i and columns < j
-    corners = vertices[:, triangles]  # (B, T, 3, 3)
+    table = marked.cumsum(1).cumsum(2).flatten(1)  # table[b, i, j]: marked pixels in rows < i and columns < j
+    corner_ids = triangles.T.reshape(-1)  # every triangle's first corner, then second, then third
+    u0, u1, u2 = vertices[..., 0].contiguous().index_select(1, corner_ids).view(batch, 3, -1).unbind(1)
+    v0, v1, v2 = vertices[..., 1].contiguous().index_select(1, corner_ids).view(batch, 3, -1).unbind(1)
     # the pixels whose centre lies in each triangle's box, clipped to the image (as rasterize takes them)
-    limit = torch.tensor([width, height], device=vertices.device)
-    first = torch.minimum(torch.ceil(corners[..., :2].amin(dim=2) - 0.5).long().clamp(min=0), limit)
-    end = torch.maximum(torch.minimum(torch.floor(corners[..., :2].amax(dim=2) - 0.5).long() + 1, limit), first)
-    (u0, v0), (u1, v1) = first.unbind(-1), end.unbind(-1)
+    first_u = torch.ceil(torch.minimum(torch.minimum(u0, u1), u2) - 0.5).long().clamp_(0, width)
+    first_v = torch.ceil(torch.minimum(torch.minimum(v0, v1), v2) - 0.5).long().clamp_(0, height)
+    end_u = torch.maximum(torch.floor(torch.maximum(torch.maximum(u0, u1), u2) + 0.5).long().clamp_(max=width), first_u)
+    end_v = torch.maximum(torch.floor(torch.maximum(torch.maximum(v0, v1), v2) + 0.5).long().clamp_(max=height), first_v)
 
     def at(rows, cols):
-        return torch.gather(table.flatten(1), 1, rows * (width + 1) + cols)
+        return torch.gather(table, 1, rows * (width + 1) + cols)
 
-    covering = (at(v1, u1) - at(v0, u1) - at(v1, u0) + at(v0, u0)) > 0  # (B, T)
-    subset = torch.nonzero(covering.any(dim=0)).squeeze(1)
-    front_facing = signed_area(corners) < 0
-    if len(subset) == 0:
-        drawn = torch.full((batch, height, width), -1, dtype=torch.long, device=vertices.device)
-        raster = Rasterization(drawn, vertices.new_zeros(batch, height, width, 3),
-                               vertices.new_full(drawn.shape, float("-inf")), front_facing)
-    else:
-        part = rasterize(vertices, triangles[subset], height, width)
-        drawn = torch.where(part.triangle >= 0, subset[part.triangle.clamp(min=0)], -1)
-        raster = Rasterization(drawn, part.barycentric, part.depth, front_facing)
+    area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)  # raster.signed_area
+    covering = (at(end_v, end_u) - at(first_v, end_u) - at(end_v, first_u) + at(first_v, first_u)) > 0
+    drawable = (area < -1e-12) & covering  # (B, T)
+    subset = torch.nonzero(drawable.any(dim=0)).squeeze(1)  # ascending ids
+    first = torch.stack([first_u[:, subset], first_v[:, subset]], dim=-1)
+    end = torch.stack([end_u[:, subset], end_v[:, subset]], dim=-1)
+    in_box = ((pixel[:, :, None] >= first[:, None]) & (pixel[:, :, None] < end[:, None])).all(dim=-1)
+    face, point, candidate = torch.nonzero(in_box & inside[..., None] & drawable[:, None, subset], as_tuple=True)
+    candidate_corners = vertices[face[:, None], triangles[subset[candidate]]]  # (P, 3, 3)
+    anchor = first[face, candidate]
+    planes, _ = _plane_coefficients(candidate_corners, anchor + 0.5)
+    w0, w1, depth = _evaluate(planes, pixel[face, point] - anchor).unbind(-1)
+    covers = (w0 >= -_EDGE) & (w1 >= -_EDGE) & (w0 + w1 <= 1 + _EDGE)
+    slot = face * pixel.shape[1] + point  # (P,) into the (B·n,) vertices
+    _, winner, _ = z_buffer(slot[covers], depth[covers], subset[candidate[covers]], pixel.shape[0] * pixel.shape[1])
+    drawn = torch.full((batch, height, width), -1, dtype=torch.long, device=device)
+    drawn[faces[inside], row[inside], col[inside]] = winner.view(batch, -1)[inside]
+    raster = Rasterization(drawn, vertices.new_zeros(batch, height, width, 3),
+                           vertices.new_full(drawn.shape, float("-inf")), area < 0)
     return visible_vertices(vertices, triangles, raster, tolerance, vertex_ids)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from cprfa.cli.main import main
-from cprfa.dafi.predict import DafiEstimator
+from cprfa.dafi.predict import DafiEstimator, load_network
 from cprfa.model.projection import landmarks_3d
 from cprfa.train.dafi import calibration_offsets, load_faces
 
@@ -47,11 +47,11 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     init_args = [*args[:args.index("--out")], "--out", str(tuned), *args[args.index("--out") + 2:]]
     init_args[init_args.index("--epochs") + 1] = "1"
     assert main([*init_args, "--init", str(out / "hsunet.pt"), "--lr", "1e-9"]) == 0
-    start, after = DafiEstimator.from_file(out / "hsunet.pt"), DafiEstimator.from_file(tuned / "hsunet.pt")
-    for key, value in start.network.state_dict().items():
+    (start, _), (after, _) = load_network(out / "hsunet.pt"), load_network(tuned / "hsunet.pt")
+    for key, value in start.state_dict().items():
         # batch-norm statistics move regardless of lr; the landmark offset is measured anew after every run
         if value.is_floating_point() and "running" not in key and key != "landmark_offset":
-            assert (after.network.state_dict()[key] - value).abs().max() < 1e-3, key
+            assert (after.state_dict()[key] - value).abs().max() < 1e-3, key
     assert "init_record" not in json.loads((tuned / "record.json").read_text())  # no record beside hsunet.pt
     (out / "hsunet.record.json").write_text((out / "record.json").read_text())
     assert main([*init_args, "--out", str(tmp_path / "again"), "--init", str(out / "hsunet.pt")]) == 0
@@ -61,15 +61,14 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
     calibrated = tmp_path / "calibrated"
     init_args[init_args.index("--epochs") + 1] = "0"
     assert main([*init_args, "--out", str(calibrated), "--init", str(out / "hsunet.pt")]) == 0
-    again = DafiEstimator.from_file(calibrated / "hsunet.pt").network.state_dict()
-    for key, value in start.network.state_dict().items():
+    again = load_network(calibrated / "hsunet.pt")[0].state_dict()
+    for key, value in start.state_dict().items():
         assert torch.equal(again[key], value), key
     assert json.loads((calibrated / "record.json").read_text())["epochs"] == 0
     policy = tmp_path / "policy"  # calibrated on the training crops themselves: other offsets
     assert main([*init_args, "--out", str(policy), "--init", str(out / "hsunet.pt"), "--calibration-zoom", "1"]) == 0
     assert json.loads((policy / "record.json").read_text())["calibration"]["zoom"] == 1.0
-    assert not torch.equal(DafiEstimator.from_file(policy / "hsunet.pt").network.landmark_offset,
-                           start.network.landmark_offset)
+    assert not torch.equal(load_network(policy / "hsunet.pt")[0].landmark_offset, start.landmark_offset)
     assert main([*init_args, "--out", str(policy), "--init", str(out / "hsunet.pt"), "--calibration-zoom", "3"]) == 1
     # --train-zoom: trained and validated on crops cut as cprfa align cuts them, calibrated on the same faces
     import cprfa.train.dafi as train_module
