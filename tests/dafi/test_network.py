@@ -19,6 +19,24 @@ def test_outputs_have_three_scales_codes_in_range_and_heatmaps_at_half_resolutio
         HSUNetConfig(input_size=50)
 
 
+def test_the_fused_network_computes_what_the_network_does_without_batch_norms():
+    torch.manual_seed(0)
+    network = HSUNet(HSUNetConfig(input_size=32, widths=(4, 8, 8, 16, 16)))
+    for module in network.modules():  # batch-norm statistics of a trained network, not the initial identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    network.eval()
+    fused = network.fused()
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in fused.modules())
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in network.modules())  # a copy
+    images = torch.rand(2, 3, 32, 32) - 0.5
+    (groups, heatmaps), (fused_groups, fused_heatmaps) = network(images), fused(images)
+    for group, fused_group in zip(groups, fused_groups, strict=True):
+        assert torch.allclose(group, fused_group, atol=1e-5)
+    assert torch.allclose(heatmaps, fused_heatmaps, atol=1e-4)
+
+
 def test_a_widened_network_computes_what_the_narrow_one_did_and_its_new_channels_can_learn():
     torch.manual_seed(0)
     narrow = HSUNet(HSUNetConfig(input_size=32, widths=(4, 8, 8, 16, 16)))
