@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--device", default="cpu", help="cpu or cuda: where the HS-U-Net runs (default cpu)")
     align.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
                        help="what runs the networks: auto (default: torch the HS-U-Net, onnxruntime the CPR "
-                       "aligner of one or two faces on the CPU), torch or onnx (onnxruntime all of them)")
+                       "aligner of one to four faces on the CPU), torch or onnx (onnxruntime all of them)")
     align.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                        help="test-time flip augmentation: the HS-U-Net also reads each mirrored crop and the two "
                        "predictions are averaged (a more precise DAFI and landmark head, twice the network's work; "
