@@ -59,13 +59,14 @@ from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator
 from cprfa.dafi.retrieval import VertexRetriever
-from cprfa.data.boxes import check_box, check_landmarks, landmark_box
+from cprfa.data.boxes import check_box, check_landmarks
 from cprfa.data.crop import (
+    landmarks_roll,
     params_from_crop,
     params_to_crop,
     points_from_crop,
     points_to_crop,
-    vertices_to_crop,
+    upright_box,
 )
 from cprfa.data.images import load_image
 from cprfa.detect.detector import Detection, FaceDetector
@@ -119,6 +120,16 @@ LANDMARK_ROBUST_SCALE = 0.05
 # Another sparse 68-point source (a landmark detector): (image (H, W, 3) RGB, face boxes) -> (F, 68, 2)
 # pixels in the 300-W order and 2D convention, NaN for a point it does not give.
 LandmarkSource = Callable[[np.ndarray, list], np.ndarray]
+# A face whose in-plane angle is known (from the detector's keypoints, the given landmarks, a video's frame before
+# or the first fit of ``reframe``) and at least this far from upright (degrees) is cropped turned upright
+# (cprfa.data.crop): the HS-U-Net saw rolls of ±20° in training and loses the face beyond about 40°. Below it the
+# crop stays the plain one.
+UPRIGHT_ROLL = 15.0
+# A detector with ``any_roll`` may see a face in several quarter turns of the photo, also lying sideways there, with
+# the keypoints of an upright face. The HS-U-Net judges between those (FaceAligner._best_seen), but two rolls
+# within this many degrees of each other crop the face alike and the judge's choice between them is noise: then the
+# detection of the photo as it is stays (helen_test, README "Tilted faces").
+TURNED_APART = 45.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +145,8 @@ class FaceResult:
     the HS-U-Net's foreground probability at each of them: near 0 where an occluder hides the point, but
     also low at the inner lips of an open mouth (the face model's mouth opening is not face) and at times on
     the outline; vertices
-    (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box; observed
+    (N, 3) dense mesh with depth; dafi (S, S, 3) codes and dafi_mask (S, S) in the crop; crop_box and crop_roll
+    (degrees; the crop turned so that a face of that roll stands upright in it, cprfa.data.crop); observed
     vertices retrieved from the DAFI; timings: ms per stage (detect, crop, dafi, retrieval, fit, outputs), each
     stage's time in the whole call divided by the boxes it took (detected or given, faces or not; detect: 0
     when every box was given)."""
@@ -159,6 +171,7 @@ class FaceResult:
     dafi: np.ndarray = field(repr=False)
     dafi_mask: np.ndarray = field(repr=False)
     crop_box: tuple[float, float, float, float]
+    crop_roll: float
     observed_vertices: int
     timings: dict[str, float]
 
@@ -179,6 +192,7 @@ class FaceResult:
             "landmarks_2d": self.landmarks_2d.tolist(), "landmarks_3d": self.landmarks_3d.tolist(),
             "landmark_visible": self.landmark_visible.tolist(), "head_landmarks": self.head_landmarks.tolist(),
             "head_confidence": self.head_confidence.tolist(), "crop_box": list(self.crop_box),
+            "crop_roll": self.crop_roll,
             "observed_vertices": self.observed_vertices, "vertex_density": self.vertex_density,
             "timings_ms": self.timings,
         }
@@ -190,15 +204,17 @@ class FaceResult:
 @dataclass(frozen=True, eq=False)
 class _ImageFaces:
     """One image's faces before alignment: boxes, detector scores (None for given boxes), the sparse
-    landmarks given for them ((68, 2) pixels per face, NaN where missing; None: the landmark head's) and the
-    parameters each face's fit starts from ((P,) image frame per face, None: the CPR aligner's), and the
-    seconds the detector took on it (0 for given boxes)."""
+    landmarks given for them ((68, 2) pixels per face, NaN where missing; None: the landmark head's), the
+    parameters each face's fit starts from ((P,) image frame per face, None: the CPR aligner's), the roll each
+    face's crop takes out (degrees per face, ``crop_roll``; None: all upright) and the seconds the detector took
+    on it (0 for given boxes)."""
 
     image: np.ndarray
     boxes: list
     scores: list
     landmarks: list[np.ndarray] | None
     starts: list[np.ndarray | None] | None = None
+    rolls: list[float] | None = None
     detect_seconds: float = 0.0
 
 
@@ -259,7 +275,8 @@ class FaceAligner:
         self.detector = detector  # None: the shipped one, made on first use
         self.reframe = reframe
 
-    def align(self, image, boxes=None, landmarks=None, starts=None, scores=None) -> list[FaceResult | None]:
+    def align(self, image, boxes=None, landmarks=None, starts=None, scores=None,
+              rolls=None) -> list[FaceResult | None]:
         """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
         detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes), or those of
         ``landmarks`` (F, 68, 2) (the user's own 68 points per face, 300-W order, pixels): their tight boxes
@@ -275,9 +292,13 @@ class FaceAligner:
         ``cpr+online``). A start far from its box misleads the fit: give each box its own face's.
         ``scores``, with ``boxes``: per box a face detector's score, or None. A box with a score is a detection,
         as one of the detector's own: it carries that score, and is left out, unfitted, when the HS-U-Net does not
-        confirm it (for a detector of one's own, or a video's detections beside its followed faces)."""
+        confirm it (for a detector of one's own, or a video's detections beside its followed faces).
+        ``rolls``, with ``boxes``: per box the face's in-plane angle in degrees (FaceResult.roll's sense), or None;
+        from UPRIGHT_ROLL on, that face is cropped turned upright, its box being that of the face so turned about
+        the box's centre (cprfa.data.crop.upright_box). Detected faces take theirs from the detector's keypoints,
+        given landmarks from the eyes and mouth; a given box without a roll is taken as upright."""
         if starts is None:
-            return self._align_faces([self._faces_of(image, boxes, landmarks, scores)])[0]
+            return self._align_faces([self._faces_of(image, boxes, landmarks, scores, rolls)])[0]
         if self.method not in STARTABLE:
             raise InvalidInputError(f"starts need a method of {STARTABLE}, not '{self.method}'")
         starts = list(starts)
@@ -291,7 +312,7 @@ class FaceAligner:
                 raise InvalidInputError(f"start {k}: a FaceResult or {count} finite parameters, got shape "
                                         f"{values.shape}")
             initials.append(values)
-        faces = self._faces_of(image, boxes, landmarks, scores)
+        faces = self._faces_of(image, boxes, landmarks, scores, rolls)
         return self._align_faces([dataclasses.replace(faces, starts=initials)])[0]
 
     def align_batch(self, images, boxes=None, landmarks=None) -> list[list[FaceResult | None]]:
@@ -309,36 +330,71 @@ class FaceAligner:
 
     def detect(self, image) -> list[Detection]:
         """The faces the detector finds in ``image`` (a path, an RGB array or a PIL image), best score first;
-        ``Detection.face_box`` is the box ``align`` takes."""
+        ``Detection.face_box`` and ``Detection.roll`` are the box and roll ``align`` takes. A detector with
+        ``any_roll`` may see one face in several turns of the photo: the HS-U-Net judges which (``_best_seen``)."""
         if self.detector is None:
             self.detector = FaceDetector()
-        return self.detector.detect(_as_rgb(image))
+        image = _as_rgb(image)
+        if not getattr(self.detector, "any_roll", False):
+            return self.detector.detect(image)
+        return self.detector.detect(image, choose=lambda candidates: self._best_seen(image, candidates))
 
-    def _faces_of(self, image, boxes, landmarks, scores=None) -> _ImageFaces:
+    def _best_seen(self, image: np.ndarray, candidates: list[Detection]) -> int:
+        """Of detections of one face (the detector's first is of the photo as it is, when there is one), the one
+        whose crop (turned upright by its roll) the HS-U-Net sees most face in (``_densities``); the first where
+        the best stands within TURNED_APART of its roll."""
+        densities = self._densities(image, [(d.face_box, crop_roll(d.roll)) for d in candidates])
+        best = int(np.argmax(densities))
+        apart = abs((candidates[best].roll - candidates[0].roll + 180.0) % 360.0 - 180.0)
+        return best if apart > TURNED_APART else 0
+
+    def _detected_roll(self, image: np.ndarray, detection: Detection) -> float:
+        """The roll a detected face's crop takes out: its keypoints' (``crop_roll``), when the HS-U-Net sees more
+        face in the crop so turned than in the upright one (keypoints can be wrong on profiles), else 0."""
+        roll = crop_roll(detection.roll)
+        if roll:
+            upright, turned = self._densities(image, [(detection.face_box, 0.0), (detection.face_box, roll)])
+            roll = roll if turned > upright else 0.0
+        return roll
+
+    def _densities(self, image: np.ndarray, faces: list[tuple[tuple, float]]) -> list[float]:
+        """The HS-U-Net's ``vertex_density`` in the crops of faces given as (face box, crop roll)."""
+        crops, _, detail = self._crops([(image, box, roll) for box, roll in faces])
+        prediction = self.estimator.predict(crops, detail=detail)
+        observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
+        return [vertex_density(int(count), mask)
+                for count, mask in zip(observed.detected.sum(axis=1), prediction.mask, strict=True)]
+
+    def _faces_of(self, image, boxes, landmarks, scores=None, rolls=None) -> _ImageFaces:
         """An image's face boxes (given, from the given landmarks, or detected), scores (detected, or given with
-        the boxes) and sparse landmarks."""
+        the boxes), sparse landmarks and rolls (``align``)."""
         if scores is not None and (boxes is None or len(scores) != len(boxes)):
             raise InvalidInputError("scores need boxes: one score (a number or None) per box")
+        if rolls is not None and (boxes is None or len(rolls) != len(boxes)):
+            raise InvalidInputError("rolls need boxes: one roll (degrees or None) per box")
         image = _as_rgb(image)
         given = None
         if landmarks is not None:
             if boxes is not None:
                 raise InvalidInputError("give boxes or landmarks, not both")
             given = [check_landmarks(face, f"landmarks of face {i}") for i, face in enumerate(landmarks)]
-            boxes = [landmark_box(face) for face in given]
+            boxes, rolls = (list(values) for values in zip(*(landmark_frame(face) for face in given), strict=True))
         detect_seconds = 0.0
         if boxes is None:
             start = time.perf_counter()
             detections = self.detect(image)
+            rolls = [self._detected_roll(image, d) for d in detections]
             detect_seconds = time.perf_counter() - start
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:
             boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
-            scores = [None] * len(boxes) if scores is None else [_checked_score(score, i)
+            scores = [None] * len(boxes) if scores is None else [_optional_number(score, f"score {i}")
                                                                   for i, score in enumerate(scores)]
+            if given is None and rolls is not None:
+                rolls = [crop_roll(_optional_number(roll, f"roll {i}")) for i, roll in enumerate(rolls)]
         if given is None and self.landmark_source is not None and boxes:
             given = _source_landmarks(self.landmark_source, image, boxes)
-        return _ImageFaces(image, boxes, scores, given, detect_seconds=detect_seconds)
+        return _ImageFaces(image, boxes, scores, given, rolls=rolls, detect_seconds=detect_seconds)
 
     def _align_faces(self, images: list[_ImageFaces]) -> list[list[FaceResult | None]]:
         """The pipeline on every face of the images at once (module docstring), without the detections the
@@ -355,12 +411,13 @@ class FaceAligner:
         return results
 
     def _reframed(self, image: np.ndarray, results: list[FaceResult]) -> _ImageFaces:
-        """An image's aligned faces, boxed by their landmarks (``landmarks_2d``) and, with the methods of
-        STARTABLE, started from their fits."""
-        boxes = [landmark_box(result.landmarks_2d) for result in results]
+        """An image's aligned faces, boxed by their landmarks (``landmarks_2d``, turned upright as their roll
+        asks) and, with the methods of STARTABLE, started from their fits."""
+        boxes, rolls = (list(values) for values in zip(*(landmark_frame(result.landmarks_2d) for result in results),
+                                                        strict=True))
         given = _source_landmarks(self.landmark_source, image, boxes) if self.landmark_source is not None else None
         starts = [result.params for result in results] if self.method in STARTABLE else None
-        return _ImageFaces(image, boxes, [result.score for result in results], given, starts)
+        return _ImageFaces(image, boxes, [result.score for result in results], given, starts, rolls)
 
     def _fit(self, images: list[_ImageFaces], confirm: bool = True) -> list[list[FaceResult | None]]:
         """The pipeline on every face of the images at once: per image and box its FaceResult or None (also for
@@ -372,15 +429,12 @@ class FaceAligner:
         size = self.estimator.input_size
         timings = {"detect": sum(faces.detect_seconds for faces in images)}
         start = time.perf_counter()
-        crops, crop_boxes = zip(*(self.estimator.crop(images[k].image, images[k].boxes[i]) for k, i in owners),
-                                strict=True)
-        detail = None
-        if self.estimator.refiner is not None:
-            detail = np.stack([self.estimator.detail_crop(images[k].image, crop_boxes[j])
-                               for j, (k, _) in enumerate(owners)])
+        rolls = [images[k].rolls[i] if images[k].rolls is not None else 0.0 for k, i in owners]
+        crops, crop_boxes, detail = self._crops([(images[k].image, images[k].boxes[i], rolls[j])
+                                                 for j, (k, i) in enumerate(owners)])
         timings["crop"] = time.perf_counter() - start
         start = time.perf_counter()
-        prediction = self.estimator.predict(np.stack(crops), detail=detail)
+        prediction = self.estimator.predict(crops, detail=detail)
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
         observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
@@ -400,7 +454,7 @@ class FaceAligner:
         for row, j in enumerate(faces):  # the caller's or the landmark source's points; the head fills gaps
             k, i = owners[j]
             if images[k].landmarks is not None:
-                source = torch.from_numpy(points_to_crop(images[k].landmarks[i], crop_boxes[j], size))
+                source = torch.from_numpy(points_to_crop(images[k].landmarks[i], crop_boxes[j], size, rolls[j]))
                 given = torch.isfinite(source).all(dim=1)
                 head[row] = torch.where(given[:, None], source, head[row])
                 confidence[row, given] = 1.0
@@ -414,7 +468,8 @@ class FaceAligner:
                 if initial is None:
                     cold.append(row)
                 else:
-                    crop_params[row] = params_to_crop(torch.from_numpy(initial).double(), crop_boxes[j], size)
+                    crop_params[row] = params_to_crop(torch.from_numpy(initial).double(), crop_boxes[j], size,
+                                                      rolls[j])
             if cold:
                 frame = NormalizedFrame.for_crop(self.model, size)
                 rows = [faces[row] for row in cold]
@@ -434,7 +489,8 @@ class FaceAligner:
                                                                  LANDMARK_SHARE, self.fit_options, crop_params,
                                                                  LANDMARK_ROBUST_SCALE,
                                                                  confidence if self.cpr is not None else None)
-        params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size) for row, j in enumerate(faces)])
+        params = torch.stack([params_from_crop(crop_params[row], crop_boxes[j], size, rolls[j])
+                              for row, j in enumerate(faces)])
         timings["fit"] = time.perf_counter() - start
         start = time.perf_counter()
         # the landmarks and the crop's mesh are picked from it; float32 halves the basis read, ~1e-5 px off
@@ -443,8 +499,7 @@ class FaceAligner:
         points_2d = torch.gather(vertices, 1,
                                  silhouette_landmark_ids(self.model, params, shape)[..., None].expand(-1, -1, 3))
         points_3d = vertices[:, self.model.landmarks68]
-        crop_vertices = torch.stack([vertices_to_crop(vertices[row], crop_boxes[j], size)
-                                     for row, j in enumerate(faces)])
+        crop_vertices = project(shape, crop_params[:, :N_POSE].to(shape.dtype))
         landmark_visible = visible_vertices_of(crop_vertices, self.model.torch_tensors()["triangles"],
                                                torch.as_tensor(self.model.landmarks68), size, size)
         rotation = euler_to_rotation(params[:, :3])
@@ -464,12 +519,23 @@ class FaceAligner:
                 landmarks_2d=points_2d[row, :, :2].numpy(), landmarks_3d=points_3d[row].numpy(),
                 landmark_visible=landmark_visible[row].numpy(),
                 head_landmarks=points_from_crop(prediction.landmarks[j].astype(np.float64), crop_boxes[j],
-                                                size),
+                                                size, rolls[j]),
                 head_confidence=prediction.landmark_foreground[j].copy(),
                 vertices=vertices[row].numpy(), dafi=prediction.dafi[j], dafi_mask=prediction.mask[j],
-                crop_box=tuple(float(v) for v in crop_boxes[j]), observed_vertices=int(counts[j]),
+                crop_box=tuple(float(v) for v in crop_boxes[j]), crop_roll=rolls[j],
+                observed_vertices=int(counts[j]),
                 timings=per_face)
         return results
+
+    def _crops(self, faces: list[tuple[np.ndarray, tuple, float]]) -> tuple[np.ndarray, list, np.ndarray | None]:
+        """The HS-U-Net's crops (B, S, S, 3), their crop boxes and the refiner's detail crops (None without a
+        refiner) of faces given as (image, face box, crop roll)."""
+        crops, boxes = zip(*(self.estimator.crop(image, box, roll) for image, box, roll in faces), strict=True)
+        detail = None
+        if self.estimator.refiner is not None:
+            detail = np.stack([self.estimator.detail_crop(image, crop_box, roll)
+                               for (image, _, roll), crop_box in zip(faces, boxes, strict=True)])
+        return np.stack(crops), list(boxes), detail
 
     def _choose_vertices(self, observed) -> list[np.ndarray | None]:
         """Per face the retrieved vertices to fit (module docstring), or None when too few were found."""
@@ -488,6 +554,19 @@ class FaceAligner:
                 found = np.sort(rng.choice(found, self.max_points, replace=False))
             chosen.append(found)
         return chosen
+
+
+def crop_roll(roll: float | None) -> float:
+    """The roll (degrees) a face's crop takes out: the face's own from UPRIGHT_ROLL on, else 0 (the plain crop)."""
+    return float(roll) if roll is not None and abs(roll) >= UPRIGHT_ROLL else 0.0
+
+
+def landmark_frame(points: np.ndarray) -> tuple[tuple[float, float, float, float], float]:
+    """The face box and crop roll (``align``'s ``boxes`` and ``rolls``) of a face known by its 68 landmarks
+    (300-W order): the roll of its eyes and mouth (cprfa.data.crop.landmarks_roll) through ``crop_roll``, and the
+    tight box of the landmarks turned upright by it (cprfa.data.crop.upright_box)."""
+    roll = crop_roll(landmarks_roll(points))
+    return upright_box(points, roll), roll
 
 
 def vertex_density(observed_vertices: int, dafi_mask: np.ndarray) -> float:
@@ -538,17 +617,17 @@ def polish_fit(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,
     return params
 
 
-def _checked_score(score, index: int) -> float | None:
-    """A given detection score: None or a finite number."""
-    if score is None:
+def _optional_number(value, what: str) -> float | None:
+    """A given score or roll: None, or a finite number, else InvalidInputError naming ``what``."""
+    if value is None:
         return None
     try:
-        value = float(score)
+        number = float(value)
     except (TypeError, ValueError):
-        value = float("nan")
-    if not np.isfinite(value):
-        raise InvalidInputError(f"score {index}: a finite number or None, got {score!r}")
-    return value
+        number = float("nan")
+    if not np.isfinite(number):
+        raise InvalidInputError(f"{what}: a finite number or None, got {value!r}")
+    return number
 
 
 def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) -> list[np.ndarray]:

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from cprfa.align import STARTABLE, FaceAligner, FaceResult
+from cprfa.align import STARTABLE, FaceAligner, FaceResult, landmark_frame
 from cprfa.data.boxes import landmark_box
 from cprfa.detect.blazeface import box_iou
 from cprfa.errors import ImageReadError, InvalidInputError
@@ -120,7 +120,11 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
     ids: list[int] = []  # and their ids
     new_ids = itertools.count()
     for index, seconds, image in frames:
-        boxes = [landmark_box(face.landmarks_2d) for face in raw]
+        boxes, rolls = [], []  # the followed faces', each turned upright as its roll asks (FaceAligner.align)
+        for face in raw:
+            box, roll = landmark_frame(face.landmarks_2d)
+            boxes.append(box)
+            rolls.append(roll)
         scores: list[float | None] = [None] * len(boxes)
         detecting = not raw or index % DETECT_EVERY == 0
         detect_seconds = 0.0
@@ -131,12 +135,13 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
             for detection in detections:
                 if not _overlaps(detection.face_box, boxes):
                     boxes.append(detection.face_box)
+                    rolls.append(detection.roll)
                     scores.append(detection.score)
         starts = None  # on the frames the detector looks at, the CPR aligner starts every fit afresh
         if aligner.method in STARTABLE and not detecting:
             starts = raw
         # the followed faces first, one entry each; then the detections the HS-U-Net confirms (the others unfitted)
-        results = aligner.align(image, boxes, starts=starts, scores=scores) if boxes else []
+        results = aligner.align(image, boxes, starts=starts, scores=scores, rolls=rolls) if boxes else []
         if detect_seconds and boxes:  # the detector ran outside ``align``: its time per box, as ``align`` gives it
             detect_ms = round(1000 * detect_seconds / len(boxes), 2)
             results = [None if face is None else dataclasses.replace(face, timings={**face.timings,
@@ -185,7 +190,11 @@ def _smoothed(face: FaceResult, previous: FaceResult, smoothing: float) -> FaceR
     def blend(old, new):
         return smoothing * np.asarray(old) + (1.0 - smoothing) * np.asarray(new)
 
-    pitch, yaw, roll = (float(blend(getattr(previous, name), getattr(face, name))) for name in ("pitch", "yaw", "roll"))
+    def blend_angle(old, new):  # along the shorter way round: 179° and −179° blend near 180°, not 0°
+        angle = new + smoothing * ((old - new + 180.0) % 360.0 - 180.0)
+        return float((angle + 180.0) % 360.0 - 180.0)
+
+    pitch, yaw, roll = (blend_angle(getattr(previous, name), getattr(face, name)) for name in ("pitch", "yaw", "roll"))
     return dataclasses.replace(
         face, landmarks_2d=blend(previous.landmarks_2d, face.landmarks_2d),
         landmarks_3d=blend(previous.landmarks_3d, face.landmarks_3d),

@@ -4,6 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,6 +24,7 @@ from cprfa.align import (
 from cprfa.cpr.regressor import DEFAULT_WEIGHTS as DEFAULT_CPR_WEIGHTS
 from cprfa.data.boxes import landmark_box
 from cprfa.data.images import load_image
+from cprfa.detect.detector import FaceDetector
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.fitting.optimize import FitOptions
@@ -279,3 +281,57 @@ def test_bad_starts_are_refused_before_anything_runs(aligner):
         aligner.align(image, [BOX, BOX], starts=[None])
     with pytest.raises(InvalidInputError, match="method"):
         FaceAligner(method="cpr+pose").align(image, [BOX], starts=[None])
+
+
+def _quarter_turned(points: np.ndarray, width: int) -> np.ndarray:
+    """Points of an image of ``width`` as they lie in ``np.rot90(image)`` (a quarter turn counter-clockwise)."""
+    return np.stack([points[..., 1], width - points[..., 0]], axis=-1)
+
+
+def test_a_face_turned_in_the_image_plane_is_cropped_upright(aligner):
+    image = load_image(EXAMPLE)
+    face = aligner.align(image, [BOX])[0]
+    width = image.shape[1]
+    turned = np.ascontiguousarray(np.rot90(image))  # a quarter turn counter-clockwise: the roll grows by 90°
+    x, y = _quarter_turned(np.array([(BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2]), width)
+    half_width, half_height = (BOX[2] - BOX[0]) / 2, (BOX[3] - BOX[1]) / 2
+    upright_box = (x - half_width, y - half_height, x + half_width, y + half_height)
+    again = aligner.align(turned, [upright_box], rolls=[90.0])[0]
+    expected = _quarter_turned(face.landmarks_2d, width)
+    assert again.crop_roll == 90.0 and abs(again.roll - face.roll - 90.0) < 1.0
+    assert np.abs(again.landmarks_2d - expected).max() < 1.0
+    assert np.allclose(again.vertices[:, 2], face.vertices[:, 2], atol=1.0)
+    assert (again.landmark_visible == face.landmark_visible).sum() >= 66  # a borderline point may differ
+    size = np.sqrt((BOX[2] - BOX[0]) * (BOX[3] - BOX[1]))
+    plain = aligner.align(turned, [landmark_box(expected)])[0]  # the box alone, the face lying on its side
+    assert plain.crop_roll == 0.0
+    assert np.linalg.norm(plain.landmarks_2d - expected, axis=1).mean() > 0.1 * size
+    with pytest.raises(InvalidInputError, match="roll 0"):
+        aligner.align(turned, [upright_box], rolls=[float("nan")])
+    with pytest.raises(InvalidInputError, match="rolls need boxes"):
+        aligner.align(turned, rolls=[90.0])
+
+
+def test_the_detector_with_any_roll_finds_an_upside_down_face(aligner):
+    image = load_image(EXAMPLE)
+    face = aligner.align(image, [BOX])[0]
+    upside_down = np.ascontiguousarray(np.rot90(image, 2))
+    found = FaceAligner(detector=FaceDetector(any_roll=True)).align(upside_down)
+    assert len(found) == 1 and abs(abs(found[0].crop_roll) - 180.0) < 20.0
+    expected = np.array([image.shape[1], image.shape[0]]) - face.landmarks_2d
+    size = np.sqrt((BOX[2] - BOX[0]) * (BOX[3] - BOX[1]))
+    assert np.linalg.norm(found[0].landmarks_2d - expected, axis=1).mean() < 0.05 * size
+
+
+def test_a_detected_face_tilted_by_50_degrees_is_cropped_upright_by_its_keypoints_roll(aligner):
+    image = load_image(EXAMPLE)
+    face = aligner.align(image, [BOX])[0]
+    matrix = cv2.getRotationMatrix2D((256.0, 256.0), 50.0, 1.0)  # counter-clockwise on screen: roll + 50°
+    tilted = cv2.warpAffine(image, matrix, (512, 512), borderMode=cv2.BORDER_REFLECT)
+    expected = (face.landmarks_2d - 0.5) @ matrix[:, :2].T + matrix[:, 2] + 0.5  # OpenCV: pixel centres at integers
+    found = aligner.align(tilted)
+    size = np.sqrt((BOX[2] - BOX[0]) * (BOX[3] - BOX[1]))
+    errors = [np.linalg.norm(result.landmarks_2d - expected, axis=1).mean() for result in found]
+    best = found[int(np.argmin(errors))]
+    assert abs(best.crop_roll - 50.0) < 15.0 and abs(best.roll - face.roll - 50.0) < 5.0
+    assert min(errors) < 0.05 * size

@@ -17,7 +17,7 @@ import torch
 from cprfa.dafi.network import HSUNet, HSUNetConfig, soft_argmax, to_input
 from cprfa.dafi.refine import LandmarkRefiner, load_refiner
 from cprfa.data.augment import FLIP_68
-from cprfa.data.crop import DEFAULT_ZOOM, check_zoom, crop_box, crop_image, zoom_box
+from cprfa.data.crop import DEFAULT_ZOOM, box_centre, check_zoom, crop_box, crop_image, turn_points, zoom_box
 from cprfa.errors import InvalidInputError, ModelFileError
 from cprfa.weights import read_weights
 
@@ -150,19 +150,27 @@ class DafiEstimator:
         flip mode: (N, 2) crop pixels to subtract (``VertexRetriever(offset=...)``), or None."""
         return self.vertex_offsets[int(self.flip)] if self.vertex_offsets.shape[1] else None
 
-    def crop(self, image: np.ndarray, face_box: tuple[float, float, float, float]) -> tuple[np.ndarray, tuple]:
+    def crop(self, image: np.ndarray, face_box: tuple[float, float, float, float],
+             roll: float = 0.0) -> tuple[np.ndarray, tuple]:
         """The network's input for a face: the crop policy of cprfa.data.crop around a tight face box, ``zoom``
         times smaller, made the way the training data was (resampled at the build size, then area-averaged down
-        to the input size). Returns the crop (S, S, 3) uint8 and the crop box in the image (x0, y0, x1, y1)."""
+        to the input size). With ``roll`` (degrees) the face box is that of the face turned upright about the
+        box's centre, and the crop turns with it (cprfa.data.crop). Returns the crop (S, S, 3) uint8 and the crop
+        box in the image (x0, y0, x1, y1; for a turned crop, the box it covers when turned about its centre)."""
         box = zoom_box(crop_box(face_box), self.zoom)
-        crop = crop_image(image, box, max(BUILD_SIZE, self.input_size))
+        if roll:
+            centre_x, centre_y = turn_points(np.array(box_centre(box)), box_centre(face_box), roll)
+            half = (box[2] - box[0]) / 2
+            box = (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
+        crop = crop_image(image, box, max(BUILD_SIZE, self.input_size), roll=roll)
         return cv2.resize(crop, (self.input_size,) * 2, interpolation=cv2.INTER_AREA), box
 
-    def detail_crop(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-        """The refiner's input for the crop box ``box`` (from ``crop``): (R, R, 3) uint8, R = detail_size."""
+    def detail_crop(self, image: np.ndarray, box: tuple[float, float, float, float], roll: float = 0.0) -> np.ndarray:
+        """The refiner's input for the crop box ``box`` and ``roll`` (from ``crop``): (R, R, 3) uint8,
+        R = detail_size."""
         if self.refiner is None:
             raise InvalidInputError("this estimator has no landmark refiner, so it takes no detail crops")
-        return crop_image(image, box, self.detail_size)
+        return crop_image(image, box, self.detail_size, roll=roll)
 
     @torch.inference_mode()
     def predict(self, crops: np.ndarray, batch_size: int = 32, detail: np.ndarray | None = None) -> DafiPrediction:

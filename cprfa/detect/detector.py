@@ -24,10 +24,15 @@ an eye or a mouth of the bigger face, seen in a tile). ``min_score`` defaults to
 weights: 0.9 for the fine-tuned ones (chosen on the training photos, cprfa.train.detector), 0.5 for
 MediaPipe's.
 
+BlazeFace finds faces within about 45° of upright (in-plane); beyond, ``any_roll`` looks at the photo turned
+by a quarter, a half and three quarters too, in the same batch (four times the work), and maps what it finds
+there back. Each detection carries the face's roll, from its keypoints (``Detection.roll``), which
+``FaceAligner`` uses to crop the face upright.
+
 Two boxes per face. ``box`` is BlazeFace's own, a square about the face in image pixels. ``face_box``
 is what ``cprfa.align.FaceAligner.align`` wants, the tight box of the face's 68 landmarks (as 300-W's
-annotations): ``box`` mapped by ``FaceBoxMap``, a centre offset in units of the box size and width / height
-ratios, fitted on the 300-W training images (afw, helen_train) by ``tools/fit_blazeface_box.py`` and stored in
+annotations; of the face as it stands upright in the view that found it, about the same centre): ``box``
+mapped by ``FaceBoxMap``, a centre offset in units of the box size and width / height ratios, fitted on the 300-W training images (afw, helen_train) by ``tools/fit_blazeface_box.py`` and stored in
 the weights' record (the fine-tuning trains the boxes towards that map's inverse of the landmark boxes, so the
 map carries over).
 
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +54,13 @@ import cv2
 import numpy as np
 import torch
 
+from cprfa.data.crop import face_roll
 from cprfa.detect.blazeface import (
     INPUT_SIZE,
     IOU_THRESHOLD,
     BlazeFace,
     anchor_centres,
+    box_iou,
     decode,
     to_input,
     weighted_nms,
@@ -88,6 +96,12 @@ class Detection:
     face_box: Box
     score: float
     keypoints: np.ndarray
+
+    @property
+    def roll(self) -> float:
+        """The face's in-plane angle in degrees (FaceResult.roll's sense) from its eye and mouth keypoints
+        (cprfa.data.crop.face_roll)."""
+        return face_roll(self.keypoints[0], self.keypoints[1], self.keypoints[3])
 
 
 @dataclass(frozen=True)
@@ -139,12 +153,13 @@ class FaceDetector:
     most this many (None: all); tiles: also look at tiles of the photo (module docstring), False for the
     whole letterboxed image only, as MediaPipe; small_faces: also look at SMALL_FACE_GRID² tiles of a third of
     the photo's longer side, which find faces down to about 5 % of it (about 8 % without) in 3–4 times the
-    time (README, "Face detection"); face_box_map: override the box mapping of the weights' record
-    (needed for weights whose record has none)."""
+    time (README, "Face detection"); any_roll: also look at the photo turned by quarter turns, for faces beyond
+    about 45° from upright, in four times the time; face_box_map: override the box mapping of the weights'
+    record (needed for weights whose record has none)."""
 
     def __init__(self, weights: str | Path | None = None, min_score: float | None = None,
                  max_faces: int | None = None, tiles: bool = True, face_box_map: FaceBoxMap | None = None,
-                 small_faces: bool = False):
+                 small_faces: bool = False, any_roll: bool = False):
         if min_score is not None and not _is_score(min_score):
             raise InvalidInputError(f"min_score must be a number in (0, 1), got {min_score!r}")
         if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int)
@@ -165,45 +180,114 @@ class FaceDetector:
                                      f"{min_score!r}")
         self.min_score, self.max_faces = float(min_score), max_faces
         self.grids = (TILE_GRIDS + (SMALL_FACE_GRID,) if small_faces else TILE_GRIDS) if tiles else ()
+        self.any_roll = any_roll
+        self.turns = (0, 1, 2, 3) if any_roll else (0,)
         self.anchors = anchor_centres()
 
     @torch.inference_mode()
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """The faces in ``image``, an (H, W, 3) uint8 RGB array; an empty list when there is none."""
+    def detect(self, image: np.ndarray, choose: Callable[[list[Detection]], int] | None = None) -> list[Detection]:
+        """The faces in ``image``, an (H, W, 3) uint8 RGB array; an empty list when there is none. With
+        ``any_roll``, ``choose`` picks the face among overlapping detections of different turns of the photo (its
+        index in the list it is given), by default the one of the photo as it is, else the best scoring
+        (``_one_per_face``)."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             description = (f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray)
                            else type(image).__name__)
             raise InvalidInputError(f"image must be an (H, W, 3) uint8 RGB array, got {description}")
         if min(image.shape[:2]) < MIN_IMAGE_SIDE:
             raise InvalidInputError(f"image must be at least {MIN_IMAGE_SIDE} pixels on a side, got {image.shape}")
-        crops, views = _views(np.ascontiguousarray(image), self.grids)
-        regressors, logits = self.network(to_input(torch.from_numpy(crops)))
+        crops, views = [], []
+        for turn in self.turns:
+            turned_crops, turned_views = _views(np.ascontiguousarray(np.rot90(image, turn)), self.grids)
+            crops.append(turned_crops)
+            views += [(turn, *view) for view in turned_views]
+        single_view = len(views) == len(self.turns)
+        regressors, logits = self.network(to_input(torch.from_numpy(np.concatenate(crops))))
         boxes, keypoints, scores = decode(regressors, logits, self.anchors)
-        found_boxes, found_scores, found_keypoints = [], [], []
+        found = {turn: ([], [], []) for turn in self.turns}  # per turn: boxes, scores, keypoints and face box
         tile_score = 1 - TILE_DOUBT * (1 - self.min_score)
-        for view, (origin, scale, inner_edges, tile) in enumerate(views):
+        size = image.shape[:2]
+        for view, (turn, origin, scale, inner_edges, tile) in enumerate(views):
             keep = scores[view] >= (tile_score if tile else self.min_score)
             if not keep.any():
                 continue
             view_boxes, view_scores, view_keypoints = weighted_nms(boxes[view][keep], scores[view][keep],
                                                                    keypoints[view][keep], IOU_THRESHOLD)
             whole = _inside(view_boxes, inner_edges)
-            found_boxes.append(view_boxes[whole] * scale.repeat(2) + origin.repeat(2))
-            found_keypoints.append(view_keypoints[whole] * scale + origin)
-            found_scores.append(view_scores[whole])
-        if not found_boxes:
+            view_boxes = view_boxes[whole] * scale.repeat(2) + origin.repeat(2)
+            face_boxes = self.face_box_map(view_boxes)  # in the turned photo, where the face stands upright
+            face_centres = (face_boxes[:, :2] + face_boxes[:, 2:]) / 2
+            points = _unturned(torch.cat([view_keypoints[whole] * scale + origin, face_centres[:, None]], dim=1),
+                               turn, size)
+            corners = _unturned(view_boxes.reshape(-1, 2, 2), turn, size)
+            # the face box's centre and size ride with the keypoints through the merging below
+            found[turn][0].append(torch.cat([corners.amin(dim=1), corners.amax(dim=1)], dim=1))
+            found[turn][1].append(view_scores[whole])
+            found[turn][2].append(torch.cat([points, (face_boxes[:, 2:] - face_boxes[:, :2])[:, None]], dim=1))
+        merged = []
+        for turn, parts in found.items():
+            if parts[0]:
+                turned = tuple(torch.cat(part) for part in parts)
+                if not single_view:  # the views of one turn of the photo (its tiles) together
+                    turned = weighted_nms(*turned, IOU_THRESHOLD)
+                merged.append((*turned, torch.full((len(turned[0]),), float(turn))))
+        if not merged:
             return []
-        boxes, scores, keypoints = torch.cat(found_boxes), torch.cat(found_scores), torch.cat(found_keypoints)
-        if len(views) > 1:
-            boxes, scores, keypoints = weighted_nms(boxes, scores, keypoints, IOU_THRESHOLD)
+        boxes, scores, points, turns = (torch.cat(parts) for parts in zip(*merged, strict=True))
+        if len(merged) > 1:
+            kept = _one_per_face(boxes, scores, points, turns, choose)
+            boxes, scores, points = boxes[kept], scores[kept], points[kept]
         kept = ~_nested(boxes)
-        boxes, scores, keypoints = boxes[kept], scores[kept], keypoints[kept]
+        boxes, scores, points = boxes[kept], scores[kept], points[kept]
         if self.max_faces is not None:
-            boxes, scores, keypoints = boxes[:self.max_faces], scores[:self.max_faces], keypoints[:self.max_faces]
-        face_boxes = self.face_box_map(boxes)
-        return [Detection(box=_as_box(boxes[i]), face_box=_as_box(face_boxes[i]), score=float(scores[i]),
-                          keypoints=keypoints[i].numpy().astype(np.float32))
-                for i in range(len(boxes))]
+            boxes, scores, points = boxes[:self.max_faces], scores[:self.max_faces], points[:self.max_faces]
+        return _detections(boxes, scores, points)
+
+
+def _detections(boxes: torch.Tensor, scores: torch.Tensor, points: torch.Tensor) -> list[Detection]:
+    """Detections of rows of boxes (N, 4), scores (N,) and points (N, 8, 2): the keypoints, then the face box's
+    centre and size."""
+    keypoints, face_centres, face_sizes = points[:, :-2], points[:, -2], points[:, -1]
+    face_boxes = torch.cat([face_centres - face_sizes / 2, face_centres + face_sizes / 2], dim=1)
+    return [Detection(box=_as_box(boxes[i]), face_box=_as_box(face_boxes[i]), score=float(scores[i]),
+                      keypoints=keypoints[i].numpy().astype(np.float32)) for i in range(len(boxes))]
+
+
+def _one_per_face(boxes: torch.Tensor, scores: torch.Tensor, points: torch.Tensor, turns: torch.Tensor,
+                  choose: Callable[[list[Detection]], int] | None) -> torch.Tensor:
+    """One detection per face among those of different quarter turns of the photo that overlap (IoU >
+    IOU_THRESHOLD): ``choose``'s pick, or by default the one of the photo as it is, else the best scoring —
+    BlazeFace also fires on faces lying sideways in a turned view, with the keypoints of an upright face there,
+    so without a better judge the turned views only add the faces the photo as it is misses.
+    Shape: boxes (N, 4), scores (N,), points (N, 8, 2), turns (N,) -> the kept rows (M,), best score first."""
+    order = sorted(range(len(boxes)), key=lambda i: (bool(turns[i]), -float(scores[i])))
+    overlaps = box_iou(boxes, boxes) > IOU_THRESHOLD
+    free = torch.ones(len(boxes), dtype=torch.bool)
+    kept = []
+    for i in order:
+        if not free[i]:
+            continue
+        group = [j for j in order if free[j] and overlaps[i, j]]
+        free[group] = False
+        pick = 0 if choose is None or len(group) == 1 else choose(_detections(boxes[group], scores[group],
+                                                                              points[group]))
+        kept.append(group[pick])
+    kept = torch.tensor(kept, dtype=torch.long)
+    return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+
+
+def _unturned(points: torch.Tensor, turn: int, size: tuple[int, int]) -> torch.Tensor:
+    """Points of the photo turned by ``turn`` quarter turns counter-clockwise (``np.rot90``) back in the photo
+    of ``size`` (H, W). Shape: (..., 2) -> (..., 2)."""
+    height, width = size
+    x, y = points[..., 0], points[..., 1]
+    if turn == 1:
+        x, y = width - y, x
+    elif turn == 2:
+        x, y = width - x, height - y
+    elif turn == 3:
+        x, y = y, height - x
+    return torch.stack([x, y], dim=-1)
 
 
 def _is_score(value) -> bool:

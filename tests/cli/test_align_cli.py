@@ -142,3 +142,11 @@ def test_an_image_the_batch_refuses_is_reported_alone():
     outcomes = _align_batch(Aligner(), [LoadedImage("a", "good"), LoadedImage("b", "bad")])
     assert outcomes[0] == ["face"] and str(outcomes[1]) == "bad image"
     assert list(prefetched(str.upper, ["a", "b", "c"], workers=2, ahead=1)) == ["A", "B", "C"]
+
+
+def test_align_with_any_roll_finds_an_upside_down_face(tmp_path):
+    save_image(tmp_path / "upside_down.png", np.ascontiguousarray(np.rot90(load_image(EXAMPLES / "astronaut.jpg"), 2)))
+    out = tmp_path / "out"
+    assert main(["align", str(tmp_path / "upside_down.png"), "--any-roll", "--no-tiles", "-o", str(out)]) == 0
+    result = json.loads((out / "upside_down_face0.json").read_text())
+    assert abs(abs(result["crop_roll"]) - 180) < 20 and abs(abs(result["pose"]["roll"]) - 180) < 20

@@ -6,7 +6,19 @@ import torch
 
 from cprfa.cli.main import main
 from cprfa.data.build import PNCC_SCALE
-from cprfa.data.crop import crop_box, crop_image, params_to_crop, points_to_crop, zoom_box
+from cprfa.data.crop import (
+    box_centre,
+    crop_box,
+    crop_image,
+    landmarks_roll,
+    params_from_crop,
+    params_to_crop,
+    points_from_crop,
+    points_to_crop,
+    turn_points,
+    upright_box,
+    zoom_box,
+)
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.projection import ParamLayout, landmarks_3d
 
@@ -25,6 +37,42 @@ def test_crop_moves_image_points_and_params_consistently(face_model):
     moved = landmarks_3d(face_model, params_to_crop(params, box, 120))[..., :2]
     expected = points_to_crop(landmarks_3d(face_model, params)[..., :2], box, 120)
     assert torch.allclose(moved, expected)
+
+
+def test_a_turned_crop_moves_image_points_and_params_consistently(face_model):
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[40, 60] = 255  # pixel centre (60.5, 40.5)
+    box, roll = crop_box((40.0, 30.0, 80.0, 70.0)), 35.0
+    crop = crop_image(image, box, 120, roll=roll)
+    centre = points_to_crop(np.array([60.5, 40.5]), box, 120, roll)
+    assert crop[int(centre[1]), int(centre[0])].max() > 100
+    assert np.allclose(points_from_crop(centre, box, 120, roll), [60.5, 40.5])
+    layout = ParamLayout.of(face_model)
+    params = layout.initial(1, dtype=torch.float64)
+    params[0, :6] = torch.tensor([0.1, 0.3, 0.4, 2.0, 60.0, 50.0])
+    in_crop = params_to_crop(params, box, 120, roll)
+    assert np.isclose(float(in_crop[0, 2]), 0.4 - np.radians(roll))  # the crop takes the roll out
+    moved = landmarks_3d(face_model, in_crop)[..., :2]
+    assert torch.allclose(moved, points_to_crop(landmarks_3d(face_model, params)[..., :2], box, 120, roll))
+    assert torch.allclose(params_from_crop(in_crop, box, 120, roll), params)
+
+
+def test_the_roll_of_landmarks_and_their_upright_box(face_model):
+    layout = ParamLayout.of(face_model)
+    params = layout.initial(1, dtype=torch.float64)
+    params[0, :6] = torch.tensor([0.0, 0.2, 0.0, 2.0, 60.0, 50.0])
+    upright = landmarks_3d(face_model, params)[0, :, :2].numpy()
+    assert abs(landmarks_roll(upright)) < 3
+    centre = (60.0, 50.0)  # the translation: the roll turns the face about it
+    for degrees in (30.0, 90.0, -150.0):
+        turned = turn_points(upright, centre, degrees)
+        params[0, 2] = np.radians(degrees)  # turn_points turns the landmarks as the roll does
+        assert np.allclose(turned, landmarks_3d(face_model, params)[0, :, :2].numpy(), atol=1e-6)
+        assert abs((landmarks_roll(turned) - degrees + 180) % 360 - 180) < 3
+        box = upright_box(turned, degrees)  # the upright face's box, where the turned face is
+        tight = (*upright.min(axis=0), *upright.max(axis=0))
+        assert np.allclose(np.subtract(box[2:], box[:2]), np.subtract(tight[2:], tight[:2]), atol=1e-6)
+        assert np.allclose(turn_points(np.array(box_centre(box)), centre, -degrees), box_centre(tight), atol=1e-6)
 
 
 def test_zoom_box_keeps_the_centre_and_divides_the_side():

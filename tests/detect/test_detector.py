@@ -291,3 +291,33 @@ def test_finds_faces_turned_up_to_profile(detector, copy_300w, tmp_path):
         low, high = points.min(axis=0), points.max(axis=0)
         centres = [((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in detector.detect(image)]
         assert any(low[0] <= x <= high[0] and low[1] <= y <= high[1] for x, y in centres)
+
+
+def test_any_roll_finds_a_face_lying_on_its_side_and_maps_it_back(detector, astronaut):
+    upright = detector.detect(astronaut)[0]
+    assert abs(upright.roll) < 15
+    width, side = astronaut.shape[1], upright.box[2] - upright.box[0]
+
+    def turned(points):  # where points of the photo lie in np.rot90 of it (a quarter turn counter-clockwise)
+        return np.stack([points[..., 1], width - points[..., 0]], axis=-1)
+
+    sideways = np.ascontiguousarray(np.rot90(astronaut))
+    assert not any(iou(d.box, (*turned(np.array(upright.box[:2])), *turned(np.array(upright.box[2:]))))
+                   for d in detector.detect(sideways) if abs(d.roll - upright.roll - 90) < 15)
+    seen = []
+
+    def judge(candidates):  # as FaceAligner's HS-U-Net would: the view where the face stands upright
+        seen.append([d.roll for d in candidates])
+        return int(np.argmin([abs(d.roll - upright.roll - 90) for d in candidates]))
+
+    found = FaceDetector(any_roll=True).detect(sideways, choose=judge)
+    assert seen and len(seen[0]) > 1  # the face seen in more than one turn of the photo
+    centre = turned(np.array([(upright.face_box[0] + upright.face_box[2]) / 2,
+                              (upright.face_box[1] + upright.face_box[3]) / 2]))
+    best = min(found, key=lambda d: np.hypot((d.face_box[0] + d.face_box[2]) / 2 - centre[0],
+                                             (d.face_box[1] + d.face_box[3]) / 2 - centre[1]))
+    assert abs(best.roll - upright.roll - 90) < 15
+    assert np.abs(best.keypoints[:4] - turned(upright.keypoints[:4])).max() < 0.1 * side
+    assert np.allclose([(best.face_box[0] + best.face_box[2]) / 2, (best.face_box[1] + best.face_box[3]) / 2],
+                       centre, atol=0.1 * side)
+    assert FaceDetector(any_roll=True).detect(astronaut)[0].face_box == upright.face_box  # upright: as before
