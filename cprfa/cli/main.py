@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="300-W folder for the detection benchmark "
                        "(default: ../shared/data/300w beside the repository)")
     bench.add_argument("--only", nargs="+",
-                       choices=("detection", "dafi", "ablation", "end-to-end", "speed", "tradeoffs", "video"),
+                       choices=("detection", "dafi", "ablation", "end-to-end", "speed", "tradeoffs", "video",
+                                "roll"),
                        help="run only these benchmarks")
     bench.add_argument("--quick", action="store_true", help="a handful of faces each: a smoke run in minutes")
     bench.set_defaults(run=run_bench)

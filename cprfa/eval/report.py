@@ -54,6 +54,8 @@ def benchmarks(sets: tuple[str, ...], data: Path | None, figures: Path) -> list[
                   (), ("--limit", "4", "--repeats", "1")),
         Benchmark("video", "Videos of faces turning to profile: followed faces against the detector alone",
                   "bench_video.py", ("--data", plain[0]) if plain else (), (), ("--faces", "2", "--steps", "4")),
+        Benchmark("roll", "Tilted faces: photos turned in the image plane", "bench_roll.py", detect_data, (),
+                  ("--limit", "3", "--angles", "0", "90")),
     ]
 
 

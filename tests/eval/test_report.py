@@ -36,6 +36,20 @@ def test_bench_reports_speed_against_accuracy_for_each_option(copy_300w, tmp_pat
         assert 1.0 < float(row[2]) < 6.0 and float(row[4]) == 0.0 and float(row[5]) > 0
 
 
+def test_bench_reports_tilted_faces(copy_300w, tmp_path):
+    copy_300w(tmp_path, 3)
+    out = tmp_path / "report"
+    assert main(["bench", "--quick", "--only", "roll", "--data", str(tmp_path / "300w"), "-o", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Tilted faces: photos turned in the image plane" in text
+    rows = {line.split("|")[1].strip(): line.split("|")[2:6] for line in text.splitlines() if line.startswith("| ")
+            and line.split("|")[1].strip().endswith("°")}
+    assert set(rows) == {"0°", "90°"}
+    for angle, cells in rows.items():  # faces found / NME / failures per way in; turned upright, all found
+        assert [cell.split("/")[0].strip() for cell in cells[1::2]] == ["3", "3"], angle
+        assert float(cells[3].split("/")[1]) < 6.0
+
+
 def test_a_failing_benchmark_is_reported_and_the_others_run(tmp_path, monkeypatch):
     scripts = tmp_path / "benchmarks"
     scripts.mkdir()
