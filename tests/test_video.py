@@ -148,3 +148,18 @@ def test_a_new_detection_the_hsunet_does_not_confirm_is_not_fitted(tmp_path, mon
                         or polish(model, points, *rest))
     (frame,) = align_video(aligner, clip, smoothing=0.0)
     assert len(frame.faces) == 1 and fitted == [1]  # the sleeve went through the HS-U-Net, not the fit
+
+
+def test_a_followed_face_is_cropped_upright_as_it_tilts(tmp_path):
+    image = cv2.cvtColor(load_image(EXAMPLE), cv2.COLOR_RGB2BGR)
+    clip, angles = tmp_path / "tilting.avi", range(0, 121, 20)
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (512, 512))
+    for angle in angles:  # the head turns counter-clockwise about its centre, 20° a frame
+        turn = cv2.getRotationMatrix2D((220.0, 130.0), angle, 1.0)
+        writer.write(cv2.warpAffine(image, turn, (512, 512), borderMode=cv2.BORDER_REFLECT))
+    writer.release()
+    frames = list(align_video(FaceAligner(), clip, smoothing=0.0))
+    assert [len(frame.faces) for frame in frames] == [1] * len(angles)
+    rolls = np.array([frame.faces[0].roll for frame in frames])
+    assert np.abs(rolls - rolls[0] - np.array(angles)).max() < 10
+    assert frames[-1].faces[0].crop_roll > 60  # followed by the roll of its landmarks in the frame before
