@@ -57,11 +57,12 @@ import torch
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
-from cprfa.dafi.predict import DafiEstimator
+from cprfa.dafi.predict import DafiEstimator, DafiPrediction
 from cprfa.dafi.retrieval import VertexRetriever
 from cprfa.data.boxes import check_box, check_landmarks
 from cprfa.data.crop import (
-    landmarks_roll,
+    eyes_and_mouth,
+    face_roll,
     params_from_crop,
     params_to_crop,
     points_from_crop,
@@ -130,6 +131,10 @@ UPRIGHT_ROLL = 15.0
 # within this many degrees of each other crop the face alike and the judge's choice between them is noise: then the
 # detection of the photo as it is stays (helen_test, README "Tilted faces").
 TURNED_APART = 45.0
+# The roll of a face is taken from its eyes and mouth (keypoints, landmarks) only where its eyes lie at least this
+# fraction of the eyes-to-mouth distance apart (turned less than about 45° from the camera: ``face_tilt``); on
+# profiles they give rolls 25–36° off (README "Tilted faces").
+FRONTAL_EYES = 0.6
 
 
 @dataclass(frozen=True, eq=False)
@@ -343,27 +348,55 @@ class FaceAligner:
         """Of detections of one face (the detector's first is of the photo as it is, when there is one), the one
         whose crop (turned upright by its roll) the HS-U-Net sees most face in (``_densities``); the first where
         the best stands within TURNED_APART of its roll."""
-        densities = self._densities(image, [(d.face_box, crop_roll(d.roll)) for d in candidates])
+        densities = self._densities(image, [(d.face_box, face_tilt(*d.keypoints[[0, 1, 3]])) for d in candidates])
         best = int(np.argmax(densities))
         apart = abs((candidates[best].roll - candidates[0].roll + 180.0) % 360.0 - 180.0)
         return best if apart > TURNED_APART else 0
 
     def _detected_roll(self, image: np.ndarray, detection: Detection) -> float:
-        """The roll a detected face's crop takes out: its keypoints' (``crop_roll``), when the HS-U-Net sees more
-        face in the crop so turned than in the upright one (keypoints can be wrong on profiles), else 0."""
-        roll = crop_roll(detection.roll)
+        """The roll a detected face's crop takes out: its keypoints' (``face_tilt``), where the HS-U-Net sees more
+        face in the crop so turned than in the upright one (on some profiles the keypoints misjudge it), else 0."""
+        roll = face_tilt(*detection.keypoints[[0, 1, 3]])
         if roll:
             upright, turned = self._densities(image, [(detection.face_box, 0.0), (detection.face_box, roll)])
             roll = roll if turned > upright else 0.0
         return roll
 
-    def _densities(self, image: np.ndarray, faces: list[tuple[tuple, float]]) -> list[float]:
+    def _densities(self, image: np.ndarray, faces: list[tuple[tuple, float]]) -> np.ndarray:
         """The HS-U-Net's ``vertex_density`` in the crops of faces given as (face box, crop roll)."""
         crops, _, detail = self._crops([(image, box, roll) for box, roll in faces])
-        prediction = self.estimator.predict(crops, detail=detail)
+        return self._seen(self.estimator.predict(crops, detail=detail))
+
+    def _seen(self, prediction: DafiPrediction) -> np.ndarray:
+        """The ``vertex_density`` of each crop of a prediction (B,)."""
         observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
-        return [vertex_density(int(count), mask)
-                for count, mask in zip(observed.detected.sum(axis=1), prediction.mask, strict=True)]
+        return np.array([vertex_density(int(count), mask)
+                         for count, mask in zip(observed.detected.sum(axis=1), prediction.mask, strict=True)])
+
+    def _second_look(self, faces: list[tuple[np.ndarray, tuple]], crop_boxes: list, rolls: list[float],
+                     prediction: DafiPrediction) -> DafiPrediction:
+        """Faces that the landmark head finds tilted in their crops (``face_tilt``) — a box given without its
+        roll, keypoints that missed it: cropped again, turned by that much more, and that crop's prediction kept where the HS-U-Net sees more face in it
+        (``_seen``). ``faces``: (image, face box) per crop; updates ``crop_boxes`` and ``rolls`` in place and
+        returns the prediction."""
+        tilted = {}
+        for j, roll in enumerate(rolls):
+            if tilt := face_tilt(*eyes_and_mouth(prediction.landmarks[j])):
+                tilted[j] = (roll + tilt + 180.0) % 360.0 - 180.0
+        if not tilted:
+            return prediction
+        rows = list(tilted)
+        crops, boxes, detail = self._crops([(*faces[j], tilted[j]) for j in rows])
+        second = self.estimator.predict(crops, detail=detail)
+        names = [field.name for field in dataclasses.fields(prediction)]
+        before = self._seen(DafiPrediction(**{name: getattr(prediction, name)[rows] for name in names}))
+        values = {name: getattr(prediction, name).copy() for name in names}
+        for n, (j, better) in enumerate(zip(rows, self._seen(second) > before, strict=True)):
+            if better:
+                for name in names:
+                    values[name][j] = getattr(second, name)[n]
+                crop_boxes[j], rolls[j] = boxes[n], tilted[j]
+        return DafiPrediction(**values)
 
     def _faces_of(self, image, boxes, landmarks, scores=None, rolls=None) -> _ImageFaces:
         """An image's face boxes (given, from the given landmarks, or detected), scores (detected, or given with
@@ -434,7 +467,8 @@ class FaceAligner:
                                                  for j, (k, i) in enumerate(owners)])
         timings["crop"] = time.perf_counter() - start
         start = time.perf_counter()
-        prediction = self.estimator.predict(crops, detail=detail)
+        prediction = self._second_look([(images[k].image, images[k].boxes[i]) for k, i in owners], crop_boxes, rolls,
+                                       self.estimator.predict(crops, detail=detail))
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
         observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
@@ -561,11 +595,20 @@ def crop_roll(roll: float | None) -> float:
     return float(roll) if roll is not None and abs(roll) >= UPRIGHT_ROLL else 0.0
 
 
+def face_tilt(right_eye, left_eye, mouth) -> float:
+    """The roll (degrees) a face's crop takes out, from the centres of its eyes (the subject's right and left) and
+    mouth: their ``face_roll`` (cprfa.data.crop) through ``crop_roll``, where the eyes lie at least FRONTAL_EYES of
+    the eyes-to-mouth distance apart, else 0."""
+    right_eye, left_eye, mouth = (np.asarray(point, dtype=np.float64) for point in (right_eye, left_eye, mouth))
+    apart = np.linalg.norm(left_eye - right_eye) / max(np.linalg.norm(mouth - (left_eye + right_eye) / 2), 1e-9)
+    return crop_roll(face_roll(right_eye, left_eye, mouth)) if apart >= FRONTAL_EYES else 0.0
+
+
 def landmark_frame(points: np.ndarray) -> tuple[tuple[float, float, float, float], float]:
     """The face box and crop roll (``align``'s ``boxes`` and ``rolls``) of a face known by its 68 landmarks
-    (300-W order): the roll of its eyes and mouth (cprfa.data.crop.landmarks_roll) through ``crop_roll``, and the
-    tight box of the landmarks turned upright by it (cprfa.data.crop.upright_box)."""
-    roll = crop_roll(landmarks_roll(points))
+    (300-W order): the ``face_tilt`` of its eyes and mouth, and the tight box of the landmarks turned upright by
+    it (cprfa.data.crop.upright_box)."""
+    roll = face_tilt(*eyes_and_mouth(points))
     return upright_box(points, roll), roll
 
 

@@ -335,3 +335,15 @@ def test_a_detected_face_tilted_by_50_degrees_is_cropped_upright_by_its_keypoint
     best = found[int(np.argmin(errors))]
     assert abs(best.crop_roll - 50.0) < 15.0 and abs(best.roll - face.roll - 50.0) < 5.0
     assert min(errors) < 0.05 * size
+
+
+def test_a_box_given_alone_around_a_tilted_face_takes_a_second_look(aligner):
+    image = load_image(EXAMPLE)
+    face = aligner.align(image, [BOX])[0]
+    matrix = cv2.getRotationMatrix2D((256.0, 256.0), 40.0, 1.0)
+    tilted = cv2.warpAffine(image, matrix, (512, 512), borderMode=cv2.BORDER_REFLECT)
+    expected = (face.landmarks_2d - 0.5) @ matrix[:, :2].T + matrix[:, 2] + 0.5
+    again = aligner.align(tilted, [landmark_box(expected)])[0]  # no roll given: the landmark head finds it
+    size = np.sqrt((BOX[2] - BOX[0]) * (BOX[3] - BOX[1]))
+    assert abs(again.crop_roll - 40.0) < 15.0
+    assert np.linalg.norm(again.landmarks_2d - expected, axis=1).mean() < 0.05 * size

@@ -89,9 +89,10 @@ def face_roll(right_eye, left_eye, mouth) -> float:
     return math.degrees(math.atan2(down[0] - across[1], down[1] + across[0]))
 
 
-def landmarks_roll(points: np.ndarray) -> float:
-    """``face_roll`` of 68 landmarks (68, 2) in the 300-W order (missing points NaN)."""
-    return face_roll(*(np.nanmean(points[part], axis=0) for part in (slice(36, 42), slice(42, 48), slice(48, 68))))
+def eyes_and_mouth(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The centres of the subject's right eye, left eye and mouth (x, y each) of 68 landmarks (68, 2) in the
+    300-W order (missing points NaN)."""
+    return tuple(np.nanmean(points[part], axis=0) for part in (slice(36, 42), slice(42, 48), slice(48, 68)))
 
 
 def upright_box(points: np.ndarray, roll: float) -> tuple[float, float, float, float]:

@@ -10,7 +10,8 @@ from cprfa.data.crop import (
     box_centre,
     crop_box,
     crop_image,
-    landmarks_roll,
+    eyes_and_mouth,
+    face_roll,
     params_from_crop,
     params_to_crop,
     points_from_crop,
@@ -62,13 +63,13 @@ def test_the_roll_of_landmarks_and_their_upright_box(face_model):
     params = layout.initial(1, dtype=torch.float64)
     params[0, :6] = torch.tensor([0.0, 0.2, 0.0, 2.0, 60.0, 50.0])
     upright = landmarks_3d(face_model, params)[0, :, :2].numpy()
-    assert abs(landmarks_roll(upright)) < 3
+    assert abs(face_roll(*eyes_and_mouth(upright))) < 3
     centre = (60.0, 50.0)  # the translation: the roll turns the face about it
     for degrees in (30.0, 90.0, -150.0):
         turned = turn_points(upright, centre, degrees)
         params[0, 2] = np.radians(degrees)  # turn_points turns the landmarks as the roll does
         assert np.allclose(turned, landmarks_3d(face_model, params)[0, :, :2].numpy(), atol=1e-6)
-        assert abs((landmarks_roll(turned) - degrees + 180) % 360 - 180) < 3
+        assert abs((face_roll(*eyes_and_mouth(turned)) - degrees + 180) % 360 - 180) < 3
         box = upright_box(turned, degrees)  # the upright face's box, where the turned face is
         tight = (*upright.min(axis=0), *upright.max(axis=0))
         assert np.allclose(np.subtract(box[2:], box[:2]), np.subtract(tight[2:], tight[:2]), atol=1e-6)
