@@ -335,8 +335,10 @@ class FaceAligner:
 
     def detect(self, image) -> list[Detection]:
         """The faces the detector finds in ``image`` (a path, an RGB array or a PIL image), best score first;
-        ``Detection.face_box`` and ``Detection.roll`` are the box and roll ``align`` takes. A detector with
-        ``any_roll`` may see one face in several turns of the photo: the HS-U-Net judges which (``_best_seen``)."""
+        ``Detection.face_box`` is the box ``align`` takes, and ``Detection.roll`` the face's roll from its keypoints
+        (``align`` turns the crop by it where ``face_tilt`` and the HS-U-Net agree: ``_detected_roll``). A detector
+        with ``any_roll`` may see one face in several turns of the photo: the HS-U-Net judges which
+        (``_best_seen``)."""
         if self.detector is None:
             self.detector = FaceDetector()
         image = _as_rgb(image)
@@ -376,9 +378,9 @@ class FaceAligner:
     def _second_look(self, faces: list[tuple[np.ndarray, tuple]], crop_boxes: list, rolls: list[float],
                      prediction: DafiPrediction) -> DafiPrediction:
         """Faces that the landmark head finds tilted in their crops (``face_tilt``) — a box given without its
-        roll, keypoints that missed it: cropped again, turned by that much more, and that crop's prediction kept where the HS-U-Net sees more face in it
-        (``_seen``). ``faces``: (image, face box) per crop; updates ``crop_boxes`` and ``rolls`` in place and
-        returns the prediction."""
+        roll, keypoints that missed it: cropped again, turned by that much more, and that crop's prediction kept
+        where the HS-U-Net sees more face in it (``_seen``). ``faces``: (image, face box) per crop; updates
+        ``crop_boxes`` and ``rolls`` in place and returns the prediction."""
         tilted = {}
         for j, roll in enumerate(rolls):
             if tilt := face_tilt(*eyes_and_mouth(prediction.landmarks[j])):
@@ -411,7 +413,8 @@ class FaceAligner:
             if boxes is not None:
                 raise InvalidInputError("give boxes or landmarks, not both")
             given = [check_landmarks(face, f"landmarks of face {i}") for i, face in enumerate(landmarks)]
-            boxes, rolls = (list(values) for values in zip(*(landmark_frame(face) for face in given), strict=True))
+            frames = [landmark_frame(face) for face in given]
+            boxes, rolls = [box for box, _ in frames], [roll for _, roll in frames]
         detect_seconds = 0.0
         if boxes is None:
             start = time.perf_counter()
@@ -446,8 +449,8 @@ class FaceAligner:
     def _reframed(self, image: np.ndarray, results: list[FaceResult]) -> _ImageFaces:
         """An image's aligned faces, boxed by their landmarks (``landmarks_2d``, turned upright as their roll
         asks) and, with the methods of STARTABLE, started from their fits."""
-        boxes, rolls = (list(values) for values in zip(*(landmark_frame(result.landmarks_2d) for result in results),
-                                                        strict=True))
+        frames = [landmark_frame(result.landmarks_2d) for result in results]
+        boxes, rolls = [box for box, _ in frames], [roll for _, roll in frames]
         given = _source_landmarks(self.landmark_source, image, boxes) if self.landmark_source is not None else None
         starts = [result.params for result in results] if self.method in STARTABLE else None
         return _ImageFaces(image, boxes, [result.score for result in results], given, starts, rolls)
