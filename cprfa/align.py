@@ -336,7 +336,7 @@ class FaceAligner:
     def detect(self, image) -> list[Detection]:
         """The faces the detector finds in ``image`` (a path, an RGB array or a PIL image), best score first;
         ``Detection.face_box`` is the box ``align`` takes, and ``Detection.roll`` the face's roll from its keypoints
-        (``align`` turns the crop by it where ``face_tilt`` and the HS-U-Net agree: ``_detected_roll``). A detector
+        (``align`` turns the crop by it where ``face_tilt`` and the HS-U-Net agree: ``detected_roll``). A detector
         with ``any_roll`` may see one face in several turns of the photo: the HS-U-Net judges which
         (``_best_seen``)."""
         if self.detector is None:
@@ -355,8 +355,8 @@ class FaceAligner:
         apart = abs((candidates[best].roll - candidates[0].roll + 180.0) % 360.0 - 180.0)
         return best if apart > TURNED_APART else 0
 
-    def _detected_roll(self, image: np.ndarray, detection: Detection) -> float:
-        """The roll a detected face's crop takes out: its keypoints' (``face_tilt``), where the HS-U-Net sees more
+    def detected_roll(self, image: np.ndarray, detection: Detection) -> float:
+        """The roll (``align``'s ``rolls``) a detected face's crop takes out, ``image`` an RGB array: its keypoints' (``face_tilt``), where the HS-U-Net sees more
         face in the crop so turned than in the upright one (on some profiles the keypoints misjudge it), else 0."""
         roll = face_tilt(*detection.keypoints[[0, 1, 3]])
         if roll:
@@ -419,7 +419,7 @@ class FaceAligner:
         if boxes is None:
             start = time.perf_counter()
             detections = self.detect(image)
-            rolls = [self._detected_roll(image, d) for d in detections]
+            rolls = [self.detected_roll(image, d) for d in detections]
             detect_seconds = time.perf_counter() - start
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:

@@ -130,13 +130,12 @@ def _followed(aligner: FaceAligner, frames, smoothing: float) -> Iterator[VideoF
         detect_seconds = 0.0
         if detecting:
             start = time.perf_counter()
-            detections = aligner.detect(image)
-            detect_seconds = time.perf_counter() - start
-            for detection in detections:
+            for detection in aligner.detect(image):
                 if not _overlaps(detection.face_box, boxes):
                     boxes.append(detection.face_box)
-                    rolls.append(detection.roll)
+                    rolls.append(aligner.detected_roll(image, detection))  # as ``align`` checks its own
                     scores.append(detection.score)
+            detect_seconds = time.perf_counter() - start
         starts = None  # on the frames the detector looks at, the CPR aligner starts every fit afresh
         if aligner.method in STARTABLE and not detecting:
             starts = raw

@@ -32,9 +32,9 @@ there back. Each detection carries the face's roll, from its keypoints (``Detect
 Two boxes per face. ``box`` is BlazeFace's own, a square about the face in image pixels. ``face_box``
 is what ``cprfa.align.FaceAligner.align`` wants, the tight box of the face's 68 landmarks (as 300-W's
 annotations; of the face as it stands upright in the view that found it, about the same centre): ``box``
-mapped by ``FaceBoxMap``, a centre offset in units of the box size and width / height ratios, fitted on the 300-W training images (afw, helen_train) by ``tools/fit_blazeface_box.py`` and stored in
-the weights' record (the fine-tuning trains the boxes towards that map's inverse of the landmark boxes, so the
-map carries over).
+mapped by ``FaceBoxMap``, a centre offset in units of the box size and width / height ratios, fitted on the
+300-W training images (afw, helen_train) by ``tools/fit_blazeface_box.py`` and stored in the weights' record
+(the fine-tuning trains the boxes towards that map's inverse of the landmark boxes, so the map carries over).
 
 Weights: ``assets/blazeface.pt`` (fine-tuned) and ``assets/blazeface_short.pt`` (MediaPipe's, converted by
 ``tools/convert_blazeface.py``, values unchanged: ``MEDIAPIPE_WEIGHTS``); both Apache-2.0, see
