@@ -211,8 +211,9 @@ class _ImageFaces:
     """One image's faces before alignment: boxes, detector scores (None for given boxes), the sparse
     landmarks given for them ((68, 2) pixels per face, NaN where missing; None: the landmark head's), the
     parameters each face's fit starts from ((P,) image frame per face, None: the CPR aligner's), the roll each
-    face's crop takes out (degrees per face, ``crop_roll``; None: all upright) and the seconds the detector took
-    on it (0 for given boxes)."""
+    face's crop takes out (degrees per face, ``crop_roll``; None: all upright), what the HS-U-Net already saw
+    of each face's crop (its crop box and one-row DafiPrediction, made while checking a detected face's roll;
+    None: the fit predicts it) and the seconds the detector took on it (0 for given boxes)."""
 
     image: np.ndarray
     boxes: list
@@ -220,6 +221,7 @@ class _ImageFaces:
     landmarks: list[np.ndarray] | None
     starts: list[np.ndarray | None] | None = None
     rolls: list[float] | None = None
+    seen: list[tuple | None] | None = None
     detect_seconds: float = 0.0
 
 
@@ -320,17 +322,19 @@ class FaceAligner:
         faces = self._faces_of(image, boxes, landmarks, scores, rolls)
         return self._align_faces([dataclasses.replace(faces, starts=initials)])[0]
 
-    def align_batch(self, images, boxes=None, landmarks=None) -> list[list[FaceResult | None]]:
+    def align_batch(self, images, boxes=None, landmarks=None, rolls=None) -> list[list[FaceResult | None]]:
         """``align`` for several images at once: the faces of all of them go through the networks and the fits
-        together, which is faster per face. ``boxes`` and ``landmarks``, when given, hold one entry per image
-        (None for an image: detect its faces); ``starts`` are ``align``'s alone. Returns one list per image, as ``align`` does (up to a
-        fraction of a pixel: the on-line fit runs batched)."""
+        together, which is faster per face. ``boxes``, ``landmarks`` and ``rolls``, when given, hold one entry
+        per image (None for an image: detect its faces; no rolls: its boxes upright); ``starts`` and ``scores``
+        are ``align``'s alone. Returns one list per image, as ``align`` does (up to a fraction of a pixel: the
+        on-line fit runs batched)."""
         images = list(images)
-        for name, values in (("boxes", boxes), ("landmarks", landmarks)):
+        given = {"boxes": boxes, "landmarks": landmarks, "rolls": rolls}
+        for name, values in given.items():
             if values is not None and len(values) != len(images):
                 raise InvalidInputError(f"{name} must hold one entry per image: {len(values)} for {len(images)}")
-        return self._align_faces([self._faces_of(image, None if boxes is None else boxes[k],
-                                                 None if landmarks is None else landmarks[k])
+        return self._align_faces([self._faces_of(image, **{name: None if values is None else values[k]
+                                                           for name, values in given.items()})
                                   for k, image in enumerate(images)])
 
     def detect(self, image) -> list[Detection]:
@@ -350,24 +354,34 @@ class FaceAligner:
         """Of detections of one face (the detector's first is of the photo as it is, when there is one), the one
         whose crop (turned upright by its roll) the HS-U-Net sees most face in (``_densities``); the first where
         the best stands within TURNED_APART of its roll."""
-        densities = self._densities(image, [(d.face_box, face_tilt(*d.keypoints[[0, 1, 3]])) for d in candidates])
+        densities = self._views(image, [(d.face_box, face_tilt(*d.keypoints[[0, 1, 3]])) for d in candidates])[2]
         best = int(np.argmax(densities))
         apart = abs((candidates[best].roll - candidates[0].roll + 180.0) % 360.0 - 180.0)
         return best if apart > TURNED_APART else 0
 
     def detected_roll(self, image: np.ndarray, detection: Detection) -> float:
-        """The roll (``align``'s ``rolls``) a detected face's crop takes out, ``image`` an RGB array: its keypoints' (``face_tilt``), where the HS-U-Net sees more
-        face in the crop so turned than in the upright one (on some profiles the keypoints misjudge it), else 0."""
-        roll = face_tilt(*detection.keypoints[[0, 1, 3]])
-        if roll:
-            upright, turned = self._densities(image, [(detection.face_box, 0.0), (detection.face_box, roll)])
-            roll = roll if turned > upright else 0.0
-        return roll
+        """The roll (``align``'s ``rolls``) a detected face's crop takes out, ``image`` an RGB array: its keypoints'
+        (``face_tilt``), where the HS-U-Net sees more face in the crop so turned than in the upright one (on some
+        profiles the keypoints misjudge it), else 0."""
+        return self._detected_view(image, detection)[0]
 
-    def _densities(self, image: np.ndarray, faces: list[tuple[tuple, float]]) -> np.ndarray:
-        """The HS-U-Net's ``vertex_density`` in the crops of faces given as (face box, crop roll)."""
-        crops, _, detail = self._crops([(image, box, roll) for box, roll in faces])
-        return self._seen(self.estimator.predict(crops, detail=detail))
+    def _detected_view(self, image: np.ndarray, detection: Detection) -> tuple[float, tuple | None]:
+        """``detected_roll``, and the HS-U-Net's view of the crop it chose (``_ImageFaces.seen``), which the fit
+        takes as it is; None where the keypoints find the face upright (nothing was predicted)."""
+        roll = face_tilt(*detection.keypoints[[0, 1, 3]])
+        if not roll:
+            return 0.0, None
+        boxes, prediction, (upright, turned) = self._views(image, [(detection.face_box, 0.0),
+                                                                   (detection.face_box, roll)])
+        chosen = int(turned > upright)
+        return roll if chosen else 0.0, (boxes[chosen], prediction_rows(prediction, [chosen]))
+
+    def _views(self, image: np.ndarray, faces: list[tuple[tuple, float]]) -> tuple[list, DafiPrediction, np.ndarray]:
+        """The crop boxes, the HS-U-Net's prediction and its ``vertex_density`` (B,) in the crops of faces given
+        as (face box, crop roll)."""
+        crops, boxes, detail = self._crops([(image, box, roll) for box, roll in faces])
+        prediction = self.estimator.predict(crops, detail=detail)
+        return boxes, prediction, self._seen(prediction)
 
     def _seen(self, prediction: DafiPrediction) -> np.ndarray:
         """The ``vertex_density`` of each crop of a prediction (B,)."""
@@ -390,13 +404,12 @@ class FaceAligner:
         rows = list(tilted)
         crops, boxes, detail = self._crops([(*faces[j], tilted[j]) for j in rows])
         second = self.estimator.predict(crops, detail=detail)
-        names = [field.name for field in dataclasses.fields(prediction)]
-        before = self._seen(DafiPrediction(**{name: getattr(prediction, name)[rows] for name in names}))
-        values = {name: getattr(prediction, name).copy() for name in names}
+        before = self._seen(prediction_rows(prediction, rows))
+        values = {field.name: getattr(prediction, field.name).copy() for field in dataclasses.fields(prediction)}
         for n, (j, better) in enumerate(zip(rows, self._seen(second) > before, strict=True)):
             if better:
-                for name in names:
-                    values[name][j] = getattr(second, name)[n]
+                for name, value in values.items():
+                    value[j] = getattr(second, name)[n]
                 crop_boxes[j], rolls[j] = boxes[n], tilted[j]
         return DafiPrediction(**values)
 
@@ -415,11 +428,11 @@ class FaceAligner:
             given = [check_landmarks(face, f"landmarks of face {i}") for i, face in enumerate(landmarks)]
             frames = [landmark_frame(face) for face in given]
             boxes, rolls = [box for box, _ in frames], [roll for _, roll in frames]
-        detect_seconds = 0.0
+        detect_seconds, seen = 0.0, None
         if boxes is None:
             start = time.perf_counter()
             detections = self.detect(image)
-            rolls = [self.detected_roll(image, d) for d in detections]
+            rolls, seen = map(list, zip(*(self._detected_view(image, d) for d in detections))) if detections else ([], [])
             detect_seconds = time.perf_counter() - start
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:
@@ -430,7 +443,7 @@ class FaceAligner:
                 rolls = [crop_roll(_optional_number(roll, f"roll {i}")) for i, roll in enumerate(rolls)]
         if given is None and self.landmark_source is not None and boxes:
             given = _source_landmarks(self.landmark_source, image, boxes)
-        return _ImageFaces(image, boxes, scores, given, rolls=rolls, detect_seconds=detect_seconds)
+        return _ImageFaces(image, boxes, scores, given, rolls=rolls, seen=seen, detect_seconds=detect_seconds)
 
     def _align_faces(self, images: list[_ImageFaces]) -> list[list[FaceResult | None]]:
         """The pipeline on every face of the images at once (module docstring), without the detections the
@@ -466,12 +479,20 @@ class FaceAligner:
         timings = {"detect": sum(faces.detect_seconds for faces in images)}
         start = time.perf_counter()
         rolls = [images[k].rolls[i] if images[k].rolls is not None else 0.0 for k, i in owners]
-        crops, crop_boxes, detail = self._crops([(images[k].image, images[k].boxes[i], rolls[j])
-                                                 for j, (k, i) in enumerate(owners)])
+        located = [(images[k].image, images[k].boxes[i]) for k, i in owners]
+        views = [images[k].seen[i] if images[k].seen is not None else None for k, i in owners]
+        fresh = [j for j, view in enumerate(views) if view is None]  # crops the roll check did not predict
+        if fresh:
+            crops, boxes, detail = self._crops([(*located[j], rolls[j]) for j in fresh])
         timings["crop"] = time.perf_counter() - start
         start = time.perf_counter()
-        prediction = self._second_look([(images[k].image, images[k].boxes[i]) for k, i in owners], crop_boxes, rolls,
-                                       self.estimator.predict(crops, detail=detail))
+        if fresh:
+            predicted = self.estimator.predict(crops, detail=detail)
+            views = [view or (boxes[fresh.index(j)], prediction_rows(predicted, [fresh.index(j)]))
+                     for j, view in enumerate(views)]
+        crop_boxes = [box for box, _ in views]
+        prediction = self._second_look(located, crop_boxes, rolls, predicted if len(fresh) == len(owners)
+                                       else joined_predictions([view for _, view in views]))
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
         observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
@@ -591,6 +612,18 @@ class FaceAligner:
                 found = np.sort(rng.choice(found, self.max_points, replace=False))
             chosen.append(found)
         return chosen
+
+
+def prediction_rows(prediction: DafiPrediction, rows: list[int]) -> DafiPrediction:
+    """The DafiPrediction of some of a prediction's crops."""
+    return DafiPrediction(**{field.name: getattr(prediction, field.name)[rows]
+                             for field in dataclasses.fields(prediction)})
+
+
+def joined_predictions(parts: list[DafiPrediction]) -> DafiPrediction:
+    """One DafiPrediction of the crops of several, in order."""
+    return DafiPrediction(**{field.name: np.concatenate([getattr(part, field.name) for part in parts])
+                             for field in dataclasses.fields(DafiPrediction)})
 
 
 def crop_roll(roll: float | None) -> float:

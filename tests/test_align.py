@@ -337,6 +337,24 @@ def test_a_detected_face_tilted_by_50_degrees_is_cropped_upright_by_its_keypoint
     assert min(errors) < 0.05 * size
 
 
+def test_a_tilted_detection_is_fitted_from_the_crop_its_roll_check_predicted(aligner, monkeypatch):
+    image = load_image(EXAMPLE)
+    tilted = cv2.warpAffine(image, cv2.getRotationMatrix2D((256.0, 256.0), 50.0, 1.0), (512, 512),
+                            borderMode=cv2.BORDER_REFLECT)
+    detections = aligner.detect(tilted)
+    assert len(detections) == 1
+    roll = aligner.detected_roll(tilted, detections[0])
+    assert roll > 15.0
+    expected = aligner.align(tilted, [detections[0].face_box], scores=[detections[0].score], rolls=[roll])[0]
+    predict, batches = aligner.estimator.predict, []
+    monkeypatch.setattr(aligner.estimator, "predict",
+                        lambda crops, **kwargs: batches.append(len(crops)) or predict(crops, **kwargs))
+    found = aligner.align(tilted)
+    assert batches == [2]  # the roll check's upright and turned crops; the fit predicts no crop again
+    assert len(found) == 1 and found[0].crop_roll == roll and found[0].crop_box == expected.crop_box
+    np.testing.assert_allclose(found[0].landmarks_2d, expected.landmarks_2d, atol=0.05)
+
+
 def test_a_box_given_alone_around_a_tilted_face_takes_a_second_look(aligner):
     image = load_image(EXAMPLE)
     face = aligner.align(image, [BOX])[0]

@@ -4,11 +4,12 @@ A developer script. This machine's speed drifts by up to 1.5× within minutes, m
 two benchmark runs one after the other say little; here each checkout runs in its own process (its folder
 first on ``PYTHONPATH``), both load the bundled example once, and the driver asks them for one call at a time,
 in turn, ``--rounds`` times two calls each. Printed: per checkout, the medians of the whole call and of each
-stage (``FaceResult.timings``, ms per box), the face detected and then in its given box.
+stage (``FaceResult.timings``, ms per box), the face detected and then in its given box. ``--turn`` turns the
+example about its centre first (a tilted face; the given box is then the face's upright box, with the roll).
 
     git worktree add /tmp/base main
     python tools/compare_speed.py /tmp/base [--new .] [--method cpr --no-flip --no-refine] [--no-tiles]
-                                  [--rounds 30] [--threads 2]
+                                  [--turn DEGREES] [--rounds 30] [--threads 2]
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--no-tiles", action="store_true", help="the detector on the whole photo only")
+    parser.add_argument("--turn", type=float, default=0.0,
+                        help="the example turned by this many degrees, counter-clockwise (a tilted face)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -42,7 +45,7 @@ def main() -> None:
     if args.worker:
         return _work(args)
     settings = [f"--method={args.method}", "--flip" if args.flip else "--no-flip",
-                "--refine" if args.refine else "--no-refine", f"--threads={args.threads}",
+                "--refine" if args.refine else "--no-refine", f"--threads={args.threads}", f"--turn={args.turn}",
                 *(["--no-tiles"] if args.no_tiles else [])]
     workers = {}
     for name, root in (("base", args.base.resolve()), ("new", args.new.resolve())):
@@ -74,6 +77,7 @@ def main() -> None:
 
 def _work(args) -> None:
     """One checkout's side: align the bundled example as asked on stdin, one JSON line of timings per call."""
+    import cv2
     import torch
 
     from cprfa.align import FaceAligner
@@ -86,14 +90,22 @@ def _work(args) -> None:
     aligner = FaceAligner(method=args.method, flip=args.flip, refine=args.refine,
                           detector=FaceDetector(tiles=False) if args.no_tiles else None)
     image = load_image(examples / "astronaut.jpg")
-    boxes = {"detected": None, "box given": read_boxes(examples / "astronaut.boxes.csv")["astronaut.jpg"][:1]}
+    x0, y0, x1, y1 = read_boxes(examples / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    height, width = image.shape[:2]
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), args.turn, 1.0)
+    image = cv2.warpAffine(image, turn, (width, height), borderMode=cv2.BORDER_REFLECT)
+    centre_x, centre_y = turn @ [(x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5, 1.0] + 0.5  # OpenCV: centres at integers
+    half_width, half_height = (x1 - x0) / 2, (y1 - y0) / 2
+    given = {"detected": {}, "box given": {"boxes": [(centre_x - half_width, centre_y - half_height,
+                                                      centre_x + half_width, centre_y + half_height)],
+                                           "rolls": [args.turn]}}
     for _ in range(3):  # warm-up: graphs, caches
         for kind in KINDS:
-            aligner.align(image, boxes[kind])
+            aligner.align(image, **given[kind])
     print("ready", flush=True)
     for line in sys.stdin:
         start = time.perf_counter()
-        faces = aligner.align(image, boxes[line.strip()])
+        faces = aligner.align(image, **given[line.strip()])
         print(json.dumps({"call": 1000 * (time.perf_counter() - start), **faces[0].timings}), flush=True)
 
 

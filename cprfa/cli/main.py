@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "timings), per image <name>_overlay.png, and summary.csv for the batch.")
     align.add_argument("inputs", nargs="+", type=Path, help="images or folders of images (searched recursively)")
     given = align.add_mutually_exclusive_group()
-    given.add_argument("--boxes", type=Path, help="CSV (image,x0,y0,x1,y1) or JSON file of face boxes: skips "
-                       "the detector")
+    given.add_argument("--boxes", type=Path, help="CSV (image,x0,y0,x1,y1[,roll]) or JSON file of face boxes: "
+                       "skips the detector; a face's roll in degrees (counter-clockwise on screen) crops it upright")
     given.add_argument("--landmarks", type=Path, help="JSON file {image: [[[x, y] x 68], ...]} of your own 68 "
                        "landmarks per face: skips the detector and replaces the landmark head in the fit")
     align.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out)")
@@ -431,10 +431,10 @@ def run_align(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cprfa.align import FaceAligner
-    from cprfa.data.boxes import boxes_for, read_boxes, read_landmarks
+    from cprfa.data.boxes import boxes_for, read_boxes_and_rolls, read_landmarks
     from cprfa.data.images import load_image
 
-    boxes = read_boxes(args.boxes) if args.boxes is not None else None
+    boxes = read_boxes_and_rolls(args.boxes) if args.boxes is not None else None
     landmarks = read_landmarks(args.landmarks) if args.landmarks is not None else None
     images = find_images(args.inputs, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if not images:
@@ -477,11 +477,12 @@ def run_align(args: argparse.Namespace) -> int:
 
     def read(path: Path) -> LoadedImage:
         try:
-            image_boxes = boxes_for(boxes, path) if boxes is not None else None
+            given = boxes_for(boxes, path) if boxes is not None else None
             image_landmarks = boxes_for(landmarks, path) if landmarks is not None else None
-            if image_boxes == [] or image_landmarks == []:
+            if given == [] or image_landmarks == []:
                 raise CprfaError(f"{path}: no face for this image in {args.boxes or args.landmarks}")
-            return LoadedImage(path, load_image(path), image_boxes, image_landmarks)
+            image_boxes, rolls = map(list, zip(*given)) if given else (None, None)
+            return LoadedImage(path, load_image(path), image_boxes, image_landmarks, rolls)
         except CprfaError as error:
             return LoadedImage(path, error=error)
 
@@ -538,6 +539,7 @@ class LoadedImage(NamedTuple):
     image: np.ndarray | None = None
     boxes: list | None = None
     landmarks: list | None = None
+    rolls: list | None = None
     error: CprfaError | None = None
 
 
@@ -546,12 +548,12 @@ def _align_batch(aligner, ready: list[LoadedImage]) -> list:
     one of them is refused (so that one bad image never stops the others)."""
     try:
         return aligner.align_batch([item.image for item in ready], [item.boxes for item in ready],
-                                   [item.landmarks for item in ready])
+                                   [item.landmarks for item in ready], [item.rolls for item in ready])
     except CprfaError:
         outcomes = []
         for item in ready:
             try:
-                outcomes.append(aligner.align(item.image, item.boxes, item.landmarks))
+                outcomes.append(aligner.align(item.image, item.boxes, item.landmarks, rolls=item.rolls))
             except CprfaError as error:
                 outcomes.append(error)
         return outcomes

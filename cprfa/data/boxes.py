@@ -4,6 +4,12 @@ face (a JSON file ``{"image.jpg": [[[x, y] × 68], ...], ...}``, pixels, 300-W o
 Boxes JSON may be ``{"image.jpg": [[x0, y0, x1, y1], ...], ...}`` or a list of ``{"image": ..., "box": [...]}``.
 Images are matched by file name (``photo.jpg``) or by the path as given; a name may have several boxes.
 Boxes are in pixels, (x0, y0) the top-left and (x1, y1) the bottom-right corner.
+
+A box may carry the face's roll in degrees (``FaceResult.roll``'s sense: the face turned counter-clockwise on
+screen is positive): a ``roll`` column in the CSV (an empty cell: not known), a ``"roll"`` beside the ``"box"``
+of a JSON record, or ``{"box": [...], "roll": r}`` in place of a box in the JSON mapping. The box and roll are
+then the face's turned rectangle: the box is the face's as if turned upright about the box's centre
+(cprfa.data.crop.upright_box), as ``FaceAligner.align``'s ``rolls`` take it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ Box = tuple[float, float, float, float]
 
 
 def read_boxes(path: str | Path) -> dict[str, list[Box]]:
-    """Read a boxes file into ``{image name: [box, ...]}``; a malformed file raises InvalidInputError."""
+    """Read a boxes file into ``{image name: [box, ...]}`` (their rolls left out); a malformed file raises
+    InvalidInputError."""
+    return {image: [box for box, _ in faces] for image, faces in read_boxes_and_rolls(path).items()}
+
+
+def read_boxes_and_rolls(path: str | Path) -> dict[str, list[tuple[Box, float | None]]]:
+    """Read a boxes file into ``{image name: [(box, roll in degrees or None), ...]}``; a malformed file raises
+    InvalidInputError naming the entry."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"boxes file not found: {path}")
@@ -30,9 +43,10 @@ def read_boxes(path: str | Path) -> dict[str, list[Box]]:
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidInputError(f"cannot read boxes file {path}: {error}") from None
     entries = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_csv(path, text)
-    boxes: dict[str, list[Box]] = {}
-    for number, (image, values) in enumerate(entries, start=1):
-        boxes.setdefault(str(image), []).append(check_box(values, f"{path}, entry {number}"))
+    boxes: dict[str, list[tuple[Box, float | None]]] = {}
+    for number, (image, values, roll) in enumerate(entries, start=1):
+        where = f"{path}, entry {number}"
+        boxes.setdefault(str(image), []).append((check_box(values, where), _check_roll(roll, where)))
     if not boxes:
         raise InvalidInputError(f"boxes file {path} holds no boxes")
     return boxes
@@ -56,12 +70,25 @@ def check_box(values, where: str) -> Box:
     return box
 
 
+def _check_roll(value, where: str) -> float | None:
+    """A finite number of degrees, or None for a value not given (None, an empty cell)."""
+    if value is None or value == "":
+        return None
+    try:
+        roll = float(value)
+    except (TypeError, ValueError):
+        roll = math.nan
+    if not math.isfinite(roll):
+        raise InvalidInputError(f"{where}: a roll must be a finite number of degrees, got {value!r}")
+    return roll
+
+
 def _parse_csv(path: Path, text: str):
     rows = list(csv.DictReader(text.splitlines()))
     columns = ("image", "x0", "y0", "x1", "y1")
     if not rows or any(c not in rows[0] for c in columns):
-        raise InvalidInputError(f"boxes file {path} must be a CSV with the header {','.join(columns)}")
-    return [(row["image"], [row[c] for c in columns[1:]]) for row in rows]
+        raise InvalidInputError(f"boxes file {path} must be a CSV with the header {','.join(columns)}[,roll]")
+    return [(row["image"], [row[c] for c in columns[1:]], row.get("roll")) for row in rows]
 
 
 def _parse_json(path: Path, text: str):
@@ -72,11 +99,16 @@ def _parse_json(path: Path, text: str):
     if isinstance(data, dict):
         if not all(isinstance(v, list) for v in data.values()):
             raise InvalidInputError(f"boxes file {path}: each image must map to a list of boxes")
-        return [(image, box) for image, image_boxes in data.items() for box in image_boxes]
+        return [(image, *_box_and_roll(box)) for image, image_boxes in data.items() for box in image_boxes]
     if isinstance(data, list) and all(isinstance(e, dict) and {"image", "box"} <= e.keys() for e in data):
-        return [(e["image"], e["box"]) for e in data]
+        return [(e["image"], e["box"], e.get("roll")) for e in data]
     raise InvalidInputError(f"boxes file {path}: expected {{image: [[x0, y0, x1, y1], ...]}} or "
                             "[{\"image\": ..., \"box\": [...]}, ...]")
+
+
+def _box_and_roll(entry) -> tuple:
+    """A JSON mapping's box: [x0, y0, x1, y1], or {"box": [...], "roll": r}."""
+    return (entry.get("box"), entry.get("roll")) if isinstance(entry, dict) else (entry, None)
 
 
 def read_landmarks(path: str | Path) -> dict[str, list[np.ndarray]]:

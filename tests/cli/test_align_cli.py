@@ -131,10 +131,10 @@ def test_align_batches_images_and_goes_on_past_a_bad_one(tmp_path, capsys):
 
 def test_an_image_the_batch_refuses_is_reported_alone():
     class Aligner:  # refuses the batch because of one image, as FaceAligner does for a bad box
-        def align_batch(self, images, boxes, landmarks):
+        def align_batch(self, images, boxes, landmarks, rolls):
             raise CprfaError("batch refused")
 
-        def align(self, image, boxes, landmarks):
+        def align(self, image, boxes, landmarks, rolls):
             if image == "bad":
                 raise CprfaError("bad image")
             return ["face"]
@@ -150,3 +150,16 @@ def test_align_with_any_roll_finds_an_upside_down_face(tmp_path):
     assert main(["align", str(tmp_path / "upside_down.png"), "--any-roll", "--no-tiles", "-o", str(out)]) == 0
     result = json.loads((out / "upside_down_face0.json").read_text())
     assert abs(abs(result["crop_roll"]) - 180) < 20 and abs(abs(result["pose"]["roll"]) - 180) < 20
+
+
+def test_align_takes_each_boxs_roll_from_the_boxes_file(tmp_path):
+    image = load_image(EXAMPLES / "astronaut.jpg")
+    save_image(tmp_path / "turned.png", np.ascontiguousarray(np.rot90(image)))  # a quarter turn: roll + 90°
+    centre_x, centre_y = 80 + 180 / 2, image.shape[1] - (178 + 262) / 2  # the example's box centre, turned
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(f"image,x0,y0,x1,y1,roll\nturned.png,{centre_x - 42},{centre_y - 50},{centre_x + 42},"
+                     f"{centre_y + 50},90\n")
+    out = tmp_path / "out"
+    assert main(["align", str(tmp_path / "turned.png"), "--boxes", str(boxes), "--no-flip", "-o", str(out)]) == 0
+    result = json.loads((out / "turned_face0.json").read_text())
+    assert result["crop_roll"] == 90.0 and abs(result["pose"]["roll"] - 90.0) < 15.0
