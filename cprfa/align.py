@@ -58,7 +58,7 @@ from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator, DafiPrediction
-from cprfa.dafi.retrieval import VertexRetriever
+from cprfa.dafi.retrieval import ObservedPoints, VertexRetriever
 from cprfa.data.boxes import check_box, check_landmarks
 from cprfa.data.crop import (
     eyes_and_mouth,
@@ -135,6 +135,15 @@ TURNED_APART = 45.0
 # fraction of the eyes-to-mouth distance apart (turned less than about 45° from the camera: ``face_tilt``); on
 # profiles they give rolls 25–36° off (README "Tilted faces").
 FRONTAL_EYES = 0.6
+# A frontal face (``is_frontal``) in whose crop the HS-U-Net retrieves fewer vertices per foreground pixel than
+# this (``vertex_density``) is looked at again turned by each quarter turn (``_second_look``): it may be upside
+# down or on its side, taken for upright. On the first 60 helen_test photos upright faces retrieve 0.16–0.26,
+# the same upside down 0.04–0.11; occluded faces of the occluded set go down to 0.05 upright, and profiles (not
+# frontal) to 0.09. A quarter turn's crop replaces the first where its density is at least this again and
+# TURNED_MARGIN times the first's: without the first condition 3 of those 330 occluded faces were turned
+# (mean NME 3.77 -> 4.57 %); with it none (README, "Tilted faces").
+UNSURE_DENSITY = 0.13
+TURNED_MARGIN = 1.3
 
 
 @dataclass(frozen=True, eq=False)
@@ -374,44 +383,69 @@ class FaceAligner:
         boxes, prediction, (upright, turned) = self._views(image, [(detection.face_box, 0.0),
                                                                    (detection.face_box, roll)])
         chosen = int(turned > upright)
-        return roll if chosen else 0.0, (boxes[chosen], prediction_rows(prediction, [chosen]))
+        return roll if chosen else 0.0, (boxes[chosen], batch_rows(prediction, [chosen]))
 
     def _views(self, image: np.ndarray, faces: list[tuple[tuple, float]]) -> tuple[list, DafiPrediction, np.ndarray]:
         """The crop boxes, the HS-U-Net's prediction and its ``vertex_density`` (B,) in the crops of faces given
         as (face box, crop roll)."""
         crops, boxes, detail = self._crops([(image, box, roll) for box, roll in faces])
         prediction = self.estimator.predict(crops, detail=detail)
-        return boxes, prediction, self._seen(prediction)
+        return boxes, prediction, self._observe(prediction)[1]
 
-    def _seen(self, prediction: DafiPrediction) -> np.ndarray:
-        """The ``vertex_density`` of each crop of a prediction (B,)."""
+    def _observe(self, prediction: DafiPrediction) -> tuple[ObservedPoints, np.ndarray]:
+        """The vertices retrieved from each crop of a prediction (Y^O) and its ``vertex_density`` (B,)."""
         observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
-        return np.array([vertex_density(int(count), mask)
-                         for count, mask in zip(observed.detected.sum(axis=1), prediction.mask, strict=True)])
+        return observed, np.array([vertex_density(int(count), mask) for count, mask in
+                                   zip(observed.detected.sum(axis=1), prediction.mask, strict=True)])
 
     def _second_look(self, faces: list[tuple[np.ndarray, tuple]], crop_boxes: list, rolls: list[float],
-                     prediction: DafiPrediction) -> DafiPrediction:
-        """Faces that the landmark head finds tilted in their crops (``face_tilt``) — a box given without its
-        roll, keypoints that missed it: cropped again, turned by that much more, and that crop's prediction kept
-        where the HS-U-Net sees more face in it (``_seen``). ``faces``: (image, face box) per crop; updates
-        ``crop_boxes`` and ``rolls`` in place and returns the prediction."""
-        tilted = {}
+                     seen: tuple[DafiPrediction, ObservedPoints, np.ndarray]) -> tuple:
+        """Faces cropped the wrong way up, cropped again: those the landmark head finds tilted in their crops
+        (``face_tilt``: a box given without its roll, keypoints that missed it) turned by that much more, and
+        frontal faces (``is_frontal``) of which the HS-U-Net recognises little (at least MIN_DETECTION of the
+        vertices, but a ``vertex_density`` under UNSURE_DENSITY: upside down or on their side, taken for
+        upright) turned by each quarter turn, then by the
+        tilt the head finds left in the best of those. ``faces``: (image, face box) per crop; ``seen``: the
+        crops' prediction, Y^O and vertex densities (``_observe``), returned updated, as ``crop_boxes`` and
+        ``rolls`` are in place."""
+        looks, unsure = [], set()  # looks: (face, the new crop's roll, the density it must beat)
         for j, roll in enumerate(rolls):
-            if tilt := face_tilt(*eyes_and_mouth(prediction.landmarks[j])):
-                tilted[j] = (roll + tilt + 180.0) % 360.0 - 180.0
-        if not tilted:
-            return prediction
-        rows = list(tilted)
-        crops, boxes, detail = self._crops([(*faces[j], tilted[j]) for j in rows])
-        second = self.estimator.predict(crops, detail=detail)
-        before = self._seen(prediction_rows(prediction, rows))
-        values = {field.name: getattr(prediction, field.name).copy() for field in dataclasses.fields(prediction)}
-        for n, (j, better) in enumerate(zip(rows, self._seen(second) > before, strict=True)):
-            if better:
-                for name, value in values.items():
-                    value[j] = getattr(second, name)[n]
-                crop_boxes[j], rolls[j] = boxes[n], tilted[j]
-        return DafiPrediction(**values)
+            eyes_mouth = eyes_and_mouth(seen[0].landmarks[j])
+            if tilt := face_tilt(*eyes_mouth):
+                looks.append((j, roll + tilt, seen[2][j]))
+            elif MIN_DETECTION <= seen[1].detection_rate[j] and seen[2][j] < UNSURE_DENSITY and is_frontal(*eyes_mouth):
+                bar = max(TURNED_MARGIN * seen[2][j], UNSURE_DENSITY)  # the face as an upright one is seen
+                looks += [(j, roll + turn, bar) for turn in (90.0, 180.0, -90.0)]
+                unsure.add(j)
+        seen, turned = self._looks(faces, crop_boxes, rolls, seen, looks)
+        looks = [(j, rolls[j] + tilt, seen[2][j]) for j in unsure.intersection(turned)
+                 if (tilt := face_tilt(*eyes_and_mouth(seen[0].landmarks[j])))]
+        return self._looks(faces, crop_boxes, rolls, seen, looks)[0]
+
+    def _looks(self, faces: list[tuple[np.ndarray, tuple]], crop_boxes: list, rolls: list[float], seen: tuple,
+               looks: list[tuple[int, float, float]]) -> tuple[tuple, list[int]]:
+        """``_second_look``'s crops of ``looks`` (face, crop roll, the vertex density to beat): the best that
+        beats its face's bar replaces that face's crop. Returns ``seen`` updated and the faces whose crop it
+        replaced."""
+        if not looks:
+            return seen, []
+        looks = [(j, (roll + 180.0) % 360.0 - 180.0, bar) for j, roll, bar in looks]
+        crops, boxes, detail = self._crops([(*faces[j], roll) for j, roll, _ in looks])
+        prediction = self.estimator.predict(crops, detail=detail)
+        observed, densities = self._observe(prediction)
+        best = {}  # face -> its best look that beats the bar
+        for n, (j, roll, bar) in enumerate(looks):
+            if densities[n] > bar and (j not in best or densities[n] > densities[best[j]]):
+                best[j] = n
+        if not best:
+            return seen, []
+        rows = list(range(len(rolls)))  # per face its row in the batches joined: the first crop's or a look's
+        for j, n in best.items():
+            rows[j] = len(rolls) + n
+            crop_boxes[j], rolls[j] = boxes[n], looks[n][1]
+        joined = [batch_rows(joined_batches([first, again]), rows)
+                  for first, again in zip(seen[:2], (prediction, observed), strict=True)]
+        return (*joined, np.concatenate([seen[2], densities])[rows]), list(best)
 
     def _faces_of(self, image, boxes, landmarks, scores=None, rolls=None) -> _ImageFaces:
         """An image's face boxes (given, from the given landmarks, or detected), scores (detected, or given with
@@ -488,21 +522,23 @@ class FaceAligner:
         start = time.perf_counter()
         if fresh:
             predicted = self.estimator.predict(crops, detail=detail)
-            views = [view or (boxes[fresh.index(j)], prediction_rows(predicted, [fresh.index(j)]))
+            views = [view or (boxes[fresh.index(j)], batch_rows(predicted, [fresh.index(j)]))
                      for j, view in enumerate(views)]
         crop_boxes = [box for box, _ in views]
-        prediction = self._second_look(located, crop_boxes, rolls, predicted if len(fresh) == len(owners)
-                                       else joined_predictions([view for _, view in views]))
+        prediction = predicted if len(fresh) == len(owners) else joined_batches([view for _, view in views])
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
-        observed = self.retriever(prediction.dafi, prediction.confident, offset=self.estimator.vertex_offset)
+        observed, densities = self._observe(prediction)
         timings["retrieval"] = time.perf_counter() - start
+        start = time.perf_counter()
+        prediction, observed, densities = self._second_look(located, crop_boxes, rolls,
+                                                            (prediction, observed, densities))
+        timings["dafi"] += time.perf_counter() - start
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)
         counts = observed.detected.sum(axis=1)  # distinct vertices retrieved per face
         for j, (k, i) in enumerate(owners):  # a detection the HS-U-Net does not confirm is dropped before the fit
-            if confirm and images[k].scores[i] is not None and vertex_density(
-                    int(counts[j]), prediction.mask[j]) < MIN_VERTEX_DENSITY:
+            if confirm and images[k].scores[i] is not None and densities[j] < MIN_VERTEX_DENSITY:
                 chosen[j] = None
         faces = [j for j, found in enumerate(chosen) if found is not None]
         if not faces:
@@ -614,16 +650,15 @@ class FaceAligner:
         return chosen
 
 
-def prediction_rows(prediction: DafiPrediction, rows: list[int]) -> DafiPrediction:
-    """The DafiPrediction of some of a prediction's crops."""
-    return DafiPrediction(**{field.name: getattr(prediction, field.name)[rows]
-                             for field in dataclasses.fields(prediction)})
+def batch_rows(batch, rows: list[int]):
+    """Some rows of a batch of crops' results (a DafiPrediction, ObservedPoints: a dataclass of arrays)."""
+    return type(batch)(**{field.name: getattr(batch, field.name)[rows] for field in dataclasses.fields(batch)})
 
 
-def joined_predictions(parts: list[DafiPrediction]) -> DafiPrediction:
-    """One DafiPrediction of the crops of several, in order."""
-    return DafiPrediction(**{field.name: np.concatenate([getattr(part, field.name) for part in parts])
-                             for field in dataclasses.fields(DafiPrediction)})
+def joined_batches(parts: list):
+    """One batch of the rows of several (``batch_rows``' kind), in order."""
+    return type(parts[0])(**{field.name: np.concatenate([getattr(part, field.name) for part in parts])
+                             for field in dataclasses.fields(parts[0])})
 
 
 def crop_roll(roll: float | None) -> float:
@@ -635,9 +670,15 @@ def face_tilt(right_eye, left_eye, mouth) -> float:
     """The roll (degrees) a face's crop takes out, from the centres of its eyes (the subject's right and left) and
     mouth: their ``face_roll`` (cprfa.data.crop) through ``crop_roll``, where the eyes lie at least FRONTAL_EYES of
     the eyes-to-mouth distance apart, else 0."""
+    return crop_roll(face_roll(right_eye, left_eye, mouth)) if is_frontal(right_eye, left_eye, mouth) else 0.0
+
+
+def is_frontal(right_eye, left_eye, mouth) -> bool:
+    """Whether a face's eyes lie at least FRONTAL_EYES of the eyes-to-mouth distance apart (centres of the eyes
+    and mouth, as ``face_tilt`` takes them): a face turned less than about 45° from the camera."""
     right_eye, left_eye, mouth = (np.asarray(point, dtype=np.float64) for point in (right_eye, left_eye, mouth))
     apart = np.linalg.norm(left_eye - right_eye) / max(np.linalg.norm(mouth - (left_eye + right_eye) / 2), 1e-9)
-    return crop_roll(face_roll(right_eye, left_eye, mouth)) if apart >= FRONTAL_EYES else 0.0
+    return bool(apart >= FRONTAL_EYES)
 
 
 def landmark_frame(points: np.ndarray) -> tuple[tuple[float, float, float, float], float]:
