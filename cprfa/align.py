@@ -361,7 +361,7 @@ class FaceAligner:
 
     def _best_seen(self, image: np.ndarray, candidates: list[Detection]) -> int:
         """Of detections of one face (the detector's first is of the photo as it is, when there is one), the one
-        whose crop (turned upright by its roll) the HS-U-Net sees most face in (``_densities``); the first where
+        whose crop (turned upright by its roll) the HS-U-Net sees most face in (``vertex_density``); the first where
         the best stands within TURNED_APART of its roll."""
         densities = self._views(image, [(d.face_box, face_tilt(*d.keypoints[[0, 1, 3]])) for d in candidates])[2]
         best = int(np.argmax(densities))
@@ -404,16 +404,16 @@ class FaceAligner:
         (``face_tilt``: a box given without its roll, keypoints that missed it) turned by that much more, and
         frontal faces (``is_frontal``) of which the HS-U-Net recognises little (at least MIN_DETECTION of the
         vertices, but a ``vertex_density`` under UNSURE_DENSITY: upside down or on their side, taken for
-        upright) turned by each quarter turn, then by the
-        tilt the head finds left in the best of those. ``faces``: (image, face box) per crop; ``seen``: the
-        crops' prediction, Y^O and vertex densities (``_observe``), returned updated, as ``crop_boxes`` and
-        ``rolls`` are in place."""
+        upright) turned by each quarter turn, then by the tilt the head finds left in the best of those.
+        ``faces``: (image, face box) per crop; ``seen``: the crops' prediction, Y^O and vertex densities
+        (``_observe``), returned updated, as ``crop_boxes`` and ``rolls`` are in place."""
         looks, unsure = [], set()  # looks: (face, the new crop's roll, the density it must beat)
         for j, roll in enumerate(rolls):
             eyes_mouth = eyes_and_mouth(seen[0].landmarks[j])
             if tilt := face_tilt(*eyes_mouth):
                 looks.append((j, roll + tilt, seen[2][j]))
-            elif MIN_DETECTION <= seen[1].detection_rate[j] and seen[2][j] < UNSURE_DENSITY and is_frontal(*eyes_mouth):
+            elif (seen[1].detection_rate[j] >= MIN_DETECTION and seen[2][j] < UNSURE_DENSITY
+                  and is_frontal(*eyes_mouth)):
                 bar = max(TURNED_MARGIN * seen[2][j], UNSURE_DENSITY)  # the face as an upright one is seen
                 looks += [(j, roll + turn, bar) for turn in (90.0, 180.0, -90.0)]
                 unsure.add(j)
@@ -466,7 +466,8 @@ class FaceAligner:
         if boxes is None:
             start = time.perf_counter()
             detections = self.detect(image)
-            rolls, seen = map(list, zip(*(self._detected_view(image, d) for d in detections))) if detections else ([], [])
+            views = [self._detected_view(image, d) for d in detections]
+            rolls, seen = [roll for roll, _ in views], [view for _, view in views]
             detect_seconds = time.perf_counter() - start
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:
