@@ -131,6 +131,10 @@ UPRIGHT_ROLL = 15.0
 # within this many degrees of each other crop the face alike and the judge's choice between them is noise: then the
 # detection of the photo as it is stays (helen_test, README "Tilted faces").
 TURNED_APART = 45.0
+# The quarter turns (counter-clockwise) of a photo in which the detector (without ``any_roll``) finds no face, or
+# none the HS-U-Net confirms, where it looks again: faces lying on their side or upside down in a photo of their
+# own, without the time ``any_roll`` takes on every photo.
+UNSEEN_TURNS = (1, 2, 3)
 # The roll of a face is taken from its eyes and mouth (keypoints, landmarks) only where its eyes lie at least this
 # fraction of the eyes-to-mouth distance apart (turned less than about 45° from the camera: ``face_tilt``); on
 # profiles they give rolls 25–36° off (README "Tilted faces").
@@ -222,7 +226,7 @@ class _ImageFaces:
     parameters each face's fit starts from ((P,) image frame per face, None: the CPR aligner's), the roll each
     face's crop takes out (degrees per face, ``crop_roll``; None: all upright), what the HS-U-Net already saw
     of each face's crop (its crop box and one-row DafiPrediction, made while checking a detected face's roll;
-    None: the fit predicts it) and the seconds the detector took on it (0 for given boxes)."""
+    None: the fit predicts it), whether the boxes are the detector's and the seconds it took on the image."""
 
     image: np.ndarray
     boxes: list
@@ -231,6 +235,7 @@ class _ImageFaces:
     starts: list[np.ndarray | None] | None = None
     rolls: list[float] | None = None
     seen: list[tuple | None] | None = None
+    detected: bool = False
     detect_seconds: float = 0.0
 
 
@@ -300,8 +305,10 @@ class FaceAligner:
         CPR aligner's sparse source).
         Returns one entry per face, in the order of the boxes (detections: best score first): its FaceResult, or
         None where the HS-U-Net recognised fewer than MIN_DETECTION of the model's vertices in the box (no face
-        there). Detections the HS-U-Net does not confirm (``is_confirmed``) are left out, unfitted, so an image
-        where the detector finds no face gives an empty list.
+        there). Detections the HS-U-Net does not confirm (``is_confirmed``) are left out, unfitted; where none is
+        left, the detector (a ``FaceDetector`` without ``any_roll``) looks at the image turned by a quarter, a
+        half and three quarters (UNSEEN_TURNS), and an image where it finds no face there either gives an empty
+        list.
         ``starts``, with ``boxes``: per box the same face's FaceResult in the frame before (a video, cprfa.video),
         its (P,) parameters, or None; a face's fit then starts there instead of from the CPR aligner, which it
         skips (the methods of STARTABLE, whose fit on every parameter can move the start: ``cpr+refine``,
@@ -331,11 +338,14 @@ class FaceAligner:
         faces = self._faces_of(image, boxes, landmarks, scores, rolls)
         return self._align_faces([dataclasses.replace(faces, starts=initials)])[0]
 
-    def align_batch(self, images, boxes=None, landmarks=None, rolls=None) -> list[list[FaceResult | None]]:
+    def align_batch(self, images, boxes=None, landmarks=None, rolls=None,
+                    turn_unseen: bool = True) -> list[list[FaceResult | None]]:
         """``align`` for several images at once: the faces of all of them go through the networks and the fits
         together, which is faster per face. ``boxes``, ``landmarks`` and ``rolls``, when given, hold one entry
         per image (None for an image: detect its faces; no rolls: its boxes upright); ``starts`` and ``scores``
-        are ``align``'s alone. Returns one list per image, as ``align`` does (up to a fraction of a pixel: the
+        are ``align``'s alone. ``turn_unseen``: an image where the detector finds no face upright is looked at
+        in its quarter turns (UNSEEN_TURNS), as ``align`` does; False for a video's frames, whose faces stand as
+        in the frames before. Returns one list per image, as ``align`` does (up to a fraction of a pixel: the
         on-line fit runs batched)."""
         images = list(images)
         given = {"boxes": boxes, "landmarks": landmarks, "rolls": rolls}
@@ -344,20 +354,21 @@ class FaceAligner:
                 raise InvalidInputError(f"{name} must hold one entry per image: {len(values)} for {len(images)}")
         return self._align_faces([self._faces_of(image, **{name: None if values is None else values[k]
                                                            for name, values in given.items()})
-                                  for k, image in enumerate(images)])
+                                  for k, image in enumerate(images)], turn_unseen)
 
-    def detect(self, image) -> list[Detection]:
+    def detect(self, image, turns: tuple[int, ...] | None = None) -> list[Detection]:
         """The faces the detector finds in ``image`` (a path, an RGB array or a PIL image), best score first;
         ``Detection.face_box`` is the box ``align`` takes, and ``Detection.roll`` the face's roll from its keypoints
-        (``align`` turns the crop by it where ``face_tilt`` and the HS-U-Net agree: ``detected_roll``). A detector
-        with ``any_roll`` may see one face in several turns of the photo: the HS-U-Net judges which
+        (``align`` turns the crop by it where ``face_tilt`` and the HS-U-Net agree: ``detected_roll``). ``turns``
+        (a ``FaceDetector``'s): the quarter turns of the photo it looks at, default its own. A detector with
+        ``any_roll``, or several turns, may see one face in several: the HS-U-Net judges which
         (``_best_seen``)."""
         if self.detector is None:
             self.detector = FaceDetector()
         image = _as_rgb(image)
-        if not getattr(self.detector, "any_roll", False):
+        if turns is None and not getattr(self.detector, "any_roll", False):
             return self.detector.detect(image)
-        return self.detector.detect(image, choose=lambda candidates: self._best_seen(image, candidates))
+        return self.detector.detect(image, choose=lambda candidates: self._best_seen(image, candidates), turns=turns)
 
     def _best_seen(self, image: np.ndarray, candidates: list[Detection]) -> int:
         """Of detections of one face (the detector's first is of the photo as it is, when there is one), the one
@@ -447,9 +458,10 @@ class FaceAligner:
                   for first, again in zip(seen[:2], (prediction, observed), strict=True)]
         return (*joined, np.concatenate([seen[2], densities])[rows]), list(best)
 
-    def _faces_of(self, image, boxes, landmarks, scores=None, rolls=None) -> _ImageFaces:
-        """An image's face boxes (given, from the given landmarks, or detected), scores (detected, or given with
-        the boxes), sparse landmarks and rolls (``align``)."""
+    def _faces_of(self, image, boxes, landmarks, scores=None, rolls=None, turns=None) -> _ImageFaces:
+        """An image's face boxes (given, from the given landmarks, or detected: in the quarter turns ``turns`` of
+        the photo, default the detector's), scores (detected, or given with the boxes), sparse landmarks and
+        rolls (``align``)."""
         if scores is not None and (boxes is None or len(scores) != len(boxes)):
             raise InvalidInputError("scores need boxes: one score (a number or None) per box")
         if rolls is not None and (boxes is None or len(rolls) != len(boxes)):
@@ -462,10 +474,10 @@ class FaceAligner:
             given = [check_landmarks(face, f"landmarks of face {i}") for i, face in enumerate(landmarks)]
             frames = [landmark_frame(face) for face in given]
             boxes, rolls = [box for box, _ in frames], [roll for _, roll in frames]
-        detect_seconds, seen = 0.0, None
-        if boxes is None:
+        detect_seconds, seen, detected = 0.0, None, boxes is None
+        if detected:
             start = time.perf_counter()
-            detections = self.detect(image)
+            detections = self.detect(image) if turns is None else self.detect(image, turns)
             views = [self._detected_view(image, d) for d in detections]
             rolls, seen = [roll for roll, _ in views], [view for _, view in views]
             detect_seconds = time.perf_counter() - start
@@ -478,12 +490,20 @@ class FaceAligner:
                 rolls = [crop_roll(_optional_number(roll, f"roll {i}")) for i, roll in enumerate(rolls)]
         if given is None and self.landmark_source is not None and boxes:
             given = _source_landmarks(self.landmark_source, image, boxes)
-        return _ImageFaces(image, boxes, scores, given, rolls=rolls, seen=seen, detect_seconds=detect_seconds)
+        return _ImageFaces(image, boxes, scores, given, rolls=rolls, seen=seen, detected=detected,
+                           detect_seconds=detect_seconds)
 
-    def _align_faces(self, images: list[_ImageFaces]) -> list[list[FaceResult | None]]:
+    def _align_faces(self, images: list[_ImageFaces], turn_unseen: bool = True) -> list[list[FaceResult | None]]:
         """The pipeline on every face of the images at once (module docstring), without the detections the
-        HS-U-Net does not confirm; with ``reframe``, each detected face once more from its landmarks' box."""
+        HS-U-Net does not confirm; with ``turn_unseen``, images where the detector found no face again in their
+        quarter turns; with ``reframe``, each detected face once more from its landmarks' box."""
         results = _confirmed(self._fit(images), images)
+        unseen = [k for k, faces in enumerate(images) if faces.detected and not results[k]]
+        if unseen and turn_unseen and isinstance(self.detector, FaceDetector) and self.detector.turns == (0,):
+            images = list(images)  # no face found upright: the detector looks at the other quarter turns
+            turned = [self._faces_of(images[k].image, None, None, turns=UNSEEN_TURNS) for k in unseen]
+            for k, faces, again in zip(unseen, turned, _confirmed(self._fit(turned), turned), strict=True):
+                images[k], results[k] = faces, again
         if not self.reframe:
             return results
         detected = [k for k, faces in enumerate(images) if results[k] and faces.scores[0] is not None]

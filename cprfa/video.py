@@ -102,7 +102,7 @@ def align_video(aligner: FaceAligner, path: str | Path, smoothing: float = DEFAU
     previous_ids: list[int] = []
     new_ids = itertools.count()
     while chunk := list(itertools.islice(frames, batch_size)):
-        aligned = aligner.align_batch([image for _, _, image in chunk])
+        aligned = aligner.align_batch([image for _, _, image in chunk], turn_unseen=False)
         for (index, seconds, image), results in zip(chunk, aligned, strict=True):
             faces = [face for face in results if face is not None]
             matches = _matches(faces, previous)

@@ -312,6 +312,22 @@ def test_a_face_turned_in_the_image_plane_is_cropped_upright(aligner):
         aligner.align(turned, rolls=[90.0])
 
 
+def test_a_photo_without_an_upright_face_is_looked_at_again_in_its_quarter_turns(aligner):
+    image = load_image(EXAMPLE)
+    face = aligner.align(image, [BOX])[0]
+    matrix = cv2.getRotationMatrix2D((256.0, 256.0), 165.0, 1.0)
+    turned = cv2.warpAffine(image, matrix, (512, 512), borderMode=cv2.BORDER_CONSTANT)
+    assert aligner.detect(turned) == []  # the detector finds no face upright
+    expected = (face.landmarks_2d - 0.5) @ matrix[:, :2].T + matrix[:, 2] + 0.5
+    found = aligner.align(turned)
+    assert len(found) == 1 and found[0].score is not None
+    assert abs((found[0].roll - face.roll - 165.0 + 180.0) % 360.0 - 180.0) < 10.0
+    size = np.sqrt((BOX[2] - BOX[0]) * (BOX[3] - BOX[1]))
+    assert np.linalg.norm(found[0].landmarks_2d - expected, axis=1).mean() < 0.05 * size
+    assert aligner.align(np.full((200, 300, 3), 128, np.uint8)) == []  # no face in any turn: still none
+    assert aligner.align_batch([turned], turn_unseen=False) == [[]]  # a video's frames: upright only
+
+
 def test_a_box_alone_around_an_upside_down_face_is_looked_at_again_by_quarter_turns(aligner):
     image = load_image(EXAMPLE)
     height, width = image.shape[:2]

@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="look at the whole photo only, as MediaPipe does: about a fifth of the detector's time, "
                        "for faces spanning at least about 15 %% of the photo's longer side")
     align.add_argument("--any-roll", action="store_true",
-                       help="also look at the photo turned by quarter turns, for faces tilted beyond about 45 degrees "
-                       "in the image plane (sideways, upside down), in four times the detector's time")
+                       help="also look at every photo turned by quarter turns, for faces tilted beyond about 45 "
+                       "degrees in the image plane (sideways, upside down) beside upright ones, in four times the "
+                       "detector's time (without it, only a photo with no face found upright is looked at turned)")
     align.add_argument("--reframe", action="store_true",
                        help="align each detected face again in the tight box of its landmarks: more precise on "
                        "profiles and small faces, about 70 %% more time")

@@ -185,11 +185,16 @@ class FaceDetector:
         self.anchors = anchor_centres()
 
     @torch.inference_mode()
-    def detect(self, image: np.ndarray, choose: Callable[[list[Detection]], int] | None = None) -> list[Detection]:
-        """The faces in ``image``, an (H, W, 3) uint8 RGB array; an empty list when there is none. With
-        ``any_roll``, ``choose`` picks the face among overlapping detections of different turns of the photo (its
-        index in the list it is given), by default the one of the photo as it is, else the best scoring
+    def detect(self, image: np.ndarray, choose: Callable[[list[Detection]], int] | None = None,
+               turns: tuple[int, ...] | None = None) -> list[Detection]:
+        """The faces in ``image``, an (H, W, 3) uint8 RGB array; an empty list when there is none. ``turns``: the
+        quarter turns (counter-clockwise) of the photo to look at, default (0,), or all four with ``any_roll``.
+        With several, ``choose`` picks the face among overlapping detections of different turns (its index in
+        the list it is given), by default the one of the photo as it is, else the best scoring
         (``_one_per_face``)."""
+        turns = self.turns if turns is None else tuple(turns)
+        if not turns or not set(turns) <= {0, 1, 2, 3}:
+            raise InvalidInputError(f"turns must be quarter turns among 0, 1, 2, 3, got {turns!r}")
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             description = (f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray)
                            else type(image).__name__)
@@ -197,14 +202,14 @@ class FaceDetector:
         if min(image.shape[:2]) < MIN_IMAGE_SIDE:
             raise InvalidInputError(f"image must be at least {MIN_IMAGE_SIDE} pixels on a side, got {image.shape}")
         crops, views = [], []
-        for turn in self.turns:
+        for turn in turns:
             turned_crops, turned_views = _views(np.ascontiguousarray(np.rot90(image, turn)), self.grids)
             crops.append(turned_crops)
             views += [(turn, *view) for view in turned_views]
-        single_view = len(views) == len(self.turns)
+        single_view = len(views) == len(turns)
         regressors, logits = self.network(to_input(torch.from_numpy(np.concatenate(crops))))
         boxes, keypoints, scores = decode(regressors, logits, self.anchors)
-        found = {turn: ([], [], []) for turn in self.turns}  # per turn: boxes, scores, keypoints and face box
+        found = {turn: ([], [], []) for turn in turns}  # per turn: boxes, scores, keypoints and face box
         tile_score = 1 - TILE_DOUBT * (1 - self.min_score)
         size = image.shape[:2]
         for view, (turn, origin, scale, inner_edges, tile) in enumerate(views):

@@ -321,3 +321,8 @@ def test_any_roll_finds_a_face_lying_on_its_side_and_maps_it_back(detector, astr
     assert np.allclose([(best.face_box[0] + best.face_box[2]) / 2, (best.face_box[1] + best.face_box[3]) / 2],
                        centre, atol=0.1 * side)
     assert FaceDetector(any_roll=True).detect(astronaut)[0].face_box == upright.face_box  # upright: as before
+    turns_only = detector.detect(sideways, choose=judge, turns=(1, 2, 3))  # the turns asked for, those alone
+    matching = [d for d in turns_only if iou(d.face_box, best.face_box) > 0.5]
+    assert matching and all(abs(d.roll - upright.roll - 90) < 15 for d in matching)
+    with pytest.raises(InvalidInputError, match="quarter turns"):
+        detector.detect(astronaut, turns=(4,))
