@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ from cprfa.cpr.regressor import align_point_sets, load_aligner
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.dafi.predict import DafiEstimator, DafiPrediction
 from cprfa.dafi.retrieval import ObservedPoints, VertexRetriever
-from cprfa.data.boxes import check_box, check_landmarks
+from cprfa.data.boxes import check_box, check_landmarks, check_optional_number
 from cprfa.data.crop import (
     eyes_and_mouth,
     face_roll,
@@ -217,6 +218,15 @@ class FaceResult:
         if dense:
             result["vertices"] = self.vertices.tolist()
         return result
+
+
+class _CropBatch(NamedTuple):
+    """The HS-U-Net's prediction for a batch of crops, the vertices retrieved from it (Y^O) and its
+    ``vertex_density`` per crop (B,)."""
+
+    prediction: DafiPrediction
+    observed: ObservedPoints
+    densities: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -410,36 +420,37 @@ class FaceAligner:
                                    zip(observed.detected.sum(axis=1), prediction.mask, strict=True)])
 
     def _second_look(self, faces: list[tuple[np.ndarray, tuple]], crop_boxes: list, rolls: list[float],
-                     seen: tuple[DafiPrediction, ObservedPoints, np.ndarray]) -> tuple:
+                     batch: _CropBatch) -> _CropBatch:
         """Faces cropped the wrong way up, cropped again: those the landmark head finds tilted in their crops
         (``face_tilt``: a box given without its roll, keypoints that missed it) turned by that much more, and
         frontal faces (``is_frontal``) of which the HS-U-Net recognises little (at least MIN_DETECTION of the
         vertices, but a ``vertex_density`` under UNSURE_DENSITY: upside down or on their side, taken for
         upright) turned by each quarter turn, then by the tilt the head finds left in the best of those.
-        ``faces``: (image, face box) per crop; ``seen``: the crops' prediction, Y^O and vertex densities
-        (``_observe``), returned updated, as ``crop_boxes`` and ``rolls`` are in place."""
+        ``faces``: (image, face box) per crop; ``batch``: the crops', returned updated, as ``crop_boxes`` and
+        ``rolls`` are in place."""
         looks, unsure = [], set()  # looks: (face, the new crop's roll, the density it must beat)
         for j, roll in enumerate(rolls):
-            eyes_mouth = eyes_and_mouth(seen[0].landmarks[j])
+            eyes_mouth = eyes_and_mouth(batch.prediction.landmarks[j])
+            density = batch.densities[j]
             if tilt := face_tilt(*eyes_mouth):
-                looks.append((j, roll + tilt, seen[2][j]))
-            elif (seen[1].detection_rate[j] >= MIN_DETECTION and seen[2][j] < UNSURE_DENSITY
+                looks.append((j, roll + tilt, density))
+            elif (batch.observed.detection_rate[j] >= MIN_DETECTION and density < UNSURE_DENSITY
                   and is_frontal(*eyes_mouth)):
-                bar = max(TURNED_MARGIN * seen[2][j], UNSURE_DENSITY)  # the face as an upright one is seen
+                bar = max(TURNED_MARGIN * density, UNSURE_DENSITY)  # the face as an upright one is seen
                 looks += [(j, roll + turn, bar) for turn in (90.0, 180.0, -90.0)]
                 unsure.add(j)
-        seen, turned = self._looks(faces, crop_boxes, rolls, seen, looks)
-        looks = [(j, rolls[j] + tilt, seen[2][j]) for j in unsure.intersection(turned)
-                 if (tilt := face_tilt(*eyes_and_mouth(seen[0].landmarks[j])))]
-        return self._looks(faces, crop_boxes, rolls, seen, looks)[0]
+        batch, turned = self._looks(faces, crop_boxes, rolls, batch, looks)
+        looks = [(j, rolls[j] + tilt, batch.densities[j]) for j in unsure.intersection(turned)
+                 if (tilt := face_tilt(*eyes_and_mouth(batch.prediction.landmarks[j])))]
+        return self._looks(faces, crop_boxes, rolls, batch, looks)[0]
 
-    def _looks(self, faces: list[tuple[np.ndarray, tuple]], crop_boxes: list, rolls: list[float], seen: tuple,
-               looks: list[tuple[int, float, float]]) -> tuple[tuple, list[int]]:
+    def _looks(self, faces: list[tuple[np.ndarray, tuple]], crop_boxes: list, rolls: list[float],
+               batch: _CropBatch, looks: list[tuple[int, float, float]]) -> tuple[_CropBatch, list[int]]:
         """``_second_look``'s crops of ``looks`` (face, crop roll, the vertex density to beat): the best that
-        beats its face's bar replaces that face's crop. Returns ``seen`` updated and the faces whose crop it
+        beats its face's bar replaces that face's crop. Returns ``batch`` updated and the faces whose crop it
         replaced."""
         if not looks:
-            return seen, []
+            return batch, []
         looks = [(j, (roll + 180.0) % 360.0 - 180.0, bar) for j, roll, bar in looks]
         crops, boxes, detail = self._crops([(*faces[j], roll) for j, roll, _ in looks])
         prediction = self.estimator.predict(crops, detail=detail)
@@ -449,14 +460,14 @@ class FaceAligner:
             if densities[n] > bar and (j not in best or densities[n] > densities[best[j]]):
                 best[j] = n
         if not best:
-            return seen, []
+            return batch, []
         rows = list(range(len(rolls)))  # per face its row in the batches joined: the first crop's or a look's
         for j, n in best.items():
             rows[j] = len(rolls) + n
             crop_boxes[j], rolls[j] = boxes[n], looks[n][1]
-        joined = [batch_rows(joined_batches([first, again]), rows)
-                  for first, again in zip(seen[:2], (prediction, observed), strict=True)]
-        return (*joined, np.concatenate([seen[2], densities])[rows]), list(best)
+        return _CropBatch(batch_rows(joined_batches([batch.prediction, prediction]), rows),
+                          batch_rows(joined_batches([batch.observed, observed]), rows),
+                          np.concatenate([batch.densities, densities])[rows]), list(best)
 
     def _faces_of(self, image, boxes, landmarks, scores=None, rolls=None, turns=None) -> _ImageFaces:
         """An image's face boxes (given, from the given landmarks, or detected: in the quarter turns ``turns`` of
@@ -484,10 +495,10 @@ class FaceAligner:
             boxes, scores = [d.face_box for d in detections], [d.score for d in detections]
         else:
             boxes = [check_box(box, f"box {i}") for i, box in enumerate(boxes)]
-            scores = [None] * len(boxes) if scores is None else [_optional_number(score, f"score {i}")
+            scores = [None] * len(boxes) if scores is None else [check_optional_number(score, f"score {i}")
                                                                   for i, score in enumerate(scores)]
             if given is None and rolls is not None:
-                rolls = [crop_roll(_optional_number(roll, f"roll {i}")) for i, roll in enumerate(rolls)]
+                rolls = [crop_roll(check_optional_number(roll, f"roll {i}")) for i, roll in enumerate(rolls)]
         if given is None and self.landmark_source is not None and boxes:
             given = _source_landmarks(self.landmark_source, image, boxes)
         return _ImageFaces(image, boxes, scores, given, rolls=rolls, seen=seen, detected=detected,
@@ -541,19 +552,19 @@ class FaceAligner:
             crops, boxes, detail = self._crops([(*located[j], rolls[j]) for j in fresh])
         timings["crop"] = time.perf_counter() - start
         start = time.perf_counter()
-        if fresh:
-            predicted = self.estimator.predict(crops, detail=detail)
-            views = [view or (boxes[fresh.index(j)], batch_rows(predicted, [fresh.index(j)]))
-                     for j, view in enumerate(views)]
-        crop_boxes = [box for box, _ in views]
-        prediction = predicted if len(fresh) == len(owners) else joined_batches([view for _, view in views])
+        if len(fresh) == len(owners):
+            crop_boxes, prediction = boxes, self.estimator.predict(crops, detail=detail)
+        else:  # some crops were predicted by the roll check: the others now, then all in the faces' order
+            predicted = self.estimator.predict(crops, detail=detail) if fresh else None
+            for n, j in enumerate(fresh):
+                views[j] = (boxes[n], batch_rows(predicted, [n]))
+            crop_boxes, prediction = [box for box, _ in views], joined_batches([view for _, view in views])
         timings["dafi"] = time.perf_counter() - start
         start = time.perf_counter()
-        observed, densities = self._observe(prediction)
+        batch = _CropBatch(prediction, *self._observe(prediction))
         timings["retrieval"] = time.perf_counter() - start
         start = time.perf_counter()
-        prediction, observed, densities = self._second_look(located, crop_boxes, rolls,
-                                                            (prediction, observed, densities))
+        prediction, observed, densities = self._second_look(located, crop_boxes, rolls, batch)
         timings["dafi"] += time.perf_counter() - start
         start = time.perf_counter()
         chosen = self._choose_vertices(observed)
@@ -756,19 +767,6 @@ def polish_fit(model: FaceModel, points: torch.Tensor, vertex_ids: torch.Tensor,
                                                               initial[rows], landmark_robust_scale,
                                                               confidence[rows]).to(params.dtype)
     return params
-
-
-def _optional_number(value, what: str) -> float | None:
-    """A given score or roll: None, or a finite number, else InvalidInputError naming ``what``."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not np.isfinite(number):
-        raise InvalidInputError(f"{what}: a finite number or None, got {value!r}")
-    return number
 
 
 def _source_landmarks(source: LandmarkSource, image: np.ndarray, boxes: list) -> list[np.ndarray]:

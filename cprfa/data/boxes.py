@@ -46,7 +46,8 @@ def read_boxes_and_rolls(path: str | Path) -> dict[str, list[tuple[Box, float | 
     boxes: dict[str, list[tuple[Box, float | None]]] = {}
     for number, (image, values, roll) in enumerate(entries, start=1):
         where = f"{path}, entry {number}"
-        boxes.setdefault(str(image), []).append((check_box(values, where), _check_roll(roll, where)))
+        boxes.setdefault(str(image), []).append(
+            (check_box(values, where), check_optional_number(roll, where, "a roll must be a finite number of degrees")))
     if not boxes:
         raise InvalidInputError(f"boxes file {path} holds no boxes")
     return boxes
@@ -70,17 +71,17 @@ def check_box(values, where: str) -> Box:
     return box
 
 
-def _check_roll(value, where: str) -> float | None:
-    """A finite number of degrees, or None for a value not given (None, an empty cell)."""
-    if value is None or value == "":
+def check_optional_number(value, where: str, what: str = "a finite number or None") -> float | None:
+    """None, or a finite number, else InvalidInputError naming ``where`` and saying ``what`` it must be."""
+    if value is None:
         return None
     try:
-        roll = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        roll = math.nan
-    if not math.isfinite(roll):
-        raise InvalidInputError(f"{where}: a roll must be a finite number of degrees, got {value!r}")
-    return roll
+        number = math.nan
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{where}: {what}, got {value!r}")
+    return number
 
 
 def _parse_csv(path: Path, text: str):
@@ -88,7 +89,7 @@ def _parse_csv(path: Path, text: str):
     columns = ("image", "x0", "y0", "x1", "y1")
     if not rows or any(c not in rows[0] for c in columns):
         raise InvalidInputError(f"boxes file {path} must be a CSV with the header {','.join(columns)}[,roll]")
-    return [(row["image"], [row[c] for c in columns[1:]], row.get("roll")) for row in rows]
+    return [(row["image"], [row[c] for c in columns[1:]], row.get("roll") or None) for row in rows]  # "": none
 
 
 def _parse_json(path: Path, text: str):
