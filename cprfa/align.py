@@ -79,7 +79,7 @@ from cprfa.model.contour import silhouette_landmark_ids
 from cprfa.model.draw import draw_landmarks, draw_pose_axes, draw_wireframe
 from cprfa.model.face_model import FaceModel, default_face_model
 from cprfa.model.projection import N_POSE, ParamLayout, euler_to_rotation, model_shape, project
-from cprfa.model.render import visible_vertices_of
+from cprfa.model.render import render_pncc, visible_vertices_of
 
 MIN_DETECTION = 0.02  # fewer than this fraction of the model's vertices retrieved: no face in the box
 # A detection is kept only where the HS-U-Net confirms the face: at least this many distinct vertices retrieved per
@@ -801,6 +801,47 @@ def draw_face_result(image: np.ndarray, result: FaceResult, model: FaceModel | N
     overlay = draw_landmarks(overlay, result.landmarks_2d)
     face_width = float(np.ptp(result.landmarks_2d[:, 0]))
     return draw_pose_axes(overlay, result.rotation, result.landmarks_3d[30, :2], length=0.5 * face_width)
+
+
+@dataclass(frozen=True)
+class FaceMaps:
+    """The fitted faces of a photo rendered into it (``render_faces``).
+
+    pncc: (H, W, 3) float32 PNCC code of the surface each pixel shows, in [0, 1], 0 on the background;
+    depth: (H, W) float32 image-space depth (pixels, larger = nearer, DESIGN.md), -inf on the background;
+    face: (H, W) int index of the face each pixel shows in the results given, -1 on the background."""
+
+    pncc: np.ndarray
+    depth: np.ndarray
+    face: np.ndarray
+
+
+def render_faces(image_size: tuple[int, int], results: list[FaceResult | None],
+                 model: FaceModel | None = None) -> FaceMaps:
+    """Render the fitted meshes of ``results`` (None entries skipped) into an image of ``image_size`` =
+    (height, width). Each face is rasterized in the box of its mesh only, so a large photo costs no more than its
+    faces. A face's depth is relative to its own centre (weak perspective has no distance), so where faces
+    overlap the larger one (greater scale) is taken as the nearer and drawn in front."""
+    model = model or default_face_model()
+    height, width = image_size
+    pncc = np.zeros((height, width, 3), np.float32)
+    depth = np.full((height, width), -np.inf, np.float32)
+    face = np.full((height, width), -1, np.int64)
+    drawn = sorted((k for k, result in enumerate(results) if result is not None), key=lambda k: results[k].scale)
+    for k in drawn:
+        vertices = results[k].vertices
+        x0, y0 = (max(int(np.floor(vertices[:, axis].min())), 0) for axis in (0, 1))
+        x1 = min(int(np.ceil(vertices[:, 0].max())), width)
+        y1 = min(int(np.ceil(vertices[:, 1].max())), height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        shifted = torch.from_numpy(vertices - np.array([x0, y0, 0.0])).float()[None]
+        render = render_pncc(model, shifted, y1 - y0, x1 - x0)
+        mask = render.mask[0].numpy()
+        pncc[y0:y1, x0:x1][mask] = render.pncc[0].numpy()[mask]
+        depth[y0:y1, x0:x1][mask] = render.depth[0].numpy()[mask]
+        face[y0:y1, x0:x1][mask] = k
+    return FaceMaps(pncc=pncc, depth=depth, face=face)
 
 
 def _as_rgb(image) -> np.ndarray:

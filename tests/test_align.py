@@ -20,6 +20,7 @@ from cprfa.align import (
     is_confirmed,
     polish_fit,
     polish_options,
+    render_faces,
 )
 from cprfa.cpr.regressor import DEFAULT_WEIGHTS as DEFAULT_CPR_WEIGHTS
 from cprfa.data.boxes import landmark_box
@@ -31,6 +32,7 @@ from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
 from cprfa.model.projection import ParamLayout, image_vertices
+from cprfa.model.render import render_pncc
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
 BOX = (178.0, 80.0, 262.0, 180.0)
@@ -58,6 +60,24 @@ def test_aligns_the_bundled_example_from_a_path_an_array_or_a_pil_image(aligner)
     assert face.head_confidence.shape == (68,) and np.median(face.head_confidence) > 0.9  # nothing hides the face
     assert np.allclose(face.rotation @ face.rotation.T, np.eye(3), atol=1e-6)
     json.dumps(face.to_dict())
+
+
+def test_the_fitted_faces_render_into_the_photo_the_larger_in_front(aligner):
+    face = aligner.align(EXAMPLE, [BOX])[0]
+    image_size = load_image(EXAMPLE).shape[:2]
+    maps = render_faces(image_size, [None, face], aligner.model)
+    whole = render_pncc(aligner.model, torch.from_numpy(face.vertices).float()[None], *image_size)
+    assert ((maps.face == 1) == whole.mask[0].numpy()).mean() > 0.9999 and not (maps.face == 0).any()
+    assert np.abs(maps.pncc - whole.pncc[0].numpy()).max() < 1e-3
+    assert np.isfinite(maps.depth[maps.face == 1]).all() and np.isneginf(maps.depth[maps.face < 0]).all()
+    smaller = dataclasses.replace(face, vertices=face.vertices * [0.5, 0.5, 0.5] + [150, 40, 0], scale=face.scale / 2)
+    both = render_faces(image_size, [face, smaller], aligner.model)
+    alone = render_faces(image_size, [smaller], aligner.model)
+    overlap = (alone.face == 0) & (maps.face == 1)
+    assert overlap.sum() > 100 and (both.face[overlap] == 0).all()  # the larger face is nearer
+    assert ((both.face == 1) == ((alone.face == 0) & ~overlap)).all()
+    outside = dataclasses.replace(face, vertices=face.vertices - [1000, 0, 0])
+    assert (render_faces(image_size, [outside], aligner.model).face < 0).all()
 
 
 def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):

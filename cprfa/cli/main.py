@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("-o", "--out", type=Path, default=Path("out"), help="output folder (default: out)")
     align.add_argument("--mesh", choices=("obj", "ply"), help="also write each face's mesh in image space")
     align.add_argument("--dafi", action="store_true", help="also write each face's predicted DAFI (crop) as PNG")
+    align.add_argument("--pncc", action="store_true",
+                       help="also write per image <name>_pncc.png: the fitted faces' PNCC codes rendered over black")
+    align.add_argument("--depth", action="store_true",
+                       help="also write per image <name>_depth.png: the fitted faces' depth (each face's nearest "
+                       "point white, its farthest dark grey) over black")
     align.add_argument("--weights", type=Path, help="HS-U-Net weights (default: the shipped ones)")
     align.add_argument("--method", choices=("cpr", "cpr+pose", "cpr+refine", "online", "cpr+online"),
                        default="cpr+refine",
@@ -388,6 +393,7 @@ def run_render(args: argparse.Namespace) -> int:
     from cprfa.api import draw_posed_model, pose_model_in_box
     from cprfa.data.boxes import boxes_for, check_box, read_boxes
     from cprfa.data.images import load_image, save_image
+    from cprfa.model.draw import depth_to_gray
     from cprfa.model.face_model import default_face_model
     from cprfa.model.mesh_io import write_obj, write_ply
 
@@ -567,8 +573,9 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
 
     from tqdm import tqdm
 
-    from cprfa.align import draw_face_result
+    from cprfa.align import draw_face_result, render_faces
     from cprfa.data.images import save_image
+    from cprfa.model.draw import depth_to_gray
     from cprfa.model.mesh_io import write_obj, write_ply
 
     missing, overlay = 0, image
@@ -591,6 +598,12 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
         summary.append(f"{path},{k},ok,{score},{result.pitch:.2f},{result.yaw:.2f},{result.roll:.2f},{result.scale:.4f},"
                        f"{result.observed_vertices}")
     save_image(args.out / f"{path.stem}_overlay.png", overlay)
+    if args.pncc or args.depth:
+        maps = render_faces(image.shape[:2], results, aligner.model)
+        if args.pncc:
+            save_image(args.out / f"{path.stem}_pncc.png", (maps.pncc * 255).round().astype(np.uint8))
+        if args.depth:
+            save_image(args.out / f"{path.stem}_depth.png", depth_to_gray(maps.depth, maps.face))
     tqdm.write(f"{path}: {sum(r is not None for r in results)} of {len(results)} face(s) aligned", file=sys.stdout)
     return missing
 
@@ -627,16 +640,6 @@ def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_siz
             writer.release()
     (out / f"{path.stem}_frames.csv").write_text("\n".join(rows) + "\n")
     return count
-
-
-def depth_to_gray(depth: np.ndarray) -> np.ndarray:
-    """Depth to an 8-bit image: nearest face pixel white, farthest dark grey, background black."""
-    face = np.isfinite(depth)
-    gray = np.zeros(depth.shape, np.uint8)
-    if face.any():
-        low, high = depth[face].min(), depth[face].max()
-        gray[face] = (40 + 215 * (depth[face] - low) / max(high - low, 1e-6)).astype(np.uint8)
-    return gray
 
 
 def run_build_model(args: argparse.Namespace) -> int:

@@ -137,6 +137,24 @@ def blend(image, overlay_rgb, mask=None, alpha: float = 0.5) -> np.ndarray:
     return canvas
 
 
+def depth_to_gray(depth, regions=None) -> np.ndarray:
+    """Depth as an 8-bit image: in each region (each face) its nearest pixel white and its farthest dark grey;
+    the background (-inf) black.
+
+    Shape: depth (H, W) float (larger = nearer), regions (H, W) int labels, negative on the background, or
+    None (one region: every finite pixel) -> (H, W) uint8."""
+    depth = _array("depth", depth, np.float64)
+    regions = np.where(np.isfinite(depth), 0, -1) if regions is None else _array("regions", regions, np.int64)
+    if depth.ndim != 2 or regions.shape != depth.shape:
+        raise InvalidInputError(f"depth must be (H, W) and regions the same shape, got {depth.shape}, {regions.shape}")
+    gray = np.zeros(depth.shape, np.uint8)
+    for label in np.unique(regions[regions >= 0]):
+        inside = regions == label
+        low, high = depth[inside].min(), depth[inside].max()
+        gray[inside] = (40 + 215 * (depth[inside] - low) / max(high - low, 1e-6)).astype(np.uint8)
+    return gray
+
+
 def _array(name: str, value, dtype) -> np.ndarray:
     """numpy view of a numpy array, torch tensor or sequence (converted to ``dtype`` unless it is None)."""
     if isinstance(value, torch.Tensor):

@@ -20,7 +20,7 @@ def test_align_writes_results_and_goes_on_past_bad_files(tmp_path, capsys):
     boxes.write_text("image,x0,y0,x1,y1\nastronaut.jpg,178,80,262,180\nbroken.jpg,10,10,50,50\n")
     out = tmp_path / "out"
     code = main(["align", str(tmp_path / "broken.jpg"), str(tmp_path / "astronaut.jpg"), str(tmp_path / "none.jpg"),
-                 "--boxes", str(boxes), "-o", str(out), "--mesh", "ply", "--dafi"])
+                 "--boxes", str(boxes), "-o", str(out), "--mesh", "ply", "--dafi", "--pncc", "--depth"])
     assert code == 1  # two inputs failed, the good one was still aligned
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "none.jpg" in err
@@ -29,6 +29,12 @@ def test_align_writes_results_and_goes_on_past_bad_files(tmp_path, capsys):
     assert len(result["landmarks_2d"]) == 68 and len(result["landmarks_3d"][0]) == 3
     assert (out / "astronaut_overlay.png").is_file() and (out / "astronaut_face0.ply").is_file()
     assert (out / "astronaut_face0_dafi.png").is_file()
+    pncc, depth = load_image(out / "astronaut_pncc.png"), load_image(out / "astronaut_depth.png")
+    assert pncc.shape == depth.shape == load_image(tmp_path / "astronaut.jpg").shape
+    face = depth.max(axis=-1) > 0
+    assert ((pncc.max(axis=-1) > 0) == face).mean() > 0.999  # the same pixels (a PNCC code may be black)
+    rows, cols = np.nonzero(face)  # the face, around its box
+    assert 160 < cols.mean() < 280 and 60 < rows.mean() < 200
     summary = (out / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("image,face,status") and len(summary) == 4
     assert sum(",ok," in line for line in summary) == 1

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from cprfa.errors import InvalidInputError
-from cprfa.model.draw import blend, draw_landmarks, draw_pose_axes, draw_wireframe, front_facing
+from cprfa.model.draw import (
+    blend,
+    depth_to_gray,
+    draw_landmarks,
+    draw_pose_axes,
+    draw_wireframe,
+    front_facing,
+)
 from cprfa.model.projection import euler_to_rotation, project
 
 
@@ -179,3 +186,17 @@ def test_blend_inside_mask_only():
     assert (full == 90).all()
     with pytest.raises(InvalidInputError, match="shape"):
         blend(image, np.zeros((20, 20, 3), np.uint8))
+
+
+def test_depth_to_gray_spans_each_region_on_its_own():
+    depth = np.full((4, 6), -np.inf)
+    depth[:, :2] = [[1.0, 3.0]] * 4  # a near face
+    depth[:, 3:5] = [[-50.0, -40.0]] * 4  # a far one: its own range, not the near one's
+    regions = np.where(np.isfinite(depth), np.arange(6)[None] // 3, -1)
+    gray = depth_to_gray(depth, regions)
+    assert (gray[:, [0, 3]] == 40).all() and (gray[:, [1, 4]] == 255).all()
+    assert (gray[:, [2, 5]] == 0).all()  # background
+    alone = depth_to_gray(depth)  # one region: the far face darker than the near one
+    assert (alone[:, 4] < alone[:, 0]).all() and (alone[:, 1] == 255).all()
+    with pytest.raises(InvalidInputError):
+        depth_to_gray(depth, regions[:2])
