@@ -54,6 +54,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.regressor import align_point_sets, load_aligner
@@ -308,8 +309,9 @@ class FaceAligner:
 
     def align(self, image, boxes=None, landmarks=None, starts=None, scores=None,
               rolls=None) -> list[FaceResult | None]:
-        """Align the faces of ``image`` (a path, an (H, W, 3) uint8 RGB array, or a PIL image): those the face
-        detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes), or those of
+        """Align the faces of ``image`` (a path, a PIL image, or an array: (H, W, 3) uint8 RGB, or any layout
+        ``cprfa.data.images.load_image`` reads; OpenCV's BGR wants ``load_image(image, bgr=True)``): those the
+        face detector finds, or those in ``boxes`` [(x0, y0, x1, y1), ...] (tight 68-landmark boxes), or those of
         ``landmarks`` (F, 68, 2) (the user's own 68 points per face, 300-W order, pixels): their tight boxes
         are the face boxes and the points replace the HS-U-Net's landmark head (in the on-line fits and as the
         CPR aligner's sparse source).
@@ -845,13 +847,10 @@ def render_faces(image_size: tuple[int, int], results: list[FaceResult | None],
 
 
 def _as_rgb(image) -> np.ndarray:
-    """A path, an RGB uint8 array or a PIL image as an (H, W, 3) uint8 RGB array."""
-    if isinstance(image, str | Path):
-        return load_image(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise InvalidInputError(f"image must be a path, a PIL image or an (H, W, 3) uint8 RGB array, "
-                                f"got {array.shape} {array.dtype}")
-    return array
+    """A path, a PIL image or an array (any layout ``load_image`` reads: RGB, grey, RGBA, 16-bit, float in
+    [0, 1]) as an (H, W, 3) uint8 RGB array, read as ``load_image`` reads it; an RGB uint8 array as it is."""
+    if not isinstance(image, str | Path | Image.Image):
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+            return image
+    return load_image(image)

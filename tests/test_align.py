@@ -26,7 +26,7 @@ from cprfa.cpr.regressor import DEFAULT_WEIGHTS as DEFAULT_CPR_WEIGHTS
 from cprfa.data.boxes import landmark_box
 from cprfa.data.images import load_image
 from cprfa.detect.detector import FaceDetector
-from cprfa.errors import InvalidInputError, ModelFileError
+from cprfa.errors import CprfaError, InvalidInputError, ModelFileError
 from cprfa.fitting.baselines import online_optimization_with_landmarks
 from cprfa.fitting.optimize import FitOptions
 from cprfa.model.contour import landmarks_2d
@@ -62,6 +62,16 @@ def test_aligns_the_bundled_example_from_a_path_an_array_or_a_pil_image(aligner)
     json.dumps(face.to_dict())
 
 
+def test_grey_rgba_and_float_arrays_are_read_as_their_files_are(aligner):
+    image = load_image(EXAMPLE)
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    grey = np.asarray(Image.fromarray(image).convert("L"))
+    results = [aligner.align(source, [BOX])[0] for source in (image, rgba, image / 255.0, grey, grey[..., None])]
+    assert all(np.allclose(results[0].params, face.params, atol=1e-5) for face in results[1:3])
+    assert np.allclose(results[3].params, results[4].params)
+    assert np.abs(results[3].landmarks_2d - results[0].landmarks_2d).mean() < 2.0  # the grey photo: nearly so
+
+
 def test_the_fitted_faces_render_into_the_photo_the_larger_in_front(aligner):
     face = aligner.align(EXAMPLE, [BOX])[0]
     image_size = load_image(EXAMPLE).shape[:2]
@@ -86,8 +96,10 @@ def test_a_box_without_a_face_gives_none_and_bad_input_is_refused(aligner):
     assert aligner.align(blank, []) == []
     with pytest.raises(InvalidInputError):
         aligner.align(blank, [(50, 50, 40, 150)])
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(CprfaError, match="too small"):
         aligner.align(np.zeros((10, 10), np.float32), [BOX])
+    with pytest.raises(CprfaError, match=r"must lie in \[0, 1\]"):
+        aligner.align(np.full((64, 64, 3), 2.0, np.float32), [BOX])
     with pytest.raises(InvalidInputError, match="FaceDetector"):
         FaceAligner(detector="blazeface.pt")
 
