@@ -69,7 +69,8 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray, bgr: bool =
 def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 array of shape (H, W, 3), or a grey (H, W) one, to ``path``; return the path.
 
-    The format follows the suffix: ``.png``, or ``.jpg`` / ``.jpeg`` (quality 95). Parent folders are
+    The format follows the suffix: ``.png`` (zlib level 1, as OpenCV writes it: three times as fast as Pillow's
+    default level 6 for files about a quarter larger), or ``.jpg`` / ``.jpeg`` (quality 95). Parent folders are
     created."""
     path = Path(path)
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -83,7 +84,7 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
             f"got {rgb.dtype} of shape {rgb.shape}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"quality": 95} if image_format == "JPEG" else {}
+    options = {"quality": 95} if image_format == "JPEG" else {"compress_level": 1}
     Image.fromarray(np.ascontiguousarray(rgb)).save(path, format=image_format, **options)
     return path
 

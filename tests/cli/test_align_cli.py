@@ -49,10 +49,21 @@ def test_align_without_boxes_detects_the_faces(tmp_path, capsys):
     result = json.loads((out / "astronaut_face0.json").read_text())
     x0, y0, x1, y1 = result["box"]
     assert 0.5 < result["score"] <= 1.0 and abs((x0 + x1) / 2 - 220) < 15 and abs((y0 + y1) / 2 - 130) < 20
+    assert (out / "astronaut_overlay.png").is_file()
+    for overlay, written in (("jpg", ["astronaut_overlay.jpg"]), ("none", [])):
+        assert main(["align", str(tmp_path / "astronaut.jpg"), "-o", str(tmp_path / overlay), "--overlay", overlay,
+                     "--boxes", str(_box_file(tmp_path))]) == 0
+        assert sorted(p.name for p in (tmp_path / overlay).glob("*_overlay.*")) == written
     assert main(["align", str(grey), "-o", str(out)]) == 1  # no face: reported, exit code 1
     assert "grey.png: no face found" in capsys.readouterr().err
     assert main(["align", str(grey), "-o", str(out), "--device", "tpu"]) == 1
     assert "--device tpu is not available" in capsys.readouterr().err
+
+
+def _box_file(folder: Path) -> Path:
+    boxes = folder / "boxes.csv"
+    boxes.write_text("image,x0,y0,x1,y1\nastronaut.jpg,178,80,262,180\n")
+    return boxes
 
 
 def test_align_small_faces(tmp_path, capsys):
