@@ -18,7 +18,9 @@ weights.
   jaw side), recall by |yaw| bucket. Skipped when not built.
 - mosaics: helen_test images, each scaled to 300 px, tiled 4 × 4 into 1200 × 1200 images (faces about 1/8 of
   the image side, below what the letterbox alone finds reliably) and 8 × 8 into 2400 × 2400 images (faces about
-  1/16 of the side, below what the default tiles find: the rows with ``small_faces``).
+  1/16 of the side, below what the default tiles find: the rows with ``small_faces``); and scaled to 150 px,
+  tiled 16 × 16 into one 2400 × 2400 image (faces of about 75 px, 1/32 of the side, a group photo's: the rows
+  with ``min_face``).
 
     python benchmarks/bench_detect.py [--data ../shared/data/300w] [--large-pose /tmp/lp] [--threads 1]
         [--weights blazeface.pt]
@@ -41,7 +43,8 @@ from cprfa.detect.blazeface import box_iou
 from cprfa.detect.detector import MEDIAPIPE_WEIGHTS, FaceDetector
 
 BUCKETS = ((0, 30), (30, 60), (60, 90))
-MOSAIC_GRIDS, MOSAIC_CELL = (4, 8), 300
+MOSAICS = ((4, 300), (8, 300), (16, 150))  # grid, cell side in pixels
+MIN_FACE = 60  # pixels: the --min-face rows
 
 
 def match(detections, targets: list) -> list[float]:
@@ -98,20 +101,20 @@ class Tally:
                 f"{self.extra} | {1000 * statistics.median(self.seconds):.1f} |")
 
 
-def mosaics(faces, grid: int) -> list[tuple[np.ndarray, list]]:
-    """grid × grid mosaics of the faces' images in a fixed shuffled order, with the faces' landmarks (68, 2) in
-    the mosaic's pixels."""
+def mosaics(faces, grid: int, cell_side: int) -> list[tuple[np.ndarray, list]]:
+    """grid × grid mosaics of the faces' images, each scaled to ``cell_side`` pixels, in a fixed shuffled order,
+    with the faces' landmarks (68, 2) in the mosaic's pixels."""
     order = np.random.default_rng(0).permutation(len(faces))
     count = grid * grid
     result = []
     for start in range(0, len(order) - count + 1, count):
-        side = grid * MOSAIC_CELL
+        side = grid * cell_side
         canvas, targets = np.zeros((side, side, 3), np.uint8), []
         for cell, index in enumerate(order[start:start + count]):
             image = read_rgb(faces[index].image)
-            k = MOSAIC_CELL / max(image.shape[:2])
+            k = cell_side / max(image.shape[:2])
             size = (round(image.shape[1] * k), round(image.shape[0] * k))
-            y0, x0 = (cell // grid) * MOSAIC_CELL, (cell % grid) * MOSAIC_CELL
+            y0, x0 = (cell // grid) * cell_side, (cell % grid) * cell_side
             canvas[y0:y0 + size[1], x0:x0 + size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             targets.append(faces[index].landmarks * k + [x0, y0])
         result.append((canvas, targets))
@@ -137,6 +140,8 @@ def main() -> None:
                  "default, confirmed by the HS-U-Net": Confirmed(FaceDetector(args.weights)),
                  "small faces (finer tiles too)": FaceDetector(args.weights, small_faces=True),
                  "small faces, confirmed": Confirmed(FaceDetector(args.weights, small_faces=True)),
+                 f"min face {MIN_FACE} px": FaceDetector(args.weights, min_face=MIN_FACE),
+                 f"min face {MIN_FACE} px, confirmed": Confirmed(FaceDetector(args.weights, min_face=MIN_FACE)),
                  "letterbox only": FaceDetector(args.weights, tiles=False),
                  "MediaPipe's weights": FaceDetector(MEDIAPIPE_WEIGHTS),
                  "MediaPipe's, letterbox only": FaceDetector(MEDIAPIPE_WEIGHTS, tiles=False)}
@@ -157,13 +162,13 @@ def main() -> None:
             print(tally.row(f"{split} | {name}"))
         if split == "helen_test":
             helen_test = faces
-    for grid in MOSAIC_GRIDS:
-        sets = mosaics(helen_test, grid)
+    for grid, cell_side in MOSAICS:
+        sets = mosaics(helen_test, grid, cell_side)
         for name, detector in detectors.items() if sets else ():  # none with --limit under grid²
             tally = Tally()
             for canvas, targets in sets:
                 tally.add(detector, canvas, [landmark_box(points) for points in targets])
-            print(tally.row(f"helen_test {grid}×{grid} mosaics ({grid * MOSAIC_CELL} px) | {name}"))
+            print(tally.row(f"helen_test {grid}×{grid} mosaics ({grid * cell_side} px) | {name}"), flush=True)
 
     shards = sorted((args.large_pose / "helen_test").glob("shard_*.npz"))
     if not shards:

@@ -16,16 +16,16 @@ to every |yaw| bucket, landmarks of the fitted model in the 3D convention) the p
 NME is that of ``landmarks_3d``, by |yaw| bucket. A profile's 3D-convention box holds its hidden jaw, which no
 detector box covers, so there a face is found when the result's box centre lies inside the landmark box.
 
-With ``--mosaic G`` the photos are helen_test's tiled G × G into mosaics of 300 px cells (bench_detect.py's: at
-G = 8 each face is about 1/16 of the 2400 px image side), aligned with ``--small-faces`` when asked; NME, failures
-and found count per face, time per mosaic.
+With ``--mosaic G`` the photos are helen_test's tiled G × G into mosaics of 300 px cells (``--mosaic-cell``;
+bench_detect.py's: at G = 8 each face is about 1/16 of the 2400 px image side), aligned with ``--small-faces`` or
+``--min-face`` when asked; NME, failures and found count per face, time per mosaic.
 
 With ``--landmark-source mediapipe`` (the mediapipe extra) the fit's sparse landmarks are MediaPipe's face
 mesh mapped to 68 (cprfa.detect.landmarks), and the mapped points' own NME in the annotated boxes is printed.
 
     python benchmarks/bench_end_to_end.py [--data ../shared/data/300w] [--limit N] [--zoom Z] [--no-flip] [--no-refine]
                                           [--weights FILE] [--detector-weights FILE] [--large-pose /tmp/lp]
-                                          [--mosaic G [--small-faces]] [--reframe] [--landmark-source mediapipe]
+                                          [--mosaic G [--mosaic-cell PX] [--small-faces | --min-face PX]] [--reframe] [--landmark-source mediapipe]
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--detector-weights", type=Path, help="face detector weights (default: the shipped ones)")
     parser.add_argument("--large-pose", type=Path, help="a --large-pose build of helen_test instead of the photos")
     parser.add_argument("--mosaic", type=int, default=0, help="G: the photos tiled G × G instead (small faces)")
+    parser.add_argument("--mosaic-cell", type=int, default=300, help="each photo's side in the mosaics, pixels")
     parser.add_argument("--small-faces", action="store_true", help="the detector's finer tiles (--small-faces)")
+    parser.add_argument("--min-face", type=float, help="faces down to this many pixels (--min-face)")
     parser.add_argument("--reframe", action="store_true", help="detected faces aligned again (--reframe)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="the landmark refiner (FaceAligner's default: on)")
@@ -77,17 +79,18 @@ def main() -> None:
         images, truth, boxes, yaw = load_large_pose(args.large_pose, args.limit)
         what, buckets = f"{len(images)} profiled views of helen_test ({args.large_pose})", BUCKETS
     elif args.mosaic:
-        sets = mosaics(list(iter_300w(args.data, (args.split,)))[:args.limit or None], args.mosaic)
+        sets = mosaics(list(iter_300w(args.data, (args.split,)))[:args.limit or None], args.mosaic, args.mosaic_cell)
         images, truth = [canvas for canvas, _ in sets], np.concatenate([np.stack(points) for _, points in sets])
         boxes = [landmark_box(points) for points in truth]
-        what = f"{len(truth)} faces of {args.split} in {len(sets)} {args.mosaic} × {args.mosaic} mosaics"
+        what = (f"{len(truth)} faces of {args.split} in {len(sets)} {args.mosaic} × {args.mosaic} mosaics of "
+                f"{args.mosaic * args.mosaic_cell} px")
     else:
         images, truth, boxes = load_photos(args.data, args.split, args.limit)
         what = f"{len(images)} faces of {args.split}"
     faces_per_image = args.mosaic ** 2 if args.mosaic and not args.large_pose else 1
     owner = np.repeat(np.arange(len(images)), faces_per_image)  # the image of each face
-    detector = (FaceDetector(args.detector_weights, small_faces=args.small_faces)
-                if args.detector_weights or args.small_faces else None)
+    detector = (FaceDetector(args.detector_weights, small_faces=args.small_faces, min_face=args.min_face)
+                if args.detector_weights or args.small_faces or args.min_face else None)
     source = None
     if args.landmark_source == "mediapipe":
         source = MediaPipeLandmarks()
@@ -101,6 +104,7 @@ def main() -> None:
     print(f"{what}, {args.threads} threads, flip {'on' if args.flip else 'off'}, "
           f"refiner {'on' if args.refine else 'off'}, "
           f"zoom {args.zoom}, batches of {args.batch_size} photos, small faces {'on' if args.small_faces else 'off'}, "
+          f"min face {args.min_face or 'off'}, "
           f"reframe {'on' if args.reframe else 'off'}\n")
     landmarks = "landmarks_3d" if args.large_pose else "landmarks_2d"
     print(f"| faces from | found | {landmarks} NME mean | median | "

@@ -9,7 +9,10 @@ MediaPipe's weights, it finds nearly every face whose tight 68-landmark box span
 batch: the whole image letterboxed (padded to a square, centred, no distortion; what MediaPipe itself does),
 and square tiles of half the image's longer side laid over it with at least 50 % overlap (3 × 3 on a square
 photo), which reach faces down to about 0.08 of the longer side; with ``small_faces``, also 5 × 5 tiles of a
-third of it, down to about 0.05. The tiles are left out when they would be under ``MIN_TILE_SIDE`` pixels.
+third of it, down to about 0.05. With ``min_face`` (pixels), finer levels of tiles follow, each at most
+``LEVEL_STEP`` times smaller than the one before, down to tiles whose side is ``min_face / FACE_REACH``: faces
+of that many pixels whatever the photo's size (a group photo's), in as many tiles as that takes. The tiles are
+left out when they would be under ``MIN_TILE_SIDE`` pixels.
 Padding is black, as in MediaPipe's letterbox.
 
 Each view is decoded and suppressed as MediaPipe does (score ≥ ``min_score``, weighted NMS at IoU 0.3). Tiles
@@ -75,6 +78,10 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "blazeface.pt"  # fine-tune
 TILE_GRIDS = (3,)  # n × n tiles of side 2 / (n + 1) of the longer image side: 50 % overlap on a square photo
 SMALL_FACE_GRID = 5  # with small_faces, tiles of a third of the longer side too
 MIN_TILE_SIDE = 96  # pixels; smaller tiles are not used
+FACE_REACH = 0.15  # a view finds faces whose landmark box spans this share of its side and more (docstring)
+SMALLEST_FACE = 20  # pixels: the least min_face
+LEVEL_STEP = 3.0  # with min_face, each level of tiles is at most this many times smaller than the one before
+VIEW_BATCH = 64  # views through the network at a time
 TILE_DOUBT = 0.6  # a tile detection needs score >= 1 - TILE_DOUBT * (1 - min_score)
 MIN_IMAGE_SIDE = 8
 DEFAULT_MIN_SCORE = 0.5  # MediaPipe's, for weights whose record names none
@@ -154,12 +161,20 @@ class FaceDetector:
     whole letterboxed image only, as MediaPipe; small_faces: also look at SMALL_FACE_GRID² tiles of a third of
     the photo's longer side, which find faces down to about 5 % of it (about 8 % without) in 3–4 times the
     time (README, "Face detection"); any_roll: also look at the photo turned by quarter turns, for faces beyond
-    about 45° from upright, in four times the time; face_box_map: override the box mapping of the weights'
-    record (needed for weights whose record has none)."""
+    about 45° from upright, in four times the time; min_face: also look for faces down to this many pixels
+    (their tight landmark box's side; at least SMALLEST_FACE), in finer tiles as the photo's size asks (module
+    docstring), None: not; face_box_map: override the box mapping of the weights' record (needed for weights
+    whose record has none)."""
 
     def __init__(self, weights: str | Path | None = None, min_score: float | None = None,
                  max_faces: int | None = None, tiles: bool = True, face_box_map: FaceBoxMap | None = None,
-                 small_faces: bool = False, any_roll: bool = False):
+                 small_faces: bool = False, any_roll: bool = False, min_face: float | None = None):
+        if min_face is not None and (not isinstance(min_face, int | float) or isinstance(min_face, bool)
+                                     or not SMALLEST_FACE <= min_face < math.inf):
+            raise InvalidInputError(f"min_face must be a number of pixels of at least {SMALLEST_FACE}, got "
+                                    f"{min_face!r}")
+        if min_face is not None and not tiles:
+            raise InvalidInputError("min_face needs the tiles: it looks for small faces in finer ones")
         if min_score is not None and not _is_score(min_score):
             raise InvalidInputError(f"min_score must be a number in (0, 1), got {min_score!r}")
         if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int)
@@ -180,7 +195,7 @@ class FaceDetector:
                                      f"{min_score!r}")
         self.min_score, self.max_faces = float(min_score), max_faces
         self.grids = (TILE_GRIDS + (SMALL_FACE_GRID,) if small_faces else TILE_GRIDS) if tiles else ()
-        self.any_roll = any_roll
+        self.any_roll, self.min_face = any_roll, min_face
         self.turns = (0, 1, 2, 3) if any_roll else (0,)
         self.anchors = anchor_centres()
 
@@ -202,12 +217,16 @@ class FaceDetector:
         if min(image.shape[:2]) < MIN_IMAGE_SIDE:
             raise InvalidInputError(f"image must be at least {MIN_IMAGE_SIDE} pixels on a side, got {image.shape}")
         crops, views = [], []
+        grids = tile_grids(max(image.shape[:2]), self.grids, self.min_face)
         for turn in turns:
-            turned_crops, turned_views = _views(np.ascontiguousarray(np.rot90(image, turn)), self.grids)
+            turned_crops, turned_views = _views(np.ascontiguousarray(np.rot90(image, turn)), grids)
             crops.append(turned_crops)
             views += [(turn, *view) for view in turned_views]
         single_view = len(views) == len(turns)
-        regressors, logits = self.network(to_input(torch.from_numpy(np.concatenate(crops))))
+        crops = np.concatenate(crops)
+        outputs = [self.network(to_input(torch.from_numpy(crops[start:start + VIEW_BATCH])))
+                   for start in range(0, len(crops), VIEW_BATCH)]
+        regressors, logits = (torch.cat(parts) for parts in zip(*outputs, strict=True))
         boxes, keypoints, scores = decode(regressors, logits, self.anchors)
         found = {turn: ([], [], []) for turn in turns}  # per turn: boxes, scores, keypoints and face box
         tile_score = 1 - TILE_DOUBT * (1 - self.min_score)
@@ -314,6 +333,21 @@ def _nested(boxes: torch.Tensor) -> torch.Tensor:
 
 def _as_box(values: torch.Tensor) -> Box:
     return tuple(float(v) for v in values)
+
+
+def tile_grids(longest: int, grids: tuple[int, ...], min_face: float | None = None) -> tuple[int, ...]:
+    """The n of the n × n grids of tiles for a photo of ``longest`` pixels on its longer side: ``grids`` and,
+    with ``min_face``, finer ones, each level's tiles at most LEVEL_STEP times smaller than the level before,
+    until the tiles' side is at most ``min_face / FACE_REACH`` (module docstring)."""
+    grids = tuple(grids)
+    if min_face is None:
+        return grids
+    side, wanted = 2 * longest / (max(grids, default=1) + 1), min_face / FACE_REACH
+    if side <= wanted:
+        return grids
+    levels = math.ceil(math.log(side / wanted) / math.log(LEVEL_STEP) - 1e-9)  # evenly spaced in scale
+    return grids + tuple(math.ceil(2 * longest / (side * (wanted / side) ** (level / levels)) - 1 - 1e-9)
+                         for level in range(1, levels + 1))
 
 
 def _views(image: np.ndarray, grids: tuple[int, ...]):

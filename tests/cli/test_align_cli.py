@@ -75,6 +75,10 @@ def test_align_small_faces(tmp_path, capsys):
     assert main(["align", str(tmp_path / "far.png"), "-o", str(tmp_path / "out"), "--small-faces"]) == 0
     face = json.loads((tmp_path / "out" / "far_face0.json").read_text())
     assert 650 < np.mean(np.array(face["landmarks_2d"])[:, 0]) < 800 and not (tmp_path / "out" / "far_face1.json").exists()
+    assert main(["align", str(tmp_path / "far.png"), "-o", str(tmp_path / "min"), "--min-face", "60"]) == 0
+    assert (tmp_path / "min" / "far_face0.json").is_file()
+    assert main(["align", str(tmp_path / "far.png"), "-o", str(tmp_path / "min"), "--min-face", "10"]) == 1
+    assert "min_face must be a number of pixels of at least 20" in capsys.readouterr().err
 
 
 def test_align_without_tiles_looks_at_the_whole_photo_only(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -24,12 +25,15 @@ from cprfa.detect.blazeface import (
 )
 from cprfa.detect.detector import (
     DEFAULT_WEIGHTS,
+    FACE_REACH,
+    LEVEL_STEP,
     MEDIAPIPE_WEIGHTS,
     Detection,
     FaceBoxMap,
     FaceDetector,
     _nested,
     load_detector_network,
+    tile_grids,
 )
 from cprfa.errors import InvalidInputError, ModelFileError
 
@@ -217,6 +221,26 @@ def test_small_faces_are_found_with_the_finer_tiles(astronaut):
     assert found and iou(found[0].face_box, expected) > 0.6
 
 
+def test_min_face_finds_faces_of_that_many_pixels_in_a_large_photo(astronaut):
+    canvas = np.full((1600, 1600, 3), 128, np.uint8)  # the face about 45 px, under 3 % of the side
+    canvas[900:1156, 300:556] = astronaut[::2, ::2]
+    x0, y0, x1, y1 = read_boxes(EXAMPLES / "astronaut.boxes.csv")["astronaut.jpg"][0]
+    expected = (x0 / 2 + 300, y0 / 2 + 900, x1 / 2 + 300, y1 / 2 + 900)
+    assert not any(iou(d.face_box, expected) > 0.5 for d in FaceDetector(small_faces=True).detect(canvas))
+    found = FaceDetector(min_face=40).detect(canvas)
+    assert found and iou(found[0].face_box, expected) > 0.6
+
+
+@pytest.mark.parametrize("longest, grids, min_face", [(2400, (3,), 40), (4000, (3, 5), 20), (512, (3,), 20)])
+def test_min_face_adds_finer_tiles_step_by_step_down_to_its_reach(longest, grids, min_face):
+    finer = tile_grids(longest, grids, min_face)
+    assert finer[:len(grids)] == grids and list(finer) == sorted(finer)
+    sides = [2 * longest / (n + 1) for n in finer]
+    assert sides[-1] <= min_face / FACE_REACH < sides[-1] * LEVEL_STEP
+    assert all(a / b <= LEVEL_STEP for a, b in itertools.pairwise(sides))
+    assert tile_grids(longest, grids) == grids == tile_grids(longest, grids, longest)  # no smaller face wanted
+
+
 def test_no_face_gives_an_empty_list(detector):
     assert detector.detect(np.full((240, 320, 3), 128, np.uint8)) == []
     noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
@@ -234,7 +258,8 @@ def test_bad_images_are_refused(detector, image):
 
 @pytest.mark.parametrize("options", [{"min_score": 0}, {"min_score": 1}, {"min_score": 1.5}, {"min_score": -0.1},
                                      {"min_score": "0.5"}, {"min_score": True}, {"max_faces": 0},
-                                     {"max_faces": 1.5}])
+                                     {"max_faces": 1.5}, {"min_face": 10}, {"min_face": "40"},
+                                     {"min_face": float("inf")}, {"min_face": 40, "tiles": False}])
 def test_bad_options_are_refused(options):
     with pytest.raises(InvalidInputError):
         FaceDetector(**options)
