@@ -7,6 +7,7 @@ on), 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -21,6 +22,9 @@ from cprfa.train.settings import CPRTrainSettings, DetectorTrainSettings, Refine
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+LANDMARK_COLUMNS = [f"{axis}{k}" for k in range(68) for axis in ("x", "y")]  # landmarks_2d in the CSVs
+SUMMARY_COLUMNS = ["image", "face", "status", "score", "pitch", "yaw", "roll", "scale", "observed_vertices",
+                   *LANDMARK_COLUMNS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,14 +487,14 @@ def run_align(args: argparse.Namespace) -> int:
                           refiner_weights=args.refiner_weights, detector=detector, reframe=args.reframe,
                           landmark_source=landmark_source)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = ["image,face,status,score,pitch,yaw,roll,scale,observed_vertices"]
+    summary = [SUMMARY_COLUMNS]
     failures = 0
 
     def report(path: Path, error: CprfaError) -> None:
         nonlocal failures
         failures += 1
         print(f"error: {error}", file=sys.stderr)
-        summary.append(f"{path},,error,,,,,,")
+        summary.append(summary_row(path, "error"))
 
     def read(path: Path) -> LoadedImage:
         try:
@@ -506,7 +510,7 @@ def run_align(args: argparse.Namespace) -> int:
     for path in (p for p in images if p.suffix.lower() in VIDEO_SUFFIXES):
         try:
             count = align_video_file(aligner, path, args.out, args.smoothing, args.batch_size, args.track)
-            summary.append(f"{path},,video: {count} frames,,,,,,")
+            summary.append(summary_row(path, f"video: {count} frames"))
             print(f"{path}: {count} frames -> {args.out / (path.stem + '_annotated.mp4')}")
         except CprfaError as error:
             report(path, error)
@@ -526,8 +530,19 @@ def run_align(args: argparse.Namespace) -> int:
                 else:
                     failures += _write_faces(aligner, args, item.path, item.image, item.boxes, outcome, summary)
             bar.update(len(batch))
-    (args.out / "summary.csv").write_text("\n".join(summary) + "\n")
+    with open(args.out / "summary.csv", "w", newline="") as file:
+        csv.writer(file).writerows(summary)
     return 1 if failures else 0
+
+
+def summary_row(path: Path, status: str, face: int | str = "", result=None) -> list[str]:
+    """A row of ``cprfa align``'s summary.csv (SUMMARY_COLUMNS): an image's or face's status and, for an aligned
+    face (a FaceResult), its score, pose, vertex count and 68 landmarks (2D convention)."""
+    if result is None:
+        return [str(path), str(face), status] + [""] * (len(SUMMARY_COLUMNS) - 3)
+    return [str(path), str(face), status, "" if result.score is None else f"{result.score:.3f}",
+            *(f"{value:.2f}" for value in (result.pitch, result.yaw, result.roll)), f"{result.scale:.4f}",
+            str(result.observed_vertices), *(f"{value:.2f}" for value in result.landmarks_2d.ravel())]
 
 
 def prefetched(function, items: list, workers: int, ahead: int):
@@ -577,7 +592,7 @@ def _align_batch(aligner, ready: list[LoadedImage]) -> list:
 
 
 def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarray, image_boxes, results: list,
-                 summary: list[str]) -> int:
+                 summary: list[list[str]]) -> int:
     """The per-face files and summary rows of one image; returns how many of its boxes held no face."""
     import json
 
@@ -594,7 +609,7 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
             missing += 1
             where = f"box {image_boxes[k]}" if image_boxes else f"face {k}"
             print(f"error: {path}: no face recognised in {where}", file=sys.stderr)
-            summary.append(f"{path},{k},no face,,,,,,")
+            summary.append(summary_row(path, "no face", k))
             continue
         stem = args.out / f"{path.stem}_face{k}"
         (stem.parent / f"{stem.name}.json").write_text(json.dumps(result.to_dict(), indent=1))
@@ -605,9 +620,7 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
             save_image(f"{stem}_dafi.png", (result.dafi * result.dafi_mask[..., None] * 255).round().astype(np.uint8))
         if args.overlay != "none":
             overlay = draw_face_result(overlay, result, aligner.model)
-        score = "" if result.score is None else f"{result.score:.3f}"
-        summary.append(f"{path},{k},ok,{score},{result.pitch:.2f},{result.yaw:.2f},{result.roll:.2f},{result.scale:.4f},"
-                       f"{result.observed_vertices}")
+        summary.append(summary_row(path, "ok", k, result))
     if args.overlay != "none":
         save_image(args.out / f"{path.stem}_overlay.{args.overlay}", overlay)
     if args.pncc or args.depth:
@@ -629,8 +642,7 @@ def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_siz
     from cprfa.align import draw_face_result
     from cprfa.video import align_video, video_fps
 
-    header = ["frame", "seconds", "face", "score", "pitch", "yaw", "roll", "scale", "tx", "ty"]
-    header += [f"{axis}{k}" for k in range(68) for axis in ("x", "y")]
+    header = ["frame", "seconds", "face", "score", "pitch", "yaw", "roll", "scale", "tx", "ty", *LANDMARK_COLUMNS]
     rows, writer, count = [",".join(header)], None, 0
     try:
         for frame in align_video(aligner, path, smoothing, batch_size, track):

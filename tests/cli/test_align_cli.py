@@ -1,9 +1,11 @@
+import csv
 import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cprfa.cli.main import LoadedImage, _align_batch, main, prefetched
 from cprfa.data.images import load_image, save_image
@@ -35,9 +37,15 @@ def test_align_writes_results_and_goes_on_past_bad_files(tmp_path, capsys):
     assert ((pncc.max(axis=-1) > 0) == face).mean() > 0.999  # the same pixels (a PNCC code may be black)
     rows, cols = np.nonzero(face)  # the face, around its box
     assert 160 < cols.mean() < 280 and 60 < rows.mean() < 200
-    summary = (out / "summary.csv").read_text().splitlines()
-    assert summary[0].startswith("image,face,status") and len(summary) == 4
-    assert sum(",ok," in line for line in summary) == 1
+    with open(out / "summary.csv", newline="") as file:
+        summary = list(csv.DictReader(file))
+    assert sorted(row["status"] for row in summary) == ["error", "error", "ok"]
+    aligned, failed = (next(row for row in summary if row["status"] == status) for status in ("ok", "error"))
+    assert aligned["image"].endswith("astronaut.jpg") and aligned["face"] == "0"
+    assert float(aligned["yaw"]) == pytest.approx(result["pose"]["yaw"], abs=0.01)
+    points = np.array([[float(aligned[f"x{k}"]), float(aligned[f"y{k}"])] for k in range(68)])
+    assert np.abs(points - np.array(result["landmarks_2d"])).max() <= 0.005
+    assert all(value == "" for key, value in failed.items() if key not in ("image", "status"))
 
 
 def test_align_without_boxes_detects_the_faces(tmp_path, capsys):
