@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -375,19 +376,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def find_images(inputs: list[Path], suffixes=IMAGE_SUFFIXES) -> list[Path]:
+def find_images(inputs: list[Path], suffixes=IMAGE_SUFFIXES) -> dict[Path, Path]:
     """Files as given, and files with one of ``suffixes`` (images by default) found recursively inside folders,
-    in sorted order."""
-    images: list[Path] = []
+    in sorted order, each with the name its outputs take in the output folder (``output_names``)."""
+    images: list[tuple[Path, Path]] = []  # (file, name: the file's path under the folder given, or its name)
     for path in inputs:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
             if not found:
                 print(f"warning: no images in folder {path}", file=sys.stderr)
-            images.extend(found)
+            images += [(p, p.relative_to(path)) for p in found]
         else:
-            images.append(path)  # a missing or non-image file is reported when it is read
-    return images
+            images.append((path, Path(path.name)))  # a missing or non-image file is reported when it is read
+    return output_names(images)
+
+
+def output_names(images: list[tuple[Path, Path]]) -> dict[Path, Path]:
+    """Each file's output name (its outputs are OUT/<name>_overlay.png and so on): its path under the folder it
+    was found in (subfolders kept) without the suffix; where two files would share one, with the suffix
+    (``photo_png``), and then a number."""
+    unique: dict[Path, Path] = {}
+    for path, name in images:
+        unique.setdefault(path, name)  # a file given twice: once, with its first name
+    shared = {stem for stem, count in Counter(name.with_suffix("") for name in unique.values()).items() if count > 1}
+    names: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for path, name in unique.items():
+        stem = name.with_suffix("")
+        if stem in shared:
+            stem = stem.with_name(f"{stem.name}_{name.suffix.lstrip('.').lower()}")
+        candidate, number = stem, 1
+        while candidate in taken:
+            number += 1
+            candidate = stem.with_name(f"{stem.name}_{number}")
+        names[path] = candidate
+        taken.add(candidate)
+    return names
 
 
 def parse_expressions(items: list[str]) -> dict[str, float]:
@@ -416,7 +440,7 @@ def run_render(args: argparse.Namespace) -> int:
         check_box(args.box, "--box")
     images = find_images(args.inputs)
     failures = 0
-    for path in images:
+    for path, name in images.items():
         try:
             image_boxes = boxes_for(boxes, path) if boxes is not None else [tuple(args.box)]
             if not image_boxes:
@@ -427,14 +451,14 @@ def run_render(args: argparse.Namespace) -> int:
                 posed = pose_model_in_box(image.shape[:2], box, args.pitch, args.yaw, args.roll, expressions,
                                           model=model)
                 overlay = draw_posed_model(overlay, posed, model)
-                stem = args.out / f"{path.stem}_face{k}"
+                stem = args.out / f"{name}_face{k}"
                 save_image(f"{stem}_pncc.png", (posed.pncc * 255).round().astype(np.uint8))
                 save_image(f"{stem}_depth.png", depth_to_gray(posed.depth))
                 if args.mesh:
                     writer = write_obj if args.mesh == "obj" else write_ply
                     writer(f"{stem}.{args.mesh}", posed.vertices, model.triangles)
-            save_image(args.out / f"{path.stem}_overlay.png", overlay)
-            print(f"{path}: {len(image_boxes)} face(s) -> {args.out / (path.stem + '_overlay.png')}")
+            save_image(args.out / f"{name}_overlay.png", overlay)
+            print(f"{path}: {len(image_boxes)} face(s) -> {args.out / f'{name}_overlay.png'}")
         except CprfaError as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
@@ -509,9 +533,10 @@ def run_align(args: argparse.Namespace) -> int:
 
     for path in (p for p in images if p.suffix.lower() in VIDEO_SUFFIXES):
         try:
-            count = align_video_file(aligner, path, args.out, args.smoothing, args.batch_size, args.track)
+            count = align_video_file(aligner, path, args.out / images[path], args.smoothing, args.batch_size,
+                                     args.track)
             summary.append(summary_row(path, f"video: {count} frames"))
-            print(f"{path}: {count} frames -> {args.out / (path.stem + '_annotated.mp4')}")
+            print(f"{path}: {count} frames -> {args.out / f'{images[path]}_annotated.mp4'}")
         except CprfaError as error:
             report(path, error)
     stills = [p for p in images if p.suffix.lower() not in VIDEO_SUFFIXES]
@@ -528,7 +553,7 @@ def run_align(args: argparse.Namespace) -> int:
                 elif not outcome:
                     report(item.path, CprfaError(f"{item.path}: no face found"))
                 else:
-                    failures += _write_faces(aligner, args, item.path, item.image, item.boxes, outcome, summary)
+                    failures += _write_faces(aligner, args, item, args.out / images[item.path], outcome, summary)
             bar.update(len(batch))
     with open(args.out / "summary.csv", "w", newline="") as file:
         csv.writer(file).writerows(summary)
@@ -591,9 +616,10 @@ def _align_batch(aligner, ready: list[LoadedImage]) -> list:
         return outcomes
 
 
-def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarray, image_boxes, results: list,
+def _write_faces(aligner, args: argparse.Namespace, item: LoadedImage, out: Path, results: list,
                  summary: list[list[str]]) -> int:
-    """The per-face files and summary rows of one image; returns how many of its boxes held no face."""
+    """The per-face files (``out``: the image's output path without a suffix, find_images) and summary rows of
+    one image; returns how many of its boxes held no face."""
     import json
 
     from tqdm import tqdm
@@ -603,6 +629,8 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
     from cprfa.model.draw import depth_to_gray
     from cprfa.model.mesh_io import write_obj, write_ply
 
+    path, image, image_boxes = item.path, item.image, item.boxes
+    out.parent.mkdir(parents=True, exist_ok=True)
     missing, overlay = 0, image
     for k, result in enumerate(results):
         if result is None:
@@ -611,7 +639,7 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
             print(f"error: {path}: no face recognised in {where}", file=sys.stderr)
             summary.append(summary_row(path, "no face", k))
             continue
-        stem = args.out / f"{path.stem}_face{k}"
+        stem = out.with_name(f"{out.name}_face{k}")
         (stem.parent / f"{stem.name}.json").write_text(json.dumps(result.to_dict(), indent=1))
         if args.mesh:
             writer = write_obj if args.mesh == "obj" else write_ply
@@ -622,27 +650,29 @@ def _write_faces(aligner, args: argparse.Namespace, path: Path, image: np.ndarra
             overlay = draw_face_result(overlay, result, aligner.model)
         summary.append(summary_row(path, "ok", k, result))
     if args.overlay != "none":
-        save_image(args.out / f"{path.stem}_overlay.{args.overlay}", overlay)
+        save_image(out.with_name(f"{out.name}_overlay.{args.overlay}"), overlay)
     if args.pncc or args.depth:
         maps = render_faces(image.shape[:2], results, aligner.model)
         if args.pncc:
-            save_image(args.out / f"{path.stem}_pncc.png", (maps.pncc * 255).round().astype(np.uint8))
+            save_image(out.with_name(f"{out.name}_pncc.png"), (maps.pncc * 255).round().astype(np.uint8))
         if args.depth:
-            save_image(args.out / f"{path.stem}_depth.png", depth_to_gray(maps.depth, maps.face))
+            save_image(out.with_name(f"{out.name}_depth.png"), depth_to_gray(maps.depth, maps.face))
     tqdm.write(f"{path}: {sum(r is not None for r in results)} of {len(results)} face(s) aligned", file=sys.stdout)
     return missing
 
 
 def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_size: int = 8,
                      track: bool = True) -> int:
-    """Align every frame of a video: writes OUT/<name>_annotated.mp4 and OUT/<name>_frames.csv (one row per
-    face and frame: the face's id, pose and the 68 landmarks, 2D convention); returns the number of frames."""
+    """Align every frame of a video: writes <out>_annotated.mp4 and <out>_frames.csv (``out`` the video's output
+    path without a suffix, find_images; one row per face and frame: the face's id, pose and the 68 landmarks,
+    2D convention); returns the number of frames."""
     import cv2
 
     from cprfa.align import draw_face_result
     from cprfa.video import align_video, video_fps
 
     header = ["frame", "seconds", "face", "score", "pitch", "yaw", "roll", "scale", "tx", "ty", *LANDMARK_COLUMNS]
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows, writer, count = [",".join(header)], None, 0
     try:
         for frame in align_video(aligner, path, smoothing, batch_size, track):
@@ -655,14 +685,14 @@ def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_siz
                 rows.append(",".join(str(v) for v in values))
             if writer is None:
                 height, width = overlay.shape[:2]
-                writer = cv2.VideoWriter(str(out / f"{path.stem}_annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                writer = cv2.VideoWriter(str(out.with_name(f"{out.name}_annotated.mp4")), cv2.VideoWriter_fourcc(*"mp4v"),
                                          video_fps(path), (width, height))
             writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             count += 1
     finally:
         if writer is not None:
             writer.release()
-    (out / f"{path.stem}_frames.csv").write_text("\n".join(rows) + "\n")
+    out.with_name(f"{out.name}_frames.csv").write_text("\n".join(rows) + "\n")
     return count
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cprfa.cli.main import LoadedImage, _align_batch, main, prefetched
+from cprfa.cli.main import LoadedImage, _align_batch, main, output_names, prefetched
 from cprfa.data.images import load_image, save_image
 from cprfa.detect.detector import MEDIAPIPE_WEIGHTS
 from cprfa.errors import CprfaError
@@ -192,3 +192,24 @@ def test_align_takes_each_boxs_roll_from_the_boxes_file(tmp_path):
     assert main(["align", str(tmp_path / "turned.png"), "--boxes", str(boxes), "--no-flip", "-o", str(out)]) == 0
     result = json.loads((out / "turned_face0.json").read_text())
     assert result["crop_roll"] == 90.0 and abs(result["pose"]["roll"] - 90.0) < 15.0
+
+
+def test_files_of_the_same_name_get_outputs_of_their_own(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / "photos" / folder).mkdir(parents=True)
+        shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "photos" / folder / "photo.jpg")
+    out = tmp_path / "out"
+    assert main(["align", str(tmp_path / "photos"), "-o", str(out), "--overlay", "none"]) == 0
+    first, second = (json.loads((out / folder / "photo_face0.json").read_text()) for folder in ("a", "b"))
+    assert first["landmarks_2d"] == second["landmarks_2d"]
+    with open(out / "summary.csv", newline="") as file:
+        assert sorted(Path(row["image"]).parent.name for row in csv.DictReader(file)) == ["a", "b"]
+
+
+def test_output_names_keep_subfolders_and_part_files_that_would_share_one():
+    found = [(Path("x/a/p.jpg"), Path("a/p.jpg")), (Path("x/b/p.jpg"), Path("b/p.jpg")),
+             (Path("x/q.jpg"), Path("q.jpg")), (Path("x/q.png"), Path("q.png")),
+             (Path("y/q.jpg"), Path("q.jpg"))]
+    names = output_names(found + [found[0]])  # a file given twice keeps its one name
+    assert names == {Path("x/a/p.jpg"): Path("a/p"), Path("x/b/p.jpg"): Path("b/p"), Path("x/q.jpg"): Path("q_jpg"),
+                     Path("x/q.png"): Path("q_png"), Path("y/q.jpg"): Path("q_jpg_2")}
