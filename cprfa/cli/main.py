@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads that read and decode the next images meanwhile; 0 = none (default 2)")
     align.add_argument("--smoothing", type=float, default=0.5,
                        help="videos: temporal smoothing of pose and landmarks in [0, 1), 0 = off (default 0.5)")
+    align.add_argument("--skip-existing", action="store_true",
+                       help="leave out the inputs OUT already holds results of (the faces' JSON files of an image, "
+                       "the frames CSV of a video): goes on with a run that stopped part way; an image's rows in "
+                       "summary.csv then come from its JSON files")
     align.add_argument("--track", action=argparse.BooleanOptionalAction, default=True,
                        help="videos: follow each face by the box of its landmarks in the frame before, the "
                        "detector only finding new faces (on by default; --no-track: the detector on every frame, "
@@ -531,7 +535,16 @@ def run_align(args: argparse.Namespace) -> int:
         except CprfaError as error:
             return LoadedImage(path, error=error)
 
+    stills = [p for p in images if p.suffix.lower() not in VIDEO_SUFFIXES]
+    if args.skip_existing:
+        done = {path: existing_faces(args.out / images[path]) for path in stills}
+        for path, records in done.items():
+            summary.extend(summary_row(path, "ok", k, record) for k, record in records)
+        stills = [path for path in stills if not done[path]]
     for path in (p for p in images if p.suffix.lower() in VIDEO_SUFFIXES):
+        if args.skip_existing and (args.out / f"{images[path]}_frames.csv").is_file():
+            summary.append(summary_row(path, "video: done before"))
+            continue
         try:
             count = align_video_file(aligner, path, args.out / images[path], args.smoothing, args.batch_size,
                                      args.track)
@@ -539,7 +552,6 @@ def run_align(args: argparse.Namespace) -> int:
             print(f"{path}: {count} frames -> {args.out / f'{images[path]}_annotated.mp4'}")
         except CprfaError as error:
             report(path, error)
-    stills = [p for p in images if p.suffix.lower() not in VIDEO_SUFFIXES]
     loaded = prefetched(read, stills, args.workers, ahead=2 * args.batch_size)
     with tqdm(total=len(stills), desc="align", unit="image", disable=len(stills) < 2, file=sys.stderr) as bar:
         while batch := list(itertools.islice(loaded, args.batch_size)):
@@ -560,14 +572,36 @@ def run_align(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def summary_row(path: Path, status: str, face: int | str = "", result=None) -> list[str]:
+def summary_row(path: Path, status: str, face: int | str = "", record: dict | None = None) -> list[str]:
     """A row of ``cprfa align``'s summary.csv (SUMMARY_COLUMNS): an image's or face's status and, for an aligned
-    face (a FaceResult), its score, pose, vertex count and 68 landmarks (2D convention)."""
-    if result is None:
+    face (its JSON record, ``FaceResult.to_dict``), its score, pose, vertex count and 68 landmarks (2D
+    convention)."""
+    if record is None:
         return [str(path), str(face), status] + [""] * (len(SUMMARY_COLUMNS) - 3)
-    return [str(path), str(face), status, "" if result.score is None else f"{result.score:.3f}",
-            *(f"{value:.2f}" for value in (result.pitch, result.yaw, result.roll)), f"{result.scale:.4f}",
-            str(result.observed_vertices), *(f"{value:.2f}" for value in result.landmarks_2d.ravel())]
+    pose, score = record["pose"], record["score"]
+    return [str(path), str(face), status, "" if score is None else f"{score:.3f}",
+            *(f"{pose[name]:.2f}" for name in ("pitch", "yaw", "roll")), f"{pose['scale']:.4f}",
+            str(record["observed_vertices"]), *(f"{value:.2f}" for value in np.ravel(record["landmarks_2d"]))]
+
+
+def existing_faces(out: Path) -> list[tuple[int, dict]]:
+    """The (k, record) of the faces' JSON files <out>_face<k>.json an earlier run wrote (none where one is
+    unreadable or lacks what summary.csv takes: the image is aligned again)."""
+    import glob
+    import json
+    import re
+
+    pattern = re.compile(rf"{re.escape(out.name)}_face(\d+)\.json")
+    records = []
+    for file in out.parent.glob(f"{glob.escape(out.name)}_face*.json"):
+        if match := pattern.fullmatch(file.name):
+            try:
+                record = json.loads(file.read_text())
+                summary_row(file, "ok", 0, record)  # it holds what summary.csv takes
+            except (OSError, ValueError, KeyError, TypeError):
+                return []
+            records.append((int(match[1]), record))
+    return sorted(records, key=lambda item: item[0])
 
 
 def prefetched(function, items: list, workers: int, ahead: int):
@@ -640,7 +674,8 @@ def _write_faces(aligner, args: argparse.Namespace, item: LoadedImage, out: Path
             summary.append(summary_row(path, "no face", k))
             continue
         stem = out.with_name(f"{out.name}_face{k}")
-        (stem.parent / f"{stem.name}.json").write_text(json.dumps(result.to_dict(), indent=1))
+        record = result.to_dict()
+        (stem.parent / f"{stem.name}.json").write_text(json.dumps(record, indent=1))
         if args.mesh:
             writer = write_obj if args.mesh == "obj" else write_ply
             writer(f"{stem}.{args.mesh}", result.vertices, aligner.model.triangles)
@@ -648,7 +683,7 @@ def _write_faces(aligner, args: argparse.Namespace, item: LoadedImage, out: Path
             save_image(f"{stem}_dafi.png", (result.dafi * result.dafi_mask[..., None] * 255).round().astype(np.uint8))
         if args.overlay != "none":
             overlay = draw_face_result(overlay, result, aligner.model)
-        summary.append(summary_row(path, "ok", k, result))
+        summary.append(summary_row(path, "ok", k, record))
     if args.overlay != "none":
         save_image(out.with_name(f"{out.name}_overlay.{args.overlay}"), overlay)
     if args.pncc or args.depth:

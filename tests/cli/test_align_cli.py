@@ -213,3 +213,21 @@ def test_output_names_keep_subfolders_and_part_files_that_would_share_one():
     names = output_names(found + [found[0]])  # a file given twice keeps its one name
     assert names == {Path("x/a/p.jpg"): Path("a/p"), Path("x/b/p.jpg"): Path("b/p"), Path("x/q.jpg"): Path("q_jpg"),
                      Path("x/q.png"): Path("q_png"), Path("y/q.jpg"): Path("q_jpg_2")}
+
+
+def test_skip_existing_goes_on_with_a_run_that_stopped(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    for name in ("one", "two", "three"):
+        shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "photos" / f"{name}.jpg")
+    out = tmp_path / "out"
+    assert main(["align", str(tmp_path / "photos" / "one.jpg"), str(tmp_path / "photos" / "two.jpg"),
+                 "-o", str(out), "--overlay", "none"]) == 0
+    (out / "two_face0.json").write_text('{"pose": ')  # cut off as by a kill: aligned again
+    capsys.readouterr()
+    assert main(["align", str(tmp_path / "photos"), "-o", str(out), "--overlay", "none", "--skip-existing"]) == 0
+    assert "one.jpg" not in capsys.readouterr().out  # only two and three were aligned
+    with open(out / "summary.csv", newline="") as file:
+        summary = {Path(row["image"]).stem: row for row in csv.DictReader(file)}
+    assert sorted(summary) == ["one", "three", "two"] and {row["status"] for row in summary.values()} == {"ok"}
+    assert summary["one"]["x30"] == summary["three"]["x30"] != ""  # the row from the JSON file as written
+    assert json.loads((out / "two_face0.json").read_text())["pose"]
