@@ -673,9 +673,9 @@ def _write_faces(aligner, args: argparse.Namespace, item: LoadedImage, out: Path
             print(f"error: {path}: no face recognised in {where}", file=sys.stderr)
             summary.append(summary_row(path, "no face", k))
             continue
-        stem = out.with_name(f"{out.name}_face{k}")
+        stem = f"{out}_face{k}"
         record = result.to_dict()
-        (stem.parent / f"{stem.name}.json").write_text(json.dumps(record, indent=1))
+        Path(f"{stem}.json").write_text(json.dumps(record, indent=1))
         if args.mesh:
             writer = write_obj if args.mesh == "obj" else write_ply
             writer(f"{stem}.{args.mesh}", result.vertices, aligner.model.triangles)
@@ -685,13 +685,13 @@ def _write_faces(aligner, args: argparse.Namespace, item: LoadedImage, out: Path
             overlay = draw_face_result(overlay, result, aligner.model)
         summary.append(summary_row(path, "ok", k, record))
     if args.overlay != "none":
-        save_image(out.with_name(f"{out.name}_overlay.{args.overlay}"), overlay)
+        save_image(f"{out}_overlay.{args.overlay}", overlay)
     if args.pncc or args.depth:
         maps = render_faces(image.shape[:2], results, aligner.model)
         if args.pncc:
-            save_image(out.with_name(f"{out.name}_pncc.png"), (maps.pncc * 255).round().astype(np.uint8))
+            save_image(f"{out}_pncc.png", (maps.pncc * 255).round().astype(np.uint8))
         if args.depth:
-            save_image(out.with_name(f"{out.name}_depth.png"), depth_to_gray(maps.depth, maps.face))
+            save_image(f"{out}_depth.png", depth_to_gray(maps.depth, maps.face))
     tqdm.write(f"{path}: {sum(r is not None for r in results)} of {len(results)} face(s) aligned", file=sys.stdout)
     return missing
 
@@ -720,14 +720,14 @@ def align_video_file(aligner, path: Path, out: Path, smoothing: float, batch_siz
                 rows.append(",".join(str(v) for v in values))
             if writer is None:
                 height, width = overlay.shape[:2]
-                writer = cv2.VideoWriter(str(out.with_name(f"{out.name}_annotated.mp4")), cv2.VideoWriter_fourcc(*"mp4v"),
+                writer = cv2.VideoWriter(f"{out}_annotated.mp4", cv2.VideoWriter_fourcc(*"mp4v"),
                                          video_fps(path), (width, height))
             writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             count += 1
     finally:
         if writer is not None:
             writer.release()
-    out.with_name(f"{out.name}_frames.csv").write_text("\n".join(rows) + "\n")
+    Path(f"{out}_frames.csv").write_text("\n".join(rows) + "\n")
     return count
 
 
