@@ -382,11 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def find_images(inputs: list[Path], suffixes=IMAGE_SUFFIXES) -> dict[Path, Path]:
     """Files as given, and files with one of ``suffixes`` (images by default) found recursively inside folders,
-    in sorted order, each with the name its outputs take in the output folder (``output_names``)."""
+    in sorted order, each with the name its outputs take in the output folder (``output_names``). Hidden files
+    and folders (names starting with a dot: macOS's ``._photo.jpg`` companions, ``.ipynb_checkpoints``) are
+    not searched."""
     images: list[tuple[Path, Path]] = []  # (file, name: the file's path under the folder given, or its name)
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 print(f"warning: no images in folder {path}", file=sys.stderr)
             images += [(p, p.relative_to(path)) for p in found]

@@ -198,6 +198,9 @@ def test_files_of_the_same_name_get_outputs_of_their_own(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / "photos" / folder).mkdir(parents=True)
         shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "photos" / folder / "photo.jpg")
+    (tmp_path / "photos" / "a" / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS's companion: skipped
+    (tmp_path / "photos" / ".cache").mkdir()
+    shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "photos" / ".cache" / "photo.jpg")
     out = tmp_path / "out"
     assert main(["align", str(tmp_path / "photos"), "-o", str(out), "--overlay", "none"]) == 0
     first, second = (json.loads((out / folder / "photo_face0.json").read_text()) for folder in ("a", "b"))
