@@ -21,7 +21,7 @@ from cprfa.errors import CprfaError
 from cprfa.eval.report import DEFAULT_SETS
 from cprfa.train.settings import CPRTrainSettings, DetectorTrainSettings, RefinerTrainSettings, TrainSettings
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 LANDMARK_COLUMNS = [f"{axis}{k}" for k in range(68) for axis in ("x", "y")]  # landmarks_2d in the CSVs
 SUMMARY_COLUMNS = ["image", "face", "status", "score", "pitch", "yaw", "roll", "scale", "observed_vertices",

@@ -10,7 +10,8 @@ Choices, the same for every source:
 - Float data must lie in [0, 1] (it is scaled by 255); other ranges are refused rather than guessed.
 - CMYK is converted by Pillow's naive formula (colour profiles are ignored).
 - The EXIF orientation tag of phone photos is honoured (the array is upright as a viewer shows it).
-- Multi-frame files (GIF, TIFF, APNG) give their first frame.
+- Multi-frame files (GIF, TIFF, APNG) give their first frame; HEIC / HEIF (phone photos) are read by the
+  pillow-heif plugin.
 - Images under ``MIN_SIDE`` pixels on a side or over ``MAX_PIXELS`` pixels are refused; for files the size is
   read from the header, before any pixel is decoded.
 
@@ -29,6 +30,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cprfa.errors import ImageReadError, InvalidInputError
+
+try:  # HEIC / HEIF photos (iPhones' default) through Pillow
+    from pillow_heif import register_heif_opener
+except ImportError:  # an environment without the dependency: such files are refused with a hint
+    pass
+else:
+    register_heif_opener()
 
 MIN_SIDE = 32
 MAX_PIXELS = 100_000_000
@@ -107,7 +115,7 @@ def _load_file(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         hint = ""
         if path.suffix.lower() in (".heic", ".heif"):
-            hint = " (HEIC/HEIF needs the pillow-heif plugin; or convert the photo to JPEG)"
+            hint = " (HEIC/HEIF needs the pillow-heif plugin, a dependency of cprfa: pip install pillow-heif)"
         raise ImageReadError(f"{path} is not an image file in a format Pillow can read{hint}") from None
     except _DECODE_ERRORS as error:
         raise ImageReadError(f"cannot read {path}: {error}") from None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cprfa.cli.main import LoadedImage, _align_batch, main, output_names, prefetched
 from cprfa.data.images import load_image, save_image
@@ -201,12 +202,15 @@ def test_files_of_the_same_name_get_outputs_of_their_own(tmp_path):
     (tmp_path / "photos" / "a" / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS's companion: skipped
     (tmp_path / "photos" / ".cache").mkdir()
     shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "photos" / ".cache" / "photo.jpg")
+    Image.open(EXAMPLES / "astronaut.jpg").save(tmp_path / "photos" / "c.heic", quality=95)  # an iPhone's photo
     out = tmp_path / "out"
     assert main(["align", str(tmp_path / "photos"), "-o", str(out), "--overlay", "none"]) == 0
     first, second = (json.loads((out / folder / "photo_face0.json").read_text()) for folder in ("a", "b"))
     assert first["landmarks_2d"] == second["landmarks_2d"]
     with open(out / "summary.csv", newline="") as file:
-        assert sorted(Path(row["image"]).parent.name for row in csv.DictReader(file)) == ["a", "b"]
+        assert sorted(Path(row["image"]).parent.name for row in csv.DictReader(file)) == ["a", "b", "photos"]
+    heic = json.loads((out / "c_face0.json").read_text())
+    assert np.abs(np.array(heic["landmarks_2d"]) - np.array(first["landmarks_2d"])).mean() < 1.0
 
 
 def test_output_names_keep_subfolders_and_part_files_that_would_share_one():

@@ -131,6 +131,16 @@ def test_exif_orientation_is_honoured(tmp_path, orientation, red_at, not_red_at)
         assert pil.size == (64, 48) and pil.getexif()[0x0112] == orientation  # the caller's image: unchanged
 
 
+def test_heic_phone_photos_are_read(tmp_path):
+    stored = np.zeros((48, 64, 3), np.uint8)
+    stored[:] = (0, 0, 255)
+    stored[:16, :16] = (255, 0, 0)
+    Image.fromarray(stored).save(tmp_path / "phone.heic", quality=95)  # Pillow writes it with cprfa's plugin
+    image = load_image(tmp_path / "phone.heic").astype(int)
+    assert image.shape == (48, 64, 3)
+    assert np.abs(image[8, 8] - [255, 0, 0]).max() < 30 and np.abs(image[40, 56] - [0, 0, 255]).max() < 30
+
+
 def test_multi_frame_gif_gives_first_frame(tmp_path):
     frames = [Image.new("RGB", (40, 40), color) for color in ((255, 0, 0), (0, 255, 0))]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
