@@ -11,7 +11,7 @@ Choices, the same for every source:
 - CMYK is converted by Pillow's naive formula (colour profiles are ignored).
 - The EXIF orientation tag of phone photos is honoured (the array is upright as a viewer shows it).
 - Multi-frame files (GIF, TIFF, APNG) give their first frame; HEIC / HEIF (phone photos) are read by the
-  pillow-heif plugin.
+  pillow-heif plugin when the ``heif`` extra is installed, else refused with that hint.
 - Images under ``MIN_SIDE`` pixels on a side or over ``MAX_PIXELS`` pixels are refused; for files the size is
   read from the header, before any pixel is decoded.
 
@@ -31,9 +31,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cprfa.errors import ImageReadError, InvalidInputError
 
-try:  # HEIC / HEIF photos (iPhones' default) through Pillow
+try:  # HEIC / HEIF photos (iPhones' default) through Pillow, with the heif extra installed
     from pillow_heif import register_heif_opener
-except ImportError:  # an environment without the dependency: such files are refused with a hint
+except ImportError:  # without it such files are refused with a hint
     pass
 else:
     register_heif_opener()
@@ -115,7 +115,7 @@ def _load_file(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         hint = ""
         if path.suffix.lower() in (".heic", ".heif"):
-            hint = " (HEIC/HEIF needs the pillow-heif plugin, a dependency of cprfa: pip install pillow-heif)"
+            hint = " (HEIC/HEIF needs the pillow-heif plugin: pip install 'cprfa[heif]'; or convert it to JPEG)"
         raise ImageReadError(f"{path} is not an image file in a format Pillow can read{hint}") from None
     except _DECODE_ERRORS as error:
         raise ImageReadError(f"cannot read {path}: {error}") from None

@@ -132,6 +132,7 @@ def test_exif_orientation_is_honoured(tmp_path, orientation, red_at, not_red_at)
 
 
 def test_heic_phone_photos_are_read(tmp_path):
+    pytest.importorskip("pillow_heif")  # the heif extra (and the test extra)
     stored = np.zeros((48, 64, 3), np.uint8)
     stored[:] = (0, 0, 255)
     stored[:16, :16] = (255, 0, 0)
