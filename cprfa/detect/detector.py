@@ -224,19 +224,19 @@ class FaceDetector:
             views += [(turn, *view) for view in turned_views]
         single_view = len(views) == len(turns)
         crops = np.concatenate(crops)
-        outputs = [self.network(to_input(torch.from_numpy(crops[start:start + VIEW_BATCH])))
-                   for start in range(0, len(crops), VIEW_BATCH)]
-        regressors, logits = (torch.cat(parts) for parts in zip(*outputs, strict=True))
-        boxes, keypoints, scores = decode(regressors, logits, self.anchors)
         found = {turn: ([], [], []) for turn in turns}  # per turn: boxes, scores, keypoints and face box
         tile_score = 1 - TILE_DOUBT * (1 - self.min_score)
         size = image.shape[:2]
         for view, (turn, origin, scale, inner_edges, tile) in enumerate(views):
-            keep = scores[view] >= (tile_score if tile else self.min_score)
+            row = view % VIEW_BATCH
+            if row == 0:  # the network's outputs a batch of views at a time: bounded memory
+                regressors, logits = self.network(to_input(torch.from_numpy(crops[view:view + VIEW_BATCH])))
+                boxes, keypoints, scores = decode(regressors, logits, self.anchors)
+            keep = scores[row] >= (tile_score if tile else self.min_score)
             if not keep.any():
                 continue
-            view_boxes, view_scores, view_keypoints = weighted_nms(boxes[view][keep], scores[view][keep],
-                                                                   keypoints[view][keep], IOU_THRESHOLD)
+            view_boxes, view_scores, view_keypoints = weighted_nms(boxes[row][keep], scores[row][keep],
+                                                                   keypoints[row][keep], IOU_THRESHOLD)
             whole = _inside(view_boxes, inner_edges)
             view_boxes = view_boxes[whole] * scale.repeat(2) + origin.repeat(2)
             face_boxes = self.face_box_map(view_boxes)  # in the turned photo, where the face stands upright
