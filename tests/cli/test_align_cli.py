@@ -196,7 +196,7 @@ def test_align_takes_each_boxs_roll_from_the_boxes_file(tmp_path):
     assert result["crop_roll"] == 90.0 and abs(result["pose"]["roll"] - 90.0) < 15.0
 
 
-def test_files_of_the_same_name_get_outputs_of_their_own(tmp_path):
+def test_a_folder_keeps_same_named_photos_apart_reads_heic_and_leaves_hidden_files_out(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / "photos" / folder).mkdir(parents=True)
         shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "photos" / folder / "photo.jpg")
