@@ -148,10 +148,14 @@ def depth_to_gray(depth, regions=None) -> np.ndarray:
     if depth.ndim != 2 or regions.shape != depth.shape:
         raise InvalidInputError(f"depth must be (H, W) and regions the same shape, got {depth.shape}, {regions.shape}")
     gray = np.zeros(depth.shape, np.uint8)
-    for label in np.unique(regions[regions >= 0]):
-        inside = regions == label
-        low, high = depth[inside].min(), depth[inside].max()
-        gray[inside] = (40 + 215 * (depth[inside] - low) / max(high - low, 1e-6)).astype(np.uint8)
+    inside = regions >= 0
+    labels, index = np.unique(regions[inside], return_inverse=True)
+    values = depth[inside]
+    low, high = np.full(len(labels), np.inf), np.full(len(labels), -np.inf)
+    np.minimum.at(low, index, values)
+    np.maximum.at(high, index, values)
+    span = np.maximum(high - low, 1e-6)
+    gray[inside] = (40 + 215 * (values - low[index]) / span[index]).astype(np.uint8)
     return gray
 
 
