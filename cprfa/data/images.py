@@ -20,6 +20,7 @@ Every failure raises ImageReadError naming the file (or array) and the reason.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import warnings
@@ -31,13 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cprfa.errors import ImageReadError, InvalidInputError
 
-try:  # HEIC / HEIF photos (iPhones' default) through Pillow, with the heif extra installed
-    from pillow_heif import register_heif_opener
-except ImportError:  # without it such files are refused with a hint
-    pass
-else:
-    register_heif_opener()
-
+HEIF_SUFFIXES = (".heic", ".heif")
 MIN_SIDE = 32
 MAX_PIXELS = 100_000_000
 _FLOAT_TOLERANCE = 0.01
@@ -102,6 +97,8 @@ def _load_file(path: Path) -> np.ndarray:
         raise ImageReadError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageReadError(f"{path} is a directory, not an image file")
+    if path.suffix.lower() in HEIF_SUFFIXES:
+        _register_heif()
     try:
         with warnings.catch_warnings():
             # Our own limit, checked below, replaces Pillow's decompression-bomb warning.
@@ -114,7 +111,7 @@ def _load_file(path: Path) -> np.ndarray:
         ) from None
     except UnidentifiedImageError:
         hint = ""
-        if path.suffix.lower() in (".heic", ".heif"):
+        if path.suffix.lower() in HEIF_SUFFIXES:
             hint = " (HEIC/HEIF needs the pillow-heif plugin: pip install 'cprfa[heif]'; or convert it to JPEG)"
         raise ImageReadError(f"{path} is not an image file in a format Pillow can read{hint}") from None
     except _DECODE_ERRORS as error:
@@ -122,6 +119,17 @@ def _load_file(path: Path) -> np.ndarray:
     with image:
         _check_size(str(path), *image.size)
         return _from_pil(str(path), image, owned=True)
+
+
+@functools.cache
+def _register_heif() -> None:
+    """Let Pillow open HEIC / HEIF files with pillow-heif (the heif extra), once, when the first one is read (not
+    at import: it costs every start-up about 40 ms); without the extra such files are refused with a hint."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
 
 
 def _check_size(name: str, width: int, height: int) -> None:

@@ -205,7 +205,8 @@ def test_a_folder_keeps_same_named_photos_apart_reads_heic_and_leaves_hidden_fil
     shutil.copy(EXAMPLES / "astronaut.jpg", tmp_path / "photos" / ".cache" / "photo.jpg")
     heif = importlib.util.find_spec("pillow_heif") is not None  # the heif extra (and the test extra)
     if heif:
-        Image.open(EXAMPLES / "astronaut.jpg").save(tmp_path / "photos" / "c.heic", quality=95)  # an iPhone's
+        importlib.import_module("pillow_heif").register_heif_opener()  # to write an iPhone's photo
+        Image.open(EXAMPLES / "astronaut.jpg").save(tmp_path / "photos" / "c.heic", quality=95)
     out = tmp_path / "out"
     assert main(["align", str(tmp_path / "photos"), "-o", str(out), "--overlay", "none"]) == 0
     first, second = (json.loads((out / folder / "photo_face0.json").read_text()) for folder in ("a", "b"))
