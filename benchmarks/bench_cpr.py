@@ -8,7 +8,8 @@ all retrieved vertices (for round two's error pool), and 68 sparse landmarks in 
 - PnP + DAFI(C): the mean shape's pose from the detected selected vertices;
 - on-line optimization: pose, identity and expression fitted to the detected selected vertices
   (Levenberg–Marquardt, Gaussian priors, Geman–McClure robust loss);
-- CPR(C): round one of the CPR aligner with its sparse branch off;
+- CPR(C): round one on the DAFI's vertices alone, by a network of its own (cprfa/cpr/assets/cpr512.pt:
+  trained without the sparse branch, as the paper trains its rows separately);
 - CPR-H: round one fused with the landmarks (§2.5);
 - CPR-H + CAPU (CPRFA): both rounds, round two with consistency-aware updating (§2.4);
 - and what ``cprfa align`` can run: the on-line optimization over the vertices and the landmarks (``online``),
@@ -16,8 +17,8 @@ all retrieved vertices (for round two's error pool), and 68 sparse landmarks in 
   after the first two of CPR-H's three stages (``cpr+refine``), and that optimization in full started from
   CPRFA's result (``cpr+online``).
 
-All CPR rows come from the one shipped network (cprfa/cpr/assets/cpr.pt), switched between round one and
-both rounds, with or without the sparse source; the paper trains its rows separately.
+The other CPR rows come from the one shipped network (cprfa/cpr/assets/cpr.pt), switched between round one
+and both rounds.
 
 Sets:
 - synthetic, with known parameters (cprfa.data.point_sets; fixed seeds, never seen in training): the
@@ -33,7 +34,7 @@ torch and by onnxruntime (the whole alignment as one graph of one face, cprfa.cp
 runs up to ONNX_FACES faces; not a batch of 32, which it runs in torch), the two alternating.
 
 Run: python benchmarks/bench_cpr.py [--faces 500] [--limit 0] [--figures docs] [--speed-only] [--flip]
-     [--rows PREFIX...]
+     [--rows PREFIX...] [--cpr-weights FILE] [--dafi-only-weights FILE]
      [--sets plain=/tmp/pgt occluded=/tmp/occ large-pose=/tmp/lp]
 """
 
@@ -58,7 +59,7 @@ from cprfa.align import (
 )
 from cprfa.cpr.frame import NormalizedFrame
 from cprfa.cpr.onnx import ONNX_FACES, OnnxAligner
-from cprfa.cpr.regressor import align_point_sets, load_aligner
+from cprfa.cpr.regressor import DAFI_ONLY_WEIGHTS, align_point_sets, load_aligner
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.dafi.evaluate import observe
 from cprfa.data.point_sets import OCCLUDED_TEST, PointSetSettings, synthetic_point_sets
@@ -78,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_set_arguments(parser)
     parser.add_argument("--cpr-weights", help="CPR aligner weights (default: the shipped ones)")
+    parser.add_argument("--dafi-only-weights", default=DAFI_ONLY_WEIGHTS,
+                        help="the CPR(C) row's aligner, without a sparse branch (default: the shipped one)")
     parser.add_argument("--faces", type=int, default=500, help="faces per synthetic set (0: skip them)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each real set")
     parser.add_argument("--figures", type=Path, help="folder for the CED curves (ablation_ced_<set>.png)")
@@ -88,7 +91,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = default_face_model()
     aligner = load_aligner(args.cpr_weights, model).fused()
-    methods = {name: fit for name, fit in _methods(model, aligner).items()
+    dafi_only = load_aligner(args.dafi_only_weights, model).fused()
+    methods = {name: fit for name, fit in _methods(model, aligner, dafi_only).items()
                if not args.rows or name.startswith(tuple(args.rows))}
     count = 2 * aligner.channels.shape[1]
     if not args.rows:
@@ -143,7 +147,7 @@ def main() -> None:
             _ced(rows, name, args.figures / f"ablation_ced_{name}.png", len(faces))
 
 
-def _methods(model, aligner):
+def _methods(model, aligner, dafi_only):
     """row -> fit(points (B, N, 2) normalized frame, detected (B, N), landmarks (B, 68, 2), optional landmark
     confidence (B, 68), which the on-line fits from CPRFA's result use as cprfa.align does) -> params (B, P)."""
     selected = torch.unique(aligner.channels[:2].reshape(-1))
@@ -159,9 +163,9 @@ def _methods(model, aligner):
         return fit_points(model, landmarks.double(), lambda params: silhouette_landmark_ids(model, params), None,
                           options).float()
 
-    def cpr(rounds, fused, stages=None):
+    def cpr(rounds, fused, stages=None, network=aligner):
         def run(points, detected, landmarks, confidence=None):
-            return align_point_sets(aligner, points, detected, landmarks if fused else None, rounds=rounds,
+            return align_point_sets(network, points, detected, landmarks if fused else None, rounds=rounds,
                                     stages=stages)
         return run
 
@@ -190,7 +194,7 @@ def _methods(model, aligner):
     full = cpr(aligner.config.rounds, fused=True)
     rows = {"PnP-68": pnp_68, "PnP + DAFI": on_vertices(pnp),
             "on-line optimization": on_vertices(lambda *a: online_optimization(*a, options=ROBUST)),
-            "CPR": cpr(1, fused=False)}
+            "CPR": cpr(1, fused=False, network=dafi_only)}
     if aligner.config.fusion:
         rows["CPR-H"] = cpr(1, fused=True)
     if aligner.config.rounds > 1:

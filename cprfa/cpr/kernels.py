@@ -9,7 +9,7 @@ entry it takes part in. Points are (B, K, n, 2) pixel positions of the K channel
 | CPR | entry (i, j) | network input |
 | --- | --- | --- |
 | Λt | y^O_i − y^G_j (x and y) | used directly; closed-form step: the mean of its non-zero entries |
-| Λs | ‖y_i − y_j‖ within one set | Λs^G / Λs^O where both are non-zero, else 0 |
+| Λs | ‖y_i − y_j‖ within one set | Λs^G / Λs^O where both are non-zero, else 0 (capped: below) |
 | Λrz | (y_i × y_j) / (‖y_i‖ ‖y_j‖) on points centred on the set's observed centroid | Λrz^G − Λrz^O |
 | Λrxy | û(y_i − y_j) · û(y_j − y_k) | Λrxy^G − Λrxy^O |
 
@@ -22,6 +22,8 @@ scale of either set) and equals sin(θ + angle_ij) − sin(angle_ij) for a turn 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -67,9 +69,20 @@ def scale_cpr(points: torch.Tensor, detected: torch.Tensor, pairs: torch.Tensor 
     return masked(_distances(points), pair_mask(detected) if pairs is None else pairs)
 
 
-def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
-    """Λs^G / Λs^O where both entries are non-zero, else 0. Shape: points (B, K, n, 2) twice -> (B, K, n, n)."""
-    return scale_cpr(generated, detected) * inverse_scale(scale_cpr(observed, detected))
+def scale_input(generated: torch.Tensor, observed: torch.Tensor, detected: torch.Tensor,
+                cap: float = math.inf) -> torch.Tensor:
+    """Λs^G / Λs^O where both entries are non-zero, else 0, at most ``cap``.
+    Shape: points (B, K, n, 2) twice -> (B, K, n, n)."""
+    return scale_ratio(scale_cpr(generated, detected), inverse_scale(scale_cpr(observed, detected)), cap)
+
+
+def scale_ratio(generated_cpr: torch.Tensor, inverse_observed: torch.Tensor, cap: float = math.inf) -> torch.Tensor:
+    """``scale_input`` from Λs^G and ``inverse_scale(Λs^O)`` (an alignment computes the latter once).
+    Shape: (B, K, n, n) twice -> (B, K, n, n)."""
+    ratio = masked(generated_cpr, inverse_observed)
+    if math.isinf(cap):
+        return ratio
+    return ratio.clamp(max=cap) if ratio.requires_grad else ratio.clamp_(max=cap)
 
 
 def inverse_scale(observed_cpr: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,12 +48,12 @@ from cprfa.cpr.consistency import ConsistencyWeight, error_pool, path_multiplier
 from cprfa.cpr.kernels import (
     gather_channels,
     inverse_scale,
-    masked,
     pair_mask,
     rotation_xy_cpr,
     rotation_xy_mask,
     rotation_z_input,
     scale_cpr,
+    scale_ratio,
     translation_step,
 )
 from cprfa.cpr.sparse import N_LANDMARKS, landmark_channels
@@ -73,7 +74,13 @@ class CPRConfig:
     widths: conv widths of the DAFI branch's CNN; hidden: width of the sixth (fully connected) layer and of
     the GRU; stages: Q per round; rounds: 1 (β = 1) or 2 (round two with consistency-aware updating);
     fusion: a CPR-C2 branch on 68 sparse landmarks (cprfa.cpr.sparse) with CNN widths ``sparse_widths``;
-    path_samples: M of CAPU's path; kappa: the share of detected DAFI vertices in CAPU's error pool."""
+    path_samples: M of CAPU's path; kappa: the share of detected DAFI vertices in CAPU's error pool;
+    sixth_slope: the negative slope of the sixth layer's activation (0: a ReLU); scale_ratio_max: the cap on
+    the scale regressor's input (cprfa.cpr.kernels). Weights written before the last two existed ran a ReLU
+    and no cap, and load so: that ReLU took post-ReLU (positive) inputs, and in the shipped fused network's
+    training 89–100 % of the sixth-layer units of each DAFI-branch regressor (and 84–100 % of the landmark
+    branch's) ended below zero for every input, which left its round one without landmarks at 11.8 % on the
+    occluded synthetic set; a leaky slope keeps a gradient on every unit."""
 
     widths: tuple[int, ...] = (8, 16, 32, 64, 128)
     hidden: int = 256
@@ -83,6 +90,8 @@ class CPRConfig:
     sparse_widths: tuple[int, ...] = (16, 32, 64)
     path_samples: int = 5
     kappa: float = 0.1
+    sixth_slope: float = 0.1
+    scale_ratio_max: float = 4.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,7 +103,8 @@ class CPRConfig:
                    int(values.get("rounds", defaults.rounds)), bool(values.get("fusion", defaults.fusion)),
                    tuple(values.get("sparse_widths", defaults.sparse_widths)),
                    int(values.get("path_samples", defaults.path_samples)),
-                   float(values.get("kappa", defaults.kappa)))
+                   float(values.get("kappa", defaults.kappa)), float(values.get("sixth_slope", 0.0)),
+                   float(values.get("scale_ratio_max", math.inf)))
 
 
 class CPRRegressor(nn.Module):
@@ -107,7 +117,7 @@ class CPRRegressor(nn.Module):
     normalization (group norm) erases the magnitudes that carry scale, roll and shape. In eval mode the
     normalization is a fixed affine map, so a face gets the same result alone or in a batch."""
 
-    def __init__(self, outputs: int, widths: tuple[int, ...], hidden: int, stages: int):
+    def __init__(self, outputs: int, widths: tuple[int, ...], hidden: int, stages: int, slope: float = 0.0):
         super().__init__()
         convolutions, channels = [], 3
         for index, width in enumerate(widths):
@@ -116,7 +126,8 @@ class CPRRegressor(nn.Module):
             channels = width
         self.convolutions = nn.ModuleList(convolutions)
         self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(width) for width in widths) for _ in range(stages))
-        self.sixth = nn.Sequential(nn.Linear(16 * channels, hidden), nn.ReLU(inplace=True))
+        activation = nn.LeakyReLU(slope, inplace=True) if slope else nn.ReLU(inplace=True)
+        self.sixth = nn.Sequential(nn.Linear(16 * channels, hidden), activation)
         self.cell = nn.GRUCell(hidden, hidden)
         self.out = nn.Linear(hidden, outputs)
         nn.init.zeros_(self.out.bias)
@@ -311,14 +322,16 @@ class CPRAligner(nn.Module):
         outputs = {"alpha": self.layout.n_identity + self.layout.n_expression, "rotation_xy": 2, "rotation_z": 1,
                    "scale": 1}
         stages = config.rounds * config.stages
-        self.regressors = nn.ModuleDict({group: CPRRegressor(outputs[group], config.widths, config.hidden, stages)
-                                         for group in GROUPS})
+        self.regressors = nn.ModuleDict({
+            group: CPRRegressor(outputs[group], config.widths, config.hidden, stages, config.sixth_slope)
+            for group in GROUPS})
         if config.rounds > 1:
             self.consistency = nn.ModuleDict({group: ConsistencyWeight(config.path_samples)
                                               for group in POSE_GROUPS})
         if config.fusion:
             self.sparse_regressors = nn.ModuleDict({
-                group: CPRRegressor(outputs[group], config.sparse_widths, config.hidden, stages) for group in GROUPS})
+                group: CPRRegressor(outputs[group], config.sparse_widths, config.hidden, stages, config.sixth_slope)
+                for group in GROUPS})
             for regressor in self.sparse_regressors.values():  # the sparse branch starts with no say
                 nn.init.zeros_(regressor.out.weight)
             self.crossings = nn.ModuleDict({group: Crossing(config.hidden) for group in GROUPS})
@@ -378,9 +391,10 @@ class CPRAligner(nn.Module):
         present = inputs.present
         fusion = self.config.fusion and fuse and bool(present.any())  # without any source: the DAFI branch alone
         present = present.to(params.dtype) if fusion else None
-        observed = {"dense": _Observed.of(inputs.observed, inputs.detected)}
+        cap = self.config.scale_ratio_max
+        observed = {"dense": _Observed.of(inputs.observed, inputs.detected, cap)}
         if fusion:
-            observed["sparse"] = _Observed.of(inputs.landmarks, inputs.landmark_given)
+            observed["sparse"] = _Observed.of(inputs.landmarks, inputs.landmark_given, cap)
         start = params.new_zeros(params.shape[0], self.config.hidden)  # the GRUs' initial state
         states = {name: start for group in GROUPS for name in (group, f"sparse {group}")}
         steps = []
@@ -499,7 +513,8 @@ class _Observed:
     """One branch's observed set and what stays fixed while it is aligned: its masks and CPRs.
 
     points (B, K, n, 2), detected (B, K, n); pairs, rxy_valid (B, K, n, n) as 0/1 of the points' dtype;
-    rxy, inverse_scale (B, K, n, n) the observed Λrxy and 1 / Λs (cprfa.cpr.kernels.inverse_scale)."""
+    rxy, inverse_scale (B, K, n, n) the observed Λrxy and 1 / Λs (cprfa.cpr.kernels.inverse_scale); scale_cap:
+    the cap on the scale input (CPRConfig.scale_ratio_max)."""
 
     points: torch.Tensor
     detected: torch.Tensor
@@ -507,13 +522,14 @@ class _Observed:
     rxy_valid: torch.Tensor
     rxy: torch.Tensor
     inverse_scale: torch.Tensor
+    scale_cap: float
 
     @classmethod
-    def of(cls, points: torch.Tensor, detected: torch.Tensor) -> _Observed:
+    def of(cls, points: torch.Tensor, detected: torch.Tensor, scale_cap: float) -> _Observed:
         pairs = pair_mask(detected).to(points.dtype)
         rxy_valid = rotation_xy_mask(detected).to(points.dtype)
         return cls(points, detected, pairs, rxy_valid, rotation_xy_cpr(points, detected, rxy_valid),
-                   inverse_scale(scale_cpr(points, detected, pairs)))
+                   inverse_scale(scale_cpr(points, detected, pairs)), scale_cap)
 
     def network_input(self, group: str, generated: torch.Tensor) -> torch.Tensor:
         """A group's network input (module docstring). Shape: generated (B, K, n, 2) -> (B, K, n, n)."""
@@ -522,7 +538,7 @@ class _Observed:
             return difference - self.rxy if difference.requires_grad else difference.sub_(self.rxy)
         if group == "rotation_z":
             return rotation_z_input(generated, self.points, self.detected, self.pairs)
-        return masked(scale_cpr(generated, self.detected, self.pairs), self.inverse_scale)
+        return scale_ratio(scale_cpr(generated, self.detected, self.pairs), self.inverse_scale, self.scale_cap)
 
 
 def select_observed(points: torch.Tensor, detected: torch.Tensor, channels: torch.Tensor):
@@ -535,6 +551,7 @@ def select_observed(points: torch.Tensor, detected: torch.Tensor, channels: torc
 WEIGHTS_FORMAT = "cprfa-cpr"
 WEIGHTS_VERSION = 3  # 1: round one alone, without the "regressors." prefix; 2: all float16; 3: int8 matrices
 DEFAULT_WEIGHTS = Path(__file__).parent / "assets" / "cpr.pt"
+DAFI_ONLY_WEIGHTS = Path(__file__).parent / "assets" / "cpr512.pt"  # round one without a sparse branch: CPR(512)
 INT8_MIN_SIZE = 4096  # smaller tensors (biases, norms, first convolutions) stay float16
 
 

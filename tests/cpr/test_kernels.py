@@ -69,6 +69,12 @@ def test_network_inputs_carry_the_parameter_they_drive():
     ratio = scale_input(generated, scaled, detected)
     pairs = detected[..., :, None] & detected[..., None, :] & ~torch.eye(16, dtype=torch.bool)
     assert torch.allclose(ratio[pairs], torch.full_like(ratio[pairs], 1 / 0.8))
+    assert torch.equal(scale_input(generated, scaled, detected, cap=4.0), ratio)  # the cap spares such ratios
+    near = scaled.clone()
+    near[:, :, 1] = near[:, :, 0] + 0.01  # a pair of vertices nearly on top of each other in Y^O
+    capped, uncapped = scale_input(generated, near, detected, cap=4.0), scale_input(generated, near, detected)
+    assert capped.max() == 4.0 and uncapped.max() > 100
+    assert torch.equal(capped[uncapped < 4.0], uncapped[uncapped < 4.0])
     # Λrz^G − Λrz^O is blind to an in-plane turn of the whole set; the cross-set input is not
     turned = turn(generated, 0.3)
     assert torch.allclose(rotation_z_cpr(generated, detected) - rotation_z_cpr(turned, detected),

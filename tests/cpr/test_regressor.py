@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cprfa.cpr.regressor import (
+    DAFI_ONLY_WEIGHTS,
     DEFAULT_WEIGHTS,
     GROUPS,
     POSE_GROUPS,
@@ -270,3 +271,29 @@ def test_the_fused_aligner_computes_what_the_aligner_computes(face_model):
     assert all(regressor.folded is not None for regressor in fused.regressors.values())
     assert all(regressor.folded is None for regressor in fused.train().regressors.values())  # training: the norms
     assert aligner.regressors["scale"].folded is None  # the original is untouched
+
+
+def test_weights_from_before_the_leaky_sixth_layer_and_the_scale_cap_run_as_they_were_trained(face_model, channels):
+    old = {key: value for key, value in SMALL.to_dict().items() if key not in ("sixth_slope", "scale_ratio_max")}
+    config = CPRConfig.from_dict(old)
+    assert config.sixth_slope == 0.0 and config.scale_ratio_max == float("inf")
+    assert isinstance(CPRAligner(face_model, channels, config).regressors["scale"].sixth[1], torch.nn.ReLU)
+    assert CPRConfig.from_dict(SMALL.to_dict()) == SMALL and SMALL.sixth_slope > 0
+    assert isinstance(CPRAligner(face_model, channels, SMALL).regressors["scale"].sixth[1], torch.nn.LeakyReLU)
+
+
+@pytest.mark.skipif(not DAFI_ONLY_WEIGHTS.is_file(), reason="no shipped CPR(512) weights")
+def test_shipped_dafi_only_aligner_follows_the_size_and_turn_of_the_points(face_model):
+    aligner = load_aligner(DAFI_ONLY_WEIGHTS, face_model)
+    assert not aligner.config.fusion
+    settings = PointSetSettings(yaw_max=45.0, occlusion_probability=0.0, dropout=(0.3, 0.3), noise=(0.01, 0.01),
+                                outliers=(0.0, 0.0))
+    sets = synthetic_point_sets(face_model, 16, seed=5, settings=settings)
+    weight = sets.detected[..., None].float()
+    centre = (sets.points * weight).sum(dim=1, keepdim=True) / weight.sum(dim=1, keepdim=True)
+    smaller, larger = (align_point_sets(aligner, (sets.points - centre) * factor + centre, sets.detected)[:, 3]
+                       for factor in (0.9, 1.15))  # the same faces, smaller and larger
+    found = larger / smaller  # 1.15 / 0.9 = 1.28 if it followed them exactly; a dead scale regressor: 1
+    assert found.median() > 1.15 and ((found > 1.04) & (found < 1.4)).all(), found
+    yaw_error = torch.rad2deg((align_point_sets(aligner, sets.points, sets.detected)[:, 1] - sets.params[:, 1]).abs())
+    assert yaw_error.median() < 8.0
