@@ -210,7 +210,8 @@ def test_a_folder_keeps_same_named_photos_apart_reads_heic_and_leaves_hidden_fil
     out = tmp_path / "out"
     assert main(["align", str(tmp_path / "photos"), "-o", str(out), "--overlay", "none"]) == 0
     first, second = (json.loads((out / folder / "photo_face0.json").read_text()) for folder in ("a", "b"))
-    assert first["landmarks_2d"] == second["landmarks_2d"]
+    # the same photo twice: its two results, each under its own name (batch-mates move floats by 1e-5 px)
+    np.testing.assert_allclose(first["landmarks_2d"], second["landmarks_2d"], atol=1e-3)
     with open(out / "summary.csv", newline="") as file:
         assert sorted(Path(row["image"]).parent.name for row in csv.DictReader(file)) == ["a", "b"] + ["photos"] * heif
     if heif:
