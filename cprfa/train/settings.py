@@ -107,6 +107,11 @@ class DetectorTrainSettings:
 
 
 def starting_record(init: str) -> dict | None:
-    """The record beside the weights a run starts from (``<weights>.record.json``), if there is one."""
-    path = Path(init).with_suffix(".record.json") if init else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    """The record beside the weights a run starts from, if there is one: ``<weights>.record.json`` as shipped,
+    or the ``record.json`` of the run folder that wrote them."""
+    if not init:
+        return None
+    for path in (Path(init).with_suffix(".record.json"), Path(init).parent / "record.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None

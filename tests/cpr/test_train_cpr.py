@@ -59,7 +59,9 @@ def test_train_cpr_starts_from_round_one_weights(tmp_path, capsys):
         assert torch.equal(state[norm.format(stage)], source[norm.format(2)])
     second = tmp_path / "second"
     assert main(["train", "cpr", "--out", str(second), "--init", str(first / "cpr.pt"), *common]) == 0
-    assert json.loads((second / "record.json").read_text())["settings"]["init"] == str(first / "cpr.pt")
+    record = json.loads((second / "record.json").read_text())
+    assert record["settings"]["init"] == str(first / "cpr.pt")
+    assert record["init_record"]["sha256"] == json.loads((first / "record.json").read_text())["sha256"]
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none.pt")]) == 1
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--warmup-steps", "-1"]) == 1
     capsys.readouterr()

@@ -52,10 +52,10 @@ def test_train_dafi_writes_weights_and_record_and_resumes(small_build, tmp_path,
         # batch-norm statistics move regardless of lr; the landmark offset is measured anew after every run
         if value.is_floating_point() and "running" not in key and key != "landmark_offset":
             assert (after.state_dict()[key] - value).abs().max() < 1e-3, key
-    assert "init_record" not in json.loads((tuned / "record.json").read_text())  # no record beside hsunet.pt
-    (out / "hsunet.record.json").write_text((out / "record.json").read_text())
+    assert json.loads((tuned / "record.json").read_text())["init_record"]["final"]["epoch"] == 2  # its run's
+    (out / "hsunet.record.json").write_text('{"shipped": true}')  # a shipped file's record comes first
     assert main([*init_args, "--out", str(tmp_path / "again"), "--init", str(out / "hsunet.pt")]) == 0
-    assert json.loads((tmp_path / "again" / "record.json").read_text())["init_record"]["final"]["epoch"] == 2
+    assert json.loads((tmp_path / "again" / "record.json").read_text())["init_record"] == {"shipped": True}
     assert main([*init_args, "--init", str(tmp_path / "missing.pt")]) == 1
     # --epochs 0 with --init only calibrates: the same network, the same offsets (same faces)
     calibrated = tmp_path / "calibrated"
