@@ -226,8 +226,12 @@ def test_a_batch_of_images_gives_what_each_image_gives_alone(aligner):
     assert [len(faces) for faces in batch] == [1, 1, 0]
     for faces, alone in zip(batch[:2], (aligner.align(image, [BOX]), aligner.align(flipped, [flipped_box])),
                             strict=True):
-        distance = np.linalg.norm(faces[0].landmarks_2d - alone[0].landmarks_2d, axis=1)
-        assert distance.mean() < 0.1 and distance.max() < 0.5  # pixels: the fit runs batched
+        # pixels: the fit runs batched. landmarks_3d are fixed vertices; landmarks_2d's jaw points pick the nearest
+        # silhouette vertex, which a near tie can move by one vertex (2 px on the mirrored face on 6 December 2026)
+        distance = np.linalg.norm(faces[0].landmarks_3d - alone[0].landmarks_3d, axis=1)
+        assert distance.mean() < 0.1 and distance.max() < 0.5
+        inner = np.linalg.norm(faces[0].landmarks_2d[17:] - alone[0].landmarks_2d[17:], axis=1)
+        assert inner.max() < 0.5
     assert batch[1][0].yaw * batch[0][0].yaw <= 0 or abs(batch[0][0].yaw) < 5  # the mirror turns the other way
     with pytest.raises(InvalidInputError, match="one entry per image"):
         aligner.align_batch([image, image], [[BOX]])

@@ -76,9 +76,9 @@ def run_report(out: Path, sets: tuple[str, ...] = DEFAULT_SETS, data: Path | Non
                    *(benchmark.quick if quick else benchmark.full)]
         shown = " ".join(["python", f"benchmarks/{benchmark.script}", *command[2:]])
         progress(f"{benchmark.name}: {shown}")
-        before = set(out.glob("*.png"))
+        before = {path: path.stat().st_mtime_ns for path in out.glob("*.png")}
         start = time.perf_counter()
-        result = subprocess.run(command, cwd=BENCHMARKS_DIR, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
         lines += [f"## {benchmark.title}", "", f"`{shown}` ({seconds:.0f} s)", ""]
         if result.returncode:
@@ -87,7 +87,8 @@ def run_report(out: Path, sets: tuple[str, ...] = DEFAULT_SETS, data: Path | Non
             lines += [f"**Failed** (exit code {result.returncode}):", "", "```", tail, "```", ""]
             progress(f"{benchmark.name}: failed (exit code {result.returncode})")
         lines += [result.stdout.strip(), ""]
-        lines += [f"![{path.stem}]({path.name})" for path in sorted(set(out.glob("*.png")) - before)]
+        written = [path for path in sorted(out.glob("*.png")) if before.get(path) != path.stat().st_mtime_ns]
+        lines += [f"![{path.stem}]({path.name})" for path in written]
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
     return succeeded

@@ -7,6 +7,7 @@ from cprfa.cli.main import main
 from cprfa.cpr.regressor import CPRAligner, CPRConfig, load_aligner
 from cprfa.model.face_model import default_face_model
 from cprfa.train.cpr import initialize_from
+from cprfa.train.settings import starting_record
 
 
 def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, capsys):
@@ -62,6 +63,7 @@ def test_train_cpr_starts_from_round_one_weights(tmp_path, capsys):
     record = json.loads((second / "record.json").read_text())
     assert record["settings"]["init"] == str(first / "cpr.pt")
     assert record["init_record"]["sha256"] == json.loads((first / "record.json").read_text())["sha256"]
+    assert starting_record(str(first / "checkpoint.pt")) is None  # the folder's record is its cpr.pt's
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none.pt")]) == 1
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--warmup-steps", "-1"]) == 1
     capsys.readouterr()
