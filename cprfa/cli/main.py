@@ -353,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="J: round two's steps scaled by exp(U(-J, J)) while training (default %(default)s)")
     cpr.add_argument("--landmarks-absent", type=float, default=cpr_defaults.landmarks_absent,
                      help="share of synthetic faces trained without sparse landmarks (default %(default)s)")
+    cpr.add_argument("--landmark-noise", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     default=list(cpr_defaults.landmark_noise),
+                     help="the synthetic landmarks' noise σ per coordinate, a fraction of the face size drawn "
+                          "uniformly per face (default %(default)s)")
     cpr.add_argument("--dafi-weights", type=Path, help="HS-U-Net weights for --real (default: the shipped ones)")
     cpr.add_argument("--selection", type=Path, help="vertex selection .npz (default: the shipped one)")
     cpr.add_argument("--widths", type=int, nargs=5, default=list(cpr_defaults.widths))
@@ -888,6 +892,8 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         raise CprfaError(f"--kappa must lie in (0, 1], got {args.kappa}")
     if not 0 <= args.landmarks_absent <= 1:
         raise CprfaError(f"--landmarks-absent must lie in [0, 1], got {args.landmarks_absent}")
+    if not 0 <= args.landmark_noise[0] <= args.landmark_noise[1] <= 0.2:
+        raise CprfaError(f"--landmark-noise wants 0 <= LOW <= HIGH <= 0.2, got {args.landmark_noise}")
     if args.init is not None and not args.init.is_file():
         raise CprfaError(f"--init {args.init} not found")
     if args.beta_only and (args.init is None or args.rounds < 2):
@@ -901,7 +907,7 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
         hidden=args.hidden, rounds=args.rounds, fusion=not args.no_fusion, kappa=args.kappa,
         path_samples=args.path_samples,
-        landmarks_absent=args.landmarks_absent, warmup_steps=args.warmup_steps, beta_only=args.beta_only,
+        landmarks_absent=args.landmarks_absent, landmark_noise=tuple(args.landmark_noise), warmup_steps=args.warmup_steps, beta_only=args.beta_only,
         step_jitter=args.step_jitter,
         init=str(args.init or ""), epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
         validation_faces=args.validation_faces, batch_size=args.batch_size, lr=args.lr,

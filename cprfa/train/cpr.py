@@ -160,7 +160,8 @@ class TrainingBatches(Dataset):
     def __init__(self, model: FaceModel, channels: torch.Tensor, settings: CPRTrainSettings,
                  real: RealPointSets | None):
         self.model, self.channels, self.settings, self.real = model, channels, settings, real
-        self.landmark_settings = replace(LandmarkSettings(), absent=settings.landmarks_absent)
+        self.landmark_settings = replace(LandmarkSettings(), absent=settings.landmarks_absent,
+                                         noise=settings.landmark_noise)
         self.epoch = 0
 
     def __len__(self) -> int:

@@ -39,6 +39,7 @@ class CPRTrainSettings:
     splits: tuple[str, ...] = ("afw", "helen_train")
     real_share: float = 0.25  # of each batch, when ``real`` is given
     landmarks_absent: float = 0.2  # share of synthetic faces trained without a sparse source
+    landmark_noise: tuple[float, float] = (0.01, 0.05)  # synthetic landmarks' σ × face size, uniform per face
     dafi_weights: str = ""  # HS-U-Net weights for the real point sets ("": the shipped ones)
     selection: str = ""  # vertex selection ("": the shipped one)
     widths: tuple[int, ...] = (8, 16, 32, 64, 128)

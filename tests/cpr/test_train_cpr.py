@@ -5,9 +5,10 @@ import torch
 
 from cprfa.cli.main import main
 from cprfa.cpr.regressor import CPRAligner, CPRConfig, load_aligner
+from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
-from cprfa.train.cpr import initialize_from
-from cprfa.train.settings import starting_record
+from cprfa.train.cpr import TrainingBatches, initialize_from
+from cprfa.train.settings import CPRTrainSettings, starting_record
 
 
 def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, capsys):
@@ -41,6 +42,7 @@ def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, 
     assert main([*args[:-2], "--workers", "-1"]) == 1
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--real", str(tmp_path)]) == 1  # not a build
     assert main([*args[:2], "--out", str(tmp_path / "x"), "--kappa", "0"]) == 1
+    assert main([*args[:2], "--out", str(tmp_path / "x"), "--landmark-noise", "0.05", "0.01"]) == 1
 
 
 def test_train_cpr_starts_from_round_one_weights(tmp_path, capsys):
@@ -99,3 +101,17 @@ def test_train_cpr_beta_only_trains_the_beta_networks_alone(tmp_path):
     assert changed and all("consistency" in key for key in changed)  # batch-norm statistics included
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--beta-only"]) == 1  # needs --init
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--step-jitter", "-1"]) == 1
+
+
+def test_synthetic_landmarks_carry_the_noise_asked_for():
+    model = default_face_model()
+    channels = torch.arange(48).reshape(3, 16)
+    errors = []
+    for noise in ((0.0, 0.0), (0.02, 0.02)):
+        settings = CPRTrainSettings(out="unused", batch_size=8, landmarks_absent=0.0, landmark_noise=noise)
+        inputs, params = TrainingBatches(model, channels, settings, None)[0]
+        truth = landmarks_2d(model, params)[..., :2]
+        given = inputs.landmark_given[:, 0]  # the first channel holds the 68 points in the 300-W order
+        size = (truth.amax(dim=1) - truth.amin(dim=1)).prod(dim=1).sqrt()
+        errors.append(float(((inputs.landmarks[:, 0] - truth).norm(dim=-1) / size[:, None])[given].mean()))
+    assert errors[0] < 1e-4 and 0.015 < errors[1] < 0.04, errors
