@@ -112,10 +112,11 @@ def starting_record(init: str) -> dict | None:
     """The record beside the weights a run starts from, if there is one: ``<weights>.record.json`` as shipped,
     or the ``record.json`` of the run folder that wrote them; not a record whose sha256 is another file's (a
     run folder's record is its best weights', not its ``checkpoint.pt``'s)."""
-    if not init or not Path(init).is_file():
+    weights = Path(init)
+    if not init or not weights.is_file():
         return None
-    digest = hashlib.sha256(Path(init).read_bytes()).hexdigest()
-    for path in (Path(init).with_suffix(".record.json"), Path(init).parent / "record.json"):
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    for path in (weights.with_suffix(".record.json"), weights.parent / "record.json"):
         if path.is_file() and (record := json.loads(path.read_text())).get("sha256", digest) == digest:
             return record
     return None
