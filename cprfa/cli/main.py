@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     cpr.add_argument("--splits", nargs="+", default=list(cpr_defaults.splits))
     cpr.add_argument("--real-share", type=float, default=cpr_defaults.real_share,
                      help="share of each batch taken from --real (default %(default)s)")
+    cpr.add_argument("--real-holdout", type=float, default=cpr_defaults.real_holdout,
+                     help="share of --real's photos (with all their faces and views) kept out of training and "
+                          "used as a real validation set (default %(default)s)")
     cpr.add_argument("--warmup-steps", type=int, default=cpr_defaults.warmup_steps,
                      help="batches over which the learning rate rises to --lr (for --init runs; default %(default)s)")
     cpr.add_argument("--beta-only", action="store_true",
@@ -890,6 +893,8 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         raise CprfaError("--samples-per-epoch must be at least --batch-size")
     if not 0 < args.kappa <= 1:
         raise CprfaError(f"--kappa must lie in (0, 1], got {args.kappa}")
+    if not 0 <= args.real_holdout < 1:
+        raise CprfaError(f"--real-holdout must lie in [0, 1), got {args.real_holdout}")
     if not 0 <= args.landmarks_absent <= 1:
         raise CprfaError(f"--landmarks-absent must lie in [0, 1], got {args.landmarks_absent}")
     if not 0 <= args.landmark_noise[0] <= args.landmark_noise[1] <= 0.2:
@@ -904,7 +909,7 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         raise CprfaError(f"--real {args.real} is not a `cprfa data build` output (no manifest.json)")
     settings = CPRTrainSettings(
         out=str(args.out), real=str(args.real or ""), splits=tuple(args.splits), real_share=args.real_share,
-        dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
+        real_holdout=args.real_holdout, dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
         hidden=args.hidden, rounds=args.rounds, fusion=not args.no_fusion, kappa=args.kappa,
         path_samples=args.path_samples,
         landmarks_absent=args.landmarks_absent, landmark_noise=tuple(args.landmark_noise),
@@ -918,7 +923,8 @@ def run_train_cpr(args: argparse.Namespace) -> int:
     shipped = record["shipped"]
     print(f"wrote {args.out / 'cpr.pt'} (epoch {record['shipped_epoch']}) and record.json: synthetic 68-point NME "
           f"{shipped.get('val_synthetic_nme', float('nan')):.2f} %, occluded "
-          f"{shipped.get('val_occluded_nme', float('nan')):.2f} %")
+          f"{shipped.get('val_occluded_nme', float('nan')):.2f} %"
+          + (f", held-out real {shipped['val_real_nme']:.2f} %" if "val_real_nme" in shipped else ""))
     return 0
 
 

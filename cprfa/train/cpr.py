@@ -34,10 +34,15 @@ batch-norm statistics as ``--init`` has them), with each round-two step scaled b
 exp(U(−J, J)) per face before its path is tried, so that short and long steps both occur.
 
 Each epoch ends with a validation on fixed synthetic sets (the training distribution and the occluded test
-distribution of the benchmark, with a sparse source, and the occluded one without), a line in
-``history.jsonl`` and ``checkpoint.pt``; the command resumes from it. The validation figure goes up and down
-from epoch to epoch, so the epoch with the best one (``selection_score``) is kept as ``best.pt``; the end
-writes it as ``cpr.pt`` (float16, with its selection) with ``record.json`` to ship.
+distribution of the benchmark, with a sparse source, and the occluded one without) and, with ``--real``, on
+the real faces held out of training (``--real-holdout``: a share of the build's photos, each with all its
+faces and profiled views, picked by a hash of its name; their point sets as the HS-U-Net gives them, with
+the landmark head as the sparse source, against their pseudo ground truth). Choices between runs can so be
+made off helen_test, the reported set. The HS-U-Net itself was trained on these photos, so its point sets
+there are cleaner than on new faces: the held-out figure ranks aligners, it does not predict the test's.
+Then a line in ``history.jsonl`` and ``checkpoint.pt``; the command resumes from it. The validation figure
+goes up and down from epoch to epoch, so the epoch with the best one (``selection_score``) is kept as
+``best.pt``; the end writes it as ``cpr.pt`` (float16, with its selection) with ``record.json`` to ship.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import math
 import platform
 import re
 import time
+import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -62,6 +68,7 @@ from cprfa.cpr.regressor import CPRAligner, CPRConfig, Step, aligner_input, load
 from cprfa.cpr.selection import DEFAULT_SELECTION, VertexSelection
 from cprfa.cpr.sparse import LandmarkSettings, synthetic_landmarks
 from cprfa.data.point_sets import OCCLUDED_TEST, PointSetSettings, corrupt, synthetic_point_sets
+from cprfa.errors import CprfaError
 from cprfa.eval.metrics import nme
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import FaceModel, default_face_model
@@ -152,6 +159,28 @@ class RealPointSets:
     def __len__(self) -> int:
         return len(self.params)
 
+    def subset(self, keep: np.ndarray) -> RealPointSets:
+        keep = torch.from_numpy(keep)
+        return RealPointSets(self.points[keep], self.detected[keep], self.landmarks[keep], self.params[keep])
+
+
+def face_photos(folder: str, splits: tuple[str, ...]) -> np.ndarray:
+    """The photo of each face of a ``cprfa data build`` folder, in ``load_faces`` order: ``<split>/<photo>``,
+    which a photo's faces (``<photo>_<face>``) and their profiled views (``…@yaw+51``) share."""
+    photos = []
+    for split in splits:
+        for shard in sorted((Path(folder) / split).glob("shard_*.npz")):
+            with np.load(shard) as data:
+                photos += [f"{split}/{name.split('@')[0].rsplit('_', 1)[0]}" for name in data["names"]]
+    return np.array(photos)
+
+
+def held_out(photos: np.ndarray, share: float) -> np.ndarray:
+    """Which faces (F,) belong to the ``share`` of the photos held out of training: those whose names hash
+    lowest (CRC-32), the same on every machine and for every run."""
+    unique = sorted(set(photos.tolist()), key=lambda photo: zlib.crc32(photo.encode()))
+    return np.isin(photos, unique[:round(share * len(unique))])
+
 
 class TrainingBatches(Dataset):
     """Batch ``i`` of an epoch: synthetic point sets plus, with real ones, a thinned real share, each with a
@@ -190,10 +219,13 @@ class TrainingBatches(Dataset):
         return aligner_input(points, detected, self.channels, self.settings.kappa, landmarks, given, order), params
 
 
-def validation_sets(model: FaceModel, channels: torch.Tensor, count: int, kappa: float) -> dict:
+def validation_sets(model: FaceModel, channels: torch.Tensor, count: int, kappa: float,
+                    real: RealPointSets | None = None) -> dict:
     """Fixed synthetic sets: the training distribution and the occluded test distribution, with a sparse
-    source of 3 % noise, and the occluded one without a sparse source."""
+    source of 3 % noise, and the occluded one without a sparse source; and the held-out real faces, if any."""
     sets = {}
+    if real is not None and len(real):
+        sets["real"] = (aligner_input(real.points, real.detected, channels, kappa, real.landmarks), real.params)
     for offset, (name, settings) in enumerate((("synthetic", PointSetSettings()), ("occluded", OCCLUDED_TEST))):
         point_sets = synthetic_point_sets(model, count, VALIDATION_SEED + offset, settings)
         truth = landmarks_2d(model, point_sets.params)[..., :2]
@@ -258,11 +290,17 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
     checkpoint_path = out / "checkpoint.pt"
     start_epoch, seconds, history = resume(checkpoint_path, settings, aligner, "aligner", optimizer, scheduler, device)
     history = history[:start_epoch]
-    real = None
+    real = real_validation = None
     if settings.real:
-        real = RealPointSets.build(settings.real, tuple(settings.splits), settings.dafi_weights, model,
-                                   out / "real_point_sets_full.pt")
-    validation = validation_sets(model, channels, settings.validation_faces, settings.kappa)
+        every = RealPointSets.build(settings.real, tuple(settings.splits), settings.dafi_weights, model,
+                                    out / "real_point_sets_full.pt")
+        photos = face_photos(settings.real, tuple(settings.splits))
+        if len(photos) != len(every):
+            raise CprfaError(f"{out / 'real_point_sets_full.pt'} holds {len(every)} faces, {settings.real} "
+                             f"{len(photos)}: it was made from another build; delete it")
+        held = held_out(photos, settings.real_holdout)
+        real, real_validation = every.subset(~held), every.subset(held)
+    validation = validation_sets(model, channels, settings.validation_faces, settings.kappa, real_validation)
     posed, columns = PosedVertices(model, device), group_columns(ParamLayout.of(model))
     dataset = TrainingBatches(model, channels, settings, real)
     for epoch in range(start_epoch, settings.epochs):
@@ -301,8 +339,10 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         history.append(entry)
         if min(history, key=selection_score) is entry:
             save_aligner(aligner, out / "best.pt")
+        held_out_real = f", held-out real {metrics['real_nme']:.2f} %" if "real_nme" in metrics else ""
         print(f"epoch {epoch + 1}: loss {entry.get('train_loss', math.nan):.3f}, validation 68-point NME "
-              f"{metrics['synthetic_nme']:.2f} % (occluded {metrics['occluded_nme']:.2f} %)", flush=True)
+              f"{metrics['synthetic_nme']:.2f} % (occluded {metrics['occluded_nme']:.2f} %{held_out_real})",
+              flush=True)
         save_checkpoint(checkpoint_path, settings, aligner, "aligner", optimizer, scheduler, epoch, seconds, history)
     best = out / "best.pt"
     if best.is_file() and history:
@@ -315,7 +355,8 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
         "weights": "cpr.pt", "network": aligner.config.to_dict(), "settings": asdict(settings),
         "parameters": sum(parameter.numel() for parameter in aligner.parameters()),
         "selection": selection.reference, "selection_seed": selection.seed, "vertices": selection.count,
-        "real_faces": len(real) if real is not None else 0, "train_seconds": round(seconds, 1),
+        "real_faces": len(real) if real is not None else 0,
+        "real_validation_faces": len(real_validation) if real_validation is not None else 0, "train_seconds": round(seconds, 1),
         "machine": f"{platform.processor() or platform.machine()}, {settings.threads} torch threads, "
                    f"torch {torch.__version__}",
         "device": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else str(device),
@@ -330,8 +371,9 @@ def train_cpr(settings: CPRTrainSettings, progress: bool = True, device: str = "
 
 def selection_score(entry: dict) -> float:
     """The validation figure that picks the epoch to ship: the mean 68-point NME of the two synthetic sets
-    with a sparse source (lower is better)."""
-    return (entry["val_synthetic_nme"] + entry["val_occluded_nme"]) / 2
+    with a sparse source and of the held-out real faces, where there are some (lower is better)."""
+    names = ("val_synthetic_nme", "val_occluded_nme", "val_real_nme")
+    return float(np.mean([entry[name] for name in names if name in entry]))
 
 
 def _is_beta_network(name: str) -> bool:

@@ -38,6 +38,7 @@ class CPRTrainSettings:
     real: str = ""  # folder of cprfa data build output to add real HS-U-Net point sets ("": synthetic only)
     splits: tuple[str, ...] = ("afw", "helen_train")
     real_share: float = 0.25  # of each batch, when ``real`` is given
+    real_holdout: float = 0.1  # share of the real build's photos kept out of training, to validate on
     landmarks_absent: float = 0.2  # share of synthetic faces trained without a sparse source
     landmark_noise: tuple[float, float] = (0.01, 0.05)  # synthetic landmarks' σ × face size, uniform per face
     dafi_weights: str = ""  # HS-U-Net weights for the real point sets ("": the shipped ones)

@@ -7,21 +7,24 @@ from cprfa.cli.main import main
 from cprfa.cpr.regressor import CPRAligner, CPRConfig, load_aligner
 from cprfa.model.contour import landmarks_2d
 from cprfa.model.face_model import default_face_model
-from cprfa.train.cpr import TrainingBatches, initialize_from
+from cprfa.train.cpr import TrainingBatches, face_photos, held_out, initialize_from
 from cprfa.train.settings import CPRTrainSettings, starting_record
 
 
 def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "cpr", "--out", str(out), "--real", str(small_build), "--splits", "helen_test",
-            "--real-share", "0.5", "--widths", "4", "8", "8", "8", "8", "--hidden", "16", "--epochs", "2",
+            "--real-share", "0.5", "--real-holdout", "0.34", "--widths", "4", "8", "8", "8", "8", "--hidden", "16", "--epochs", "2",
             "--samples-per-epoch", "8", "--batch-size", "4", "--validation-faces", "4", "--workers", "0"]
     assert main(args) == 0
     assert {"cpr.pt", "record.json", "checkpoint.pt", "history.jsonl", "real_point_sets_full.pt"} <= {
         p.name for p in out.iterdir()}
     record = json.loads((out / "record.json").read_text())
-    assert record["real_faces"] == 6 and len(record["history"]) == 2 and record["vertices"] == 512
-    best = min(record["history"], key=lambda e: e["val_synthetic_nme"] + e["val_occluded_nme"])
+    # one of the three photos, with its profiled view, is held out and validated on
+    assert record["real_faces"] == 4 and record["real_validation_faces"] == 2
+    assert len(record["history"]) == 2 and record["vertices"] == 512
+    assert all(np.isfinite(entry["val_real_nme"]) for entry in record["history"])
+    best = min(record["history"], key=lambda e: e["val_synthetic_nme"] + e["val_occluded_nme"] + e["val_real_nme"])
     assert record["shipped_epoch"] == best["epoch"]
     shipped, kept = load_aligner(out / "cpr.pt").state_dict(), load_aligner(out / "best.pt").state_dict()
     assert all(torch.equal(shipped[key], kept[key]) for key in kept)
@@ -43,6 +46,22 @@ def test_train_cpr_writes_weights_and_record_and_resumes(small_build, tmp_path, 
     assert main(["train", "cpr", "--out", str(tmp_path / "x"), "--real", str(tmp_path)]) == 1  # not a build
     assert main([*args[:2], "--out", str(tmp_path / "x"), "--kappa", "0"]) == 1
     assert main([*args[:2], "--out", str(tmp_path / "x"), "--landmark-noise", "0.05", "0.01"]) == 1
+    assert main([*args[:2], "--out", str(tmp_path / "x"), "--real-holdout", "1"]) == 1
+
+
+def test_held_out_photos_keep_all_their_faces_and_views_together(tmp_path):
+    names = {"a": ["1_1", "1_1@yaw+40", "1_2", "2_1", "2_1@yaw-60"], "b": ["1_1", "3_1"]}
+    for split, faces in names.items():
+        (tmp_path / split).mkdir()
+        np.savez(tmp_path / split / "shard_0000.npz", names=np.array(faces))
+    photos = face_photos(str(tmp_path), ("a", "b"))
+    assert list(photos) == ["a/1", "a/1", "a/1", "a/2", "a/2", "b/1", "b/3"]
+    for share in (0.25, 0.5, 0.75):
+        held = held_out(photos, share)
+        assert len(set(photos[held])) == round(share * 4)
+        assert not set(photos[held]) & set(photos[~held])
+    assert not held_out(photos, 0.0).any()
+    assert np.array_equal(held_out(photos[::-1], 0.5), held_out(photos, 0.5)[::-1])  # by name, not order
 
 
 def test_train_cpr_starts_from_round_one_weights(tmp_path, capsys):
