@@ -909,7 +909,8 @@ def run_train_cpr(args: argparse.Namespace) -> int:
         raise CprfaError(f"--real {args.real} is not a `cprfa data build` output (no manifest.json)")
     settings = CPRTrainSettings(
         out=str(args.out), real=str(args.real or ""), splits=tuple(args.splits), real_share=args.real_share,
-        real_holdout=args.real_holdout, dafi_weights=str(args.dafi_weights or ""), selection=str(args.selection or ""), widths=tuple(args.widths),
+        real_holdout=args.real_holdout, dafi_weights=str(args.dafi_weights or ""),
+        selection=str(args.selection or ""), widths=tuple(args.widths),
         hidden=args.hidden, rounds=args.rounds, fusion=not args.no_fusion, kappa=args.kappa,
         path_samples=args.path_samples,
         landmarks_absent=args.landmarks_absent, landmark_noise=tuple(args.landmark_noise),

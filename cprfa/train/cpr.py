@@ -38,8 +38,8 @@ distribution of the benchmark, with a sparse source, and the occluded one withou
 the real faces held out of training (``--real-holdout``: a share of the build's photos, each with all its
 faces and profiled views, picked by a hash of its name; their point sets as the HS-U-Net gives them, with
 the landmark head as the sparse source, against their pseudo ground truth). Choices between runs can so be
-made off helen_test, the reported set. The HS-U-Net itself was trained on these photos, so its point sets
-there are cleaner than on new faces: the held-out figure ranks aligners, it does not predict the test's.
+made off helen_test, the reported set. The HS-U-Net itself was trained on these photos, and the figure
+counts their profiled views against pseudo ground truth: it ranks aligners, it does not predict the test's.
 Then a line in ``history.jsonl`` and ``checkpoint.pt``; the command resumes from it. The validation figure
 goes up and down from epoch to epoch, so the epoch with the best one (``selection_score``) is kept as
 ``best.pt``; the end writes it as ``cpr.pt`` (float16, with its selection) with ``record.json`` to ship.
